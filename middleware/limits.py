@@ -1,0 +1,116 @@
+"""Refuse request bodies larger than a configured maximum.
+
+Usage::
+
+    app = BodyLimit(app, max_bytes=1 << 20)
+
+The primary check is CONTENT_LENGTH: a value that is not a non-negative
+integer gets 400 "Invalid Content-Length", one above ``max_bytes`` gets 413
+before a byte of the body is read. ``wsgi.input`` is then wrapped so that the
+app can never read more than the declared length, and, for bodies without a
+declared length, never more than ``max_bytes``: reading past that raises
+:class:`BodyTooLarge` (a ValueError), which becomes a 413 if the app lets it
+escape. Set the server's own limit too (waitress ``max_request_body_size``).
+"""
+
+import re
+import sys
+
+from . import error_answer
+
+_DIGITS = re.compile(r"[0-9]+")
+# More significant digits than this cannot be a length anyone configures; it
+# also keeps int() away from its limit on very long digit strings.
+_MAX_LENGTH_DIGITS = 18
+
+
+class BodyTooLarge(ValueError):
+    """Raised by the wrapped wsgi.input when a body without a declared length exceeds the limit."""
+
+
+class _LimitedInput:
+    """A wsgi.input that returns at most ``limit`` bytes, optionally raising when more arrive."""
+
+    def __init__(self, stream, limit, overflow_raises):
+        self._stream = stream
+        self._limit = limit
+        self._overflow_raises = overflow_raises
+        self._consumed = 0
+
+    def _allowance(self, size):
+        left = self._limit - self._consumed
+        # One byte beyond the limit is requested to find out whether there is more.
+        ceiling = left + 1 if self._overflow_raises else left
+        if size is None or size < 0 or size > ceiling:
+            return ceiling
+        return size
+
+    def _account(self, data):
+        self._consumed += len(data)
+        if self._consumed > self._limit:
+            raise BodyTooLarge(f"Request body too large (limit {self._limit} bytes)")
+        return data
+
+    def read(self, size=-1):
+        """Read up to size bytes (all that is allowed when size is omitted)."""
+        allowance = self._allowance(size)
+        if allowance <= 0:
+            return b""
+        return self._account(self._stream.read(allowance))
+
+    def readline(self, size=-1):
+        """Read one line, within the limit."""
+        allowance = self._allowance(size)
+        if allowance <= 0:
+            return b""
+        return self._account(self._stream.readline(allowance))
+
+    def readlines(self, hint=-1):
+        """Read the remaining lines, within the limit."""
+        lines = []
+        total = 0
+        for line in self:
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                break
+        return lines
+
+    def __iter__(self):
+        while True:
+            line = self.readline()
+            if not line:
+                return
+            yield line
+
+
+class BodyLimit:
+    """WSGI middleware refusing request bodies above max_bytes."""
+
+    def __init__(self, app, max_bytes):
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
+            raise ValueError(f"BodyLimit max_bytes must be a positive integer, got {max_bytes!r}")
+        self.app = app
+        self.max_bytes = max_bytes
+        self._too_large = f"Request body too large (limit {max_bytes} bytes)"
+
+    def __call__(self, environ, start_response):
+        declared = environ.get("CONTENT_LENGTH", "").strip()
+        if declared:
+            if not _DIGITS.fullmatch(declared):
+                return error_answer(start_response, 400, "Invalid Content-Length")
+            significant = declared.lstrip("0") or "0"
+            if len(significant) > _MAX_LENGTH_DIGITS or int(significant) > self.max_bytes:
+                return error_answer(start_response, 413, self._too_large)
+            limit, overflow_raises = int(significant), False
+        else:
+            limit, overflow_raises = self.max_bytes, True
+
+        stream = environ.get("wsgi.input")
+        if stream is not None:
+            environ["wsgi.input"] = _LimitedInput(stream, limit, overflow_raises)
+        try:
+            return self.app(environ, start_response)
+        except BodyTooLarge:
+            # exc_info lets this replace a status the app may already have started.
+            return error_answer(start_response, 413, self._too_large, exc_info=sys.exc_info())
