@@ -1,0 +1,97 @@
+"""Access tokens (short-lived JWTs) and refresh tokens (opaque, rotating).
+
+Access tokens are HS256 JWTs with header ``typ: at+jwt`` (RFC 9068) and the
+claims ``sub`` (user id), ``sid`` (the refresh-token family they came from),
+``iat`` and ``exp``. Verification pins the algorithm, requires the claims,
+checks ``typ`` (PyJWT does not) and checks expiry against the injected clock.
+Verified tokens are remembered in a small bounded cache: signature checking
+costs ~55 us, which is a large share of a cheap GET.
+
+A refresh token is ``<session id>.<32 random bytes, urlsafe>``; the store
+keeps only its SHA-256, in the session (the token family). Each refresh
+rotates it; the session id inside the token lets a replayed, already-rotated
+token be recognised and its whole family revoked (RFC 9700, 4.14.2).
+"""
+
+import hashlib
+import secrets
+
+import jwt
+
+ACCESS_TYPE = "at+jwt"
+LEEWAY = 10  # seconds of clock skew tolerated on exp and iat
+CACHE_SIZE = 4096
+
+
+def token_hash(token):
+    """The SHA-256 hex digest under which a refresh token is stored."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def new_refresh_token(session_id):
+    """A fresh refresh token for the session ``session_id``."""
+    return f"{session_id}.{secrets.token_urlsafe(32)}"
+
+
+def session_of(token):
+    """The session id a refresh token names, or None for tokens without one (0xC's)."""
+    head, dot, _ = token.partition(".")
+    return head if dot else None
+
+
+class InvalidToken(Exception):
+    """The token is malformed, forged, of the wrong kind, or expired."""
+
+
+class AccessTokens:
+    """Issue and verify access tokens signed with ``secret``."""
+
+    def __init__(self, secret, lifetime, refresh_after, clock):
+        self._secret = secret
+        self.lifetime = lifetime
+        self.refresh_after = refresh_after
+        self._clock = clock
+        self._verified = {}
+
+    def issue(self, user_id, session_id):
+        """A new token and its timing: (token, issued_at, expires_at, refresh_at)."""
+        issued_at = int(self._clock())
+        expires_at = issued_at + self.lifetime
+        claims = {"sub": user_id, "sid": session_id, "iat": issued_at, "exp": expires_at,
+                  "jti": secrets.token_urlsafe(8)}
+        token = jwt.encode(claims, self._secret, algorithm="HS256", headers={"typ": ACCESS_TYPE})
+        return token, issued_at, expires_at, self.refresh_at(issued_at, expires_at)
+
+    def refresh_at(self, issued_at, expires_at):
+        """When a client should refresh: ``refresh_after`` seconds in, never past expiry."""
+        return min(issued_at + self.refresh_after, expires_at)
+
+    def verify(self, token):
+        """The claims of a valid, unexpired access token; InvalidToken otherwise."""
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = self._decode(token)
+            if len(self._verified) >= CACHE_SIZE:
+                self._verified.pop(next(iter(self._verified)), None)
+            self._verified[token] = claims
+        now = self._clock()
+        if claims["exp"] + LEEWAY < now:
+            raise InvalidToken("Token has expired")
+        if claims["iat"] - LEEWAY > now:
+            raise InvalidToken("Token is not valid yet")
+        return claims
+
+    def _decode(self, token):
+        try:
+            decoded = jwt.decode_complete(
+                token, self._secret, algorithms=["HS256"],
+                options={"require": ["exp", "iat", "sub"], "verify_exp": False, "verify_iat": False})
+        except jwt.PyJWTError:
+            raise InvalidToken("Invalid token") from None
+        claims = decoded["payload"]
+        if decoded["header"].get("typ") != ACCESS_TYPE:
+            raise InvalidToken("Invalid token")
+        if not all(isinstance(claims.get(name), int) for name in ("exp", "iat")) or \
+                not isinstance(claims.get("sub"), str):
+            raise InvalidToken("Invalid token")
+        return claims

@@ -1,0 +1,592 @@
+"""oxc: a chat service as one plain WSGI application.
+
+Serve it::
+
+    oxc serve                                  # waitress on HOST:PORT
+    waitress-serve oxc_wsgi:application        # or any WSGI server
+    python oxc_wsgi.py
+
+Embed it::
+
+    from oxc_wsgi import create_app
+    app = create_app(data_dir="/var/lib/chat", api_prefix="/api")
+
+This module is the front door. In order: settings (environment and ``.env``),
+the HTTP primitives (Request, the Router, turning answers into WSGI calls),
+the route table, ``create_app`` which composes the middleware around the app,
+the lazily built module-level ``application``, and ``main``. The handlers live
+in ``handlers/``, persistence in ``store/``, the outer layers in
+``middleware/``; nothing in them imports this module.
+"""
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import time
+import urllib.parse
+
+import middleware
+from handlers import auth, messages, openapi, service
+from handlers.http import (BadRequest, HTTPError, MethodNotAllowed, NotFound, Response,
+                           ServiceUnavailable, UnsupportedMediaType, json_response)
+from handlers.passwords import Passwords
+from handlers.tokens import AccessTokens
+from store import StoreLocked, StoreUnavailable, open_store
+
+__version__ = "0.1.0"
+
+log = logging.getLogger("oxc")
+
+# =============================================================================
+# Settings
+# =============================================================================
+
+DEV_JWT_SECRET = "jwt-secret-key-for-0xC-chat-development-only"
+DEV_API_KEY = "dev-key-for-0xC-chat"
+MIN_SECRET_BYTES = 32
+ENVIRONMENTS = ("development", "testing", "production")
+
+
+class ConfigError(ValueError):
+    """A setting has a value oxc cannot run with; the message names it."""
+
+
+def _boolean(text):
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be 1/0, true/false, yes/no or on/off")
+
+
+def _integer(low, high=None):
+    def parse(text):
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError("must be a whole number") from None
+        if value < low or (high is not None and value > high):
+            raise ValueError(f"must be from {low} to {high}" if high is not None else f"must be at least {low}")
+        return value
+    return parse
+
+
+def _origins(text):
+    text = text.strip()
+    if text == "*":
+        return "*"
+    return tuple(origin.strip().rstrip("/") for origin in text.split(",") if origin.strip())
+
+
+def _prefix(text):
+    text = text.strip().rstrip("/")
+    if text and not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", text):
+        raise ValueError("must look like /api (or be empty)")
+    return text
+
+
+def _log_level(text):
+    name = text.strip().upper()
+    if name not in ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"):
+        raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return name
+
+
+def _environment(text):
+    name = text.strip().lower()
+    if name not in ENVIRONMENTS:
+        raise ValueError("must be development, testing or production")
+    return name
+
+
+def _string(text):
+    return text
+
+
+#: (field, environment variable, parser, default). The defaults are 0xC's,
+#: except HOST, which is loopback so that a development server is not public.
+VARIABLES = (
+    ("environment", "OXC_ENV", _environment, "development"),
+    ("host", "HOST", _string, "127.0.0.1"),
+    ("port", "PORT", _integer(0, 65535), 5000),
+    ("secret_key", "SECRET_KEY", _string, DEV_API_KEY),
+    ("secret_key_enabled", "SECRET_KEY_ENABLED", _boolean, False),
+    ("jwt_secret_key", "JWT_SECRET_KEY", _string, DEV_JWT_SECRET),
+    ("register_enabled", "REGISTER_ENABLED", _boolean, True),
+    ("access_token_expires", "ACCESS_TOKEN_EXPIRES", _integer(1, 24 * 60), 15),
+    ("token_refresh_seconds", "TOKEN_REFRESH_SECONDS", _integer(0), 600),
+    ("refresh_token_expires", "REFRESH_TOKEN_EXPIRES", _integer(1, 3650), 30),
+    ("refresh_token_rotation", "REFRESH_TOKEN_ROTATION", _boolean, True),
+    ("refresh_reuse_grace", "REFRESH_REUSE_GRACE", _integer(0, 300), 10),
+    ("api_prefix", "API_PREFIX", _prefix, "/api"),
+    ("log_level", "LOG_LEVEL", _log_level, "INFO"),
+    ("data_dir", "DATA_DIR", _string, "data"),
+    ("cors_origins", "CORS_ORIGINS", _origins, "*"),
+    ("rate_limit_enabled", "RATE_LIMIT_ENABLED", _boolean, False),
+    ("rate_limit", "RATE_LIMIT", _integer(1), 100),
+    ("auth_rate_limit", "AUTH_RATE_LIMIT", _integer(1), 10),
+    ("max_message_length", "MAX_MESSAGE_LENGTH", _integer(1, 1_000_000), 1000),
+    ("max_body_bytes", "MAX_BODY_BYTES", _integer(1024), 64 * 1024),
+    ("bcrypt_rounds", "BCRYPT_ROUNDS", _integer(4, 16), 12),
+    ("threads", "THREADS", _integer(1, 1024), 8),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything configurable; see VARIABLES for the environment names."""
+
+    environment: str = "development"
+    host: str = "127.0.0.1"
+    port: int = 5000
+    secret_key: str = DEV_API_KEY
+    secret_key_enabled: bool = False
+    jwt_secret_key: str = DEV_JWT_SECRET
+    register_enabled: bool = True
+    access_token_expires: int = 15
+    token_refresh_seconds: int = 600
+    refresh_token_expires: int = 30
+    refresh_token_rotation: bool = True
+    refresh_reuse_grace: int = 10
+    api_prefix: str = "/api"
+    log_level: str = "INFO"
+    data_dir: object = "data"
+    cors_origins: object = "*"
+    rate_limit_enabled: bool = False
+    rate_limit: int = 100
+    auth_rate_limit: int = 10
+    max_message_length: int = 1000
+    max_body_bytes: int = 64 * 1024
+    bcrypt_rounds: int = 12
+    threads: int = 8
+
+    @classmethod
+    def from_environ(cls, environ=None, env_file=".env"):
+        """Settings from ``environ`` (default os.environ) over a ``.env`` file."""
+        environ = os.environ if environ is None else environ
+        values = dict(read_env_file(env_file)) if env_file and os.path.exists(env_file) else {}
+        values.update(environ)
+        if "OXC_ENV" not in values and "FLASK_ENV" in values:
+            values["OXC_ENV"] = values["FLASK_ENV"]
+        fields = {}
+        for field, name, parse, _ in VARIABLES:
+            if name in values:
+                try:
+                    fields[field] = parse(values[name])
+                except ValueError as exc:
+                    raise ConfigError(f"{name} {exc} (got {values[name]!r})") from None
+        return cls(**fields)
+
+    def check(self):
+        """Raise ConfigError for settings that are unsafe where they are used."""
+        if self.environment != "production":
+            return
+        if self.jwt_secret_key == DEV_JWT_SECRET or len(self.jwt_secret_key.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(f"JWT_SECRET_KEY must be set to at least {MIN_SECRET_BYTES} random bytes "
+                              "in production (try: python -c 'import secrets; print(secrets.token_urlsafe(48))')")
+        if self.secret_key_enabled and (self.secret_key == DEV_API_KEY or len(self.secret_key) < 16):
+            raise ConfigError("SECRET_KEY must be set to a private value of 16+ characters in production")
+        if self.bcrypt_rounds < 12:
+            raise ConfigError("BCRYPT_ROUNDS must be at least 12 in production")
+
+
+def read_env_file(path):
+    """(name, value) pairs of a ``.env`` file: NAME=value, # comments, quotes."""
+    pairs = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith("export "):
+                line = line[len("export "):].lstrip()
+            name, sep, value = line.partition("=")
+            name = name.strip()
+            if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ConfigError(f"{path}:{number}: expected NAME=value")
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                quote, value = value[0], value[1:-1]
+                if quote == '"':
+                    value = value.replace("\\n", "\n").replace('\\"', '"').replace("\\\\", "\\")
+            elif " #" in value:
+                value = value.split(" #", 1)[0].rstrip()
+            pairs.append((name, value))
+    return pairs
+
+
+# =============================================================================
+# Request
+# =============================================================================
+
+JSON_TYPES = re.compile(r"^application/([a-z0-9.+-]+\+)?json$")
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _check_strings(value):
+    """Raise BadRequest if any string in ``value`` holds a lone surrogate."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BadRequest("Request body contains an invalid Unicode escape (lone surrogate)") from None
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+class Request:
+    """A thin, lazy view over the WSGI environ, plus what routing learned."""
+
+    __slots__ = ("environ", "ctx", "user", "claims", "_query", "_json")
+
+    def __init__(self, environ, ctx):
+        self.environ = environ
+        self.ctx = ctx
+        self.user = None
+        self.claims = None
+        self._query = None
+        self._json = None
+
+    @property
+    def method(self):
+        return self.environ["REQUEST_METHOD"].upper()
+
+    @property
+    def path(self):
+        return self.environ.get("PATH_INFO") or "/"
+
+    @property
+    def script_name(self):
+        return self.environ.get("SCRIPT_NAME", "").rstrip("/")
+
+    @property
+    def query(self):
+        """The query string as a dict of first values."""
+        if self._query is None:
+            raw = self.environ.get("QUERY_STRING", "")
+            try:
+                pairs = urllib.parse.parse_qsl(raw, keep_blank_values=True, strict_parsing=False,
+                                               encoding="utf-8", errors="strict", max_num_fields=50)
+            except (ValueError, UnicodeDecodeError):
+                raise BadRequest("Malformed query string") from None
+            query = {}
+            for name, value in pairs:
+                query.setdefault(name, value)
+            self._query = query
+        return self._query
+
+    def header(self, name, default=None):
+        """A request header by its HTTP name."""
+        key = name.upper().replace("-", "_")
+        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            key = "HTTP_" + key
+        return self.environ.get(key, default)
+
+    def body(self):
+        """The raw body: exactly CONTENT_LENGTH bytes."""
+        try:
+            length = int(self.environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            raise BadRequest("Invalid Content-Length") from None
+        if length <= 0:
+            return b""
+        data = self.environ["wsgi.input"].read(length)
+        if len(data) < length:
+            raise BadRequest("Request body is shorter than its Content-Length")
+        return data
+
+    @property
+    def json(self):
+        """The body as a JSON object, with every way it can be wrong a 4xx."""
+        if self._json is None:
+            media_type = self.environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
+            if not JSON_TYPES.match(media_type):
+                raise UnsupportedMediaType("Content-Type must be application/json")
+            data = self.body()
+            if not data:
+                raise BadRequest("Request body must be a JSON object")
+            try:
+                value = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+            except UnicodeDecodeError:
+                raise BadRequest("Request body is not valid UTF-8") from None
+            except RecursionError:
+                raise BadRequest("Request body is nested too deeply") from None
+            except ValueError as exc:
+                raise BadRequest(f"Request body is not valid JSON: {exc}") from None
+            if not isinstance(value, dict):
+                raise BadRequest("Request body must be a JSON object")
+            if b"\\u" in data or b"\\U" in data:
+                _check_strings(value)
+            self._json = value
+        return self._json
+
+
+# =============================================================================
+# Router
+# =============================================================================
+
+class Route:
+    """One line of the route table."""
+
+    __slots__ = ("method", "template", "handler", "auth", "pattern")
+
+    def __init__(self, method, template, handler, auth):
+        self.method = method
+        self.template = template
+        self.handler = handler
+        self.auth = auth
+        regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", re.escape(template).replace(r"\{", "{").replace(r"\}", "}"))
+        self.pattern = re.compile(regex + r"\Z")
+
+    @property
+    def name(self):
+        return self.handler.__name__
+
+
+class Router:
+    """Matches (method, path) against templates like ``/messages/{message_id}``."""
+
+    def __init__(self, routes):
+        self.routes = list(routes)
+        # Most paths are literal; a dict finds them without trying every regex.
+        self._literal = {}
+        self._patterns = []
+        for route in self.routes:
+            if "{" in route.template:
+                self._patterns.append(route)
+            else:
+                self._literal.setdefault(route.template, []).append(route)
+
+    def match(self, method, path):
+        """The route and URL parameters; NotFound or MethodNotAllowed otherwise."""
+        candidates = [(route, {}) for route in self._literal.get(path, ())]
+        if not candidates:
+            for route in self._patterns:
+                found = route.pattern.match(path)
+                if found:
+                    candidates.append((route, found.groupdict()))
+        if not candidates:
+            raise NotFound(f"No such endpoint: {path}")
+        wanted = "GET" if method == "HEAD" else method
+        for route, params in candidates:
+            if route.method == wanted:
+                return route, {name: urllib.parse.unquote(value) for name, value in params.items()}
+        raise MethodNotAllowed({route.method for route, _ in candidates} | {"OPTIONS"})
+
+
+# =============================================================================
+# The application
+# =============================================================================
+
+class Context:
+    """What handlers reach through ``req.ctx``: settings, store and services."""
+
+    def __init__(self, settings, store, clock, version):
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self.version = version
+        self.started_at = clock()
+        self.passwords = Passwords(settings.bcrypt_rounds, concurrency=max(1, min(4, settings.threads // 2)))
+        self.tokens = AccessTokens(settings.jwt_secret_key, settings.access_token_expires * 60,
+                                   settings.token_refresh_seconds, clock)
+        self.login_throttle = auth.LoginThrottle(clock)
+
+
+class App:
+    """The WSGI application proper: route, authenticate, call, answer."""
+
+    def __init__(self, ctx, router):
+        self.ctx = ctx
+        self.router = router
+
+    def __call__(self, environ, start_response):
+        req = Request(environ, self.ctx)
+        try:
+            route, params = self.router.match(req.method, req.path)
+            if route.auth:
+                req.user = auth.authenticate(req)
+            answer = route.handler(req, **params)
+            if not isinstance(answer, Response):
+                answer = json_response(answer)
+        except HTTPError as exc:
+            return middleware.error_answer(start_response, exc.status, exc.message, exc.headers)
+        except StoreUnavailable as exc:
+            error = ServiceUnavailable(str(exc), retry_after=30)
+            return middleware.error_answer(start_response, error.status, error.message, error.headers)
+        except Exception:
+            log.exception("unhandled error in %s %s", req.method, req.path)
+            return middleware.error_answer(start_response, 500, "Internal server error")
+        start_response(f"{answer.status} {STATUS_PHRASES.get(answer.status, 'Unknown')}", answer.headers)
+        if req.method == "HEAD":
+            return []
+        return answer.body
+
+    def close(self):
+        """Close the store (flushing it)."""
+        self.ctx.store.close()
+
+
+STATUS_PHRASES = {200: "OK", 201: "Created", 204: "No Content", 206: "Partial Content",
+                  304: "Not Modified", 503: "Service Unavailable"}
+
+
+# =============================================================================
+# Routes and composition
+# =============================================================================
+
+def routes(prefix):
+    """The whole route table: (method, path, handler, needs a user)."""
+    p = prefix
+    return [
+        Route("GET", "/", service.get_root, False),
+        Route("GET", f"{p}/health", service.get_health, False),
+        Route("GET", f"{p}/openapi.json", openapi.get_openapi, False),
+        Route("GET", f"{p}/docs", openapi.get_docs, False),
+        Route("POST", f"{p}/auth/register", auth.post_register, False),
+        Route("POST", f"{p}/auth/login", auth.post_login, False),
+        Route("POST", f"{p}/auth/refresh", auth.post_refresh, False),
+        Route("POST", f"{p}/auth/logout", auth.post_logout, False),
+        Route("GET", f"{p}/auth/token-info", auth.get_token_info, True),
+        Route("GET", f"{p}/messages", messages.get_messages, True),
+        Route("POST", f"{p}/messages", messages.post_message, True),
+        Route("GET", f"{p}/messages/me", messages.get_my_messages, True),
+        Route("GET", f"{p}/messages/{{message_id}}", messages.get_message, True),
+        Route("DELETE", f"{p}/messages/{{message_id}}", messages.delete_message, True),
+    ]
+
+
+def create_app(settings=None, *, clock=time.time, store=None, **overrides):
+    """A ready WSGI app: the handlers wrapped in oxc's middleware.
+
+    Args:
+        settings: a Settings; by default read from the environment and ``.env``.
+        clock: the time source for tokens and timestamps (tests inject one).
+        store: an open Store to use instead of opening ``settings.data_dir``.
+        overrides: Settings fields to replace, e.g. ``data_dir=tmp_path``.
+    """
+    settings = settings or Settings.from_environ()
+    if overrides:
+        settings = dataclasses.replace(settings, **overrides)
+    settings.check()
+    if store is None:
+        store = open_store(None if settings.data_dir is None else os.fspath(settings.data_dir))
+    ctx = Context(settings, store, clock, __version__)
+    router = Router(routes(settings.api_prefix))
+    ctx.routes = router.routes
+    app = core = App(ctx, router)
+    # Innermost first; CORS sits outside every refusal so browsers can read them.
+    app = middleware.BodyLimit(app, settings.max_body_bytes)
+    if settings.secret_key_enabled:
+        app = middleware.ApiKey(app, [settings.secret_key],
+                                exempt_paths=(f"{settings.api_prefix}/health",))
+    if settings.rate_limit_enabled:
+        app = middleware.RateLimit(app, middleware.RateLimitPolicy(
+            per_minute=settings.rate_limit, strict_per_minute=settings.auth_rate_limit,
+            strict_paths=(f"{settings.api_prefix}/auth/login", f"{settings.api_prefix}/auth/register")))
+    app = middleware.Cors(app, settings.cors_origins)
+    app = middleware.AccessLog(app)
+    app.core = core
+    return app
+
+
+def __getattr__(name):
+    # ``application`` is built on first use, so importing this module (for
+    # create_app, in tests) never opens ./data.
+    if name == "application":
+        with _application_lock:
+            if "application" not in globals():
+                globals()["application"] = create_app()
+        return globals()["application"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_application_lock = threading.Lock()
+
+
+# =============================================================================
+# Command line
+# =============================================================================
+
+def configure_logging(level):
+    """One format for oxc's, waitress's and the access log's lines."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr, force=True)
+
+
+def serve(settings):
+    """Serve with waitress until SIGTERM or SIGINT, then close the store cleanly."""
+    import waitress.server
+
+    app = create_app(settings)
+    server = waitress.server.create_server(
+        app, host=settings.host, port=settings.port, threads=settings.threads,
+        ident="oxc", channel_timeout=30, max_request_body_size=settings.max_body_bytes,
+        clear_untrusted_proxy_headers=True)
+
+    def stop(signum, frame):
+        log.info("received %s: finishing requests in flight", signal.Signals(signum).name)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    where = os.path.abspath(os.fspath(settings.data_dir))
+    host, port = server.effective_host, server.effective_port
+    log.info("oxc %s listening on http://%s:%s%s/ (data in %s)", __version__, host, port,
+             settings.api_prefix, where)
+    print(f"oxc listening on http://{host}:{port} (data in {where})", flush=True)
+    try:
+        server.run()
+    finally:
+        app.core.close()
+        log.info("oxc stopped; store closed")
+
+
+def main(argv=None):
+    """``oxc serve [--host H] [--port P] [--data-dir D]`` (the default command)."""
+    parser = argparse.ArgumentParser(prog="oxc", description="oxc chat service")
+    commands = parser.add_subparsers(dest="command")
+    serve_parser = commands.add_parser("serve", help="serve the API with waitress")
+    serve_parser.add_argument("--host")
+    serve_parser.add_argument("--port", type=int)
+    serve_parser.add_argument("--data-dir")
+    serve_parser.add_argument("--threads", type=int)
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_environ()
+        overrides = {name: getattr(args, name, None) for name in ("host", "port", "data_dir", "threads")}
+        settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+        settings.check()
+    except ConfigError as exc:
+        print(f"oxc: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    try:
+        serve(settings)
+    except StoreLocked as exc:
+        print(f"oxc: {exc}", file=sys.stderr)
+        return 3
+    except OSError as exc:
+        print(f"oxc: cannot serve on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+        return 4
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Shared fixtures: a fresh app per test over a temp data dir, and users in it."""
+
+import dataclasses
+import time
+from wsgiref.validate import validator
+
+import pytest
+from webtest import TestApp
+
+from oxc_wsgi import Settings, create_app
+
+PASSWORD = "correct horse battery"
+
+
+class Clock:
+    """A clock tests move by hand: ``clock.advance(60)``."""
+
+    def __init__(self, now=None):
+        self.now = time.time() if now is None else now
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
+
+
+@dataclasses.dataclass
+class User:
+    id: str
+    username: str
+    access_token: str
+    refresh_token: str
+
+    @property
+    def headers(self):
+        return {"Authorization": f"Bearer {self.access_token}"}
+
+
+class Client(TestApp):
+    """A webtest app that also knows how to make users."""
+
+    def register(self, username, password=PASSWORD, email=None, status=201):
+        body = {"username": username, "password": password}
+        if email:
+            body["email"] = email
+        return self.post_json(f"{self.prefix}/auth/register", body, status=status)
+
+    def login(self, username, password=PASSWORD, status=200):
+        return self.post_json(f"{self.prefix}/auth/login", {"username": username, "password": password},
+                              status=status)
+
+    def user(self, username, email=None):
+        """Register and log in ``username``; return a User with its tokens."""
+        self.register(username, email=email)
+        data = self.login(username).json["data"]
+        return User(data["user"]["id"], username, data["access_token"], data["refresh_token"])
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def make_client(tmp_path, clock):
+    """Build a Client over a fresh app; keyword arguments override settings."""
+    made = []
+
+    def make(**overrides):
+        options = dict(data_dir=tmp_path / "data", bcrypt_rounds=4)
+        options.update(overrides)
+        wsgi = create_app(Settings(), clock=clock, **options)
+        made.append(wsgi)
+        client = Client(validator(wsgi))
+        client.prefix = options.get("api_prefix", "/api")
+        client.wsgi = wsgi
+        return client
+
+    yield make
+    for wsgi in made:
+        wsgi.core.close()
+
+
+@pytest.fixture
+def client(make_client):
+    return make_client()
+
+
+def assert_error(response, status, contains=None):
+    """The answer has ``status`` and the error envelope (with ``contains`` in its message)."""
+    assert response.status_int == status
+    assert response.content_type == "application/json"
+    assert response.json["status"] == "error"
+    assert isinstance(response.json["message"], str) and response.json["message"]
+    if contains is not None:
+        assert contains.lower() in response.json["message"].lower(), response.json["message"]
