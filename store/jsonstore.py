@@ -21,6 +21,7 @@ import heapq
 import logging
 import os
 import threading
+import time
 
 from .base import Page, Store
 from .errors import Conflict, StoreUnavailable
@@ -137,9 +138,15 @@ class JsonStore(Store):
         return not any(self._tables.values())
 
     def _load_snapshot(self, snapshot):
+        total = sum(len(rows) for rows in snapshot["tables"].values())
+        done, next_report = 0, time.monotonic() + 2
         for table, rows in snapshot["tables"].items():
             for key, value in rows.items():
                 self._apply([("put", table, key, value)])
+                done += 1
+                if time.monotonic() >= next_report:
+                    log.info("store: indexing the snapshot: %d of %d records", done, total)
+                    next_report = time.monotonic() + 2
         self._next_seq = max(self._next_seq, snapshot.get("next_seq", 1))
 
     def compact(self):

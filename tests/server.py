@@ -1,0 +1,77 @@
+"""Running the real server as a subprocess on an ephemeral loopback port."""
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Server:
+    """``oxc serve`` in a child process; ``request`` talks to it with http.client."""
+
+    def __init__(self, data_dir, **env):
+        self.data_dir = str(data_dir)
+        environment = {k: v for k, v in os.environ.items() if k not in ("OXC_ENV", "FLASK_ENV")}
+        environment.update(HOST="127.0.0.1", PORT="0", DATA_DIR=self.data_dir, BCRYPT_ROUNDS="4",
+                           LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1")
+        environment.update({key: str(value) for key, value in env.items()})
+        self.process = subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "oxc_wsgi.py"), "serve"], cwd=ROOT, env=environment,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.process.stdout.readline()
+        if not line.startswith("oxc listening on http://"):
+            self.process.kill()
+            raise RuntimeError(f"server did not start: {line!r} {self.process.stderr.read()}")
+        self.port = int(line.split("http://", 1)[1].split()[0].rsplit(":", 1)[1])
+
+    def request(self, method, path, body=None, token=None, timeout=10):
+        """(status, parsed JSON) of one request on a fresh connection."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        headers = {}
+        if body is not None:
+            body = json.dumps(body)
+            headers["Content-Type"] = "application/json"
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        try:
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            return response.status, json.loads(response.read() or b"null")
+        finally:
+            connection.close()
+
+    def user(self, username, password="password123"):
+        """Register (if needed) and log in; returns the login data."""
+        self.request("POST", "/api/auth/register", {"username": username, "password": password})
+        status, answer = self.request("POST", "/api/auth/login", {"username": username, "password": password})
+        assert status == 200, answer
+        return answer["data"]
+
+    def stop(self, sig=signal.SIGTERM, timeout=15):
+        """Signal the server and wait; returns its exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self.process.stdout.close()
+            self.process.stderr.close()
+
+    def kill(self):
+        """kill -9, as a crash would."""
+        return self.stop(signal.SIGKILL)
+
+
+def wait_until(predicate, timeout=10, interval=0.05):
+    """Poll ``predicate`` until it is true or ``timeout`` passes; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
