@@ -136,6 +136,7 @@ VARIABLES = (
     ("max_body_bytes", "MAX_BODY_BYTES", _integer(1024), 64 * 1024),
     ("bcrypt_rounds", "BCRYPT_ROUNDS", _integer(4, 16), 12),
     ("threads", "THREADS", _integer(1, 1024), 8),
+    ("compact_min", "STORE_COMPACT_MIN", _integer(10), 10_000),
 )
 
 
@@ -166,6 +167,7 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     bcrypt_rounds: int = 12
     threads: int = 8
+    compact_min: int = 10_000
 
     @classmethod
     def from_environ(cls, environ=None, env_file=".env"):
@@ -486,7 +488,8 @@ def create_app(settings=None, *, clock=time.time, store=None, **overrides):
         settings = dataclasses.replace(settings, **overrides)
     settings.check()
     if store is None:
-        store = open_store(None if settings.data_dir is None else os.fspath(settings.data_dir))
+        data_dir = None if settings.data_dir is None else os.fspath(settings.data_dir)
+        store = open_store(data_dir, compact_min=settings.compact_min)
     ctx = Context(settings, store, clock, __version__)
     router = Router(routes(settings.api_prefix))
     ctx.routes = router.routes
