@@ -105,3 +105,101 @@ class Store:
     def delete_user_sessions(self, user_id, keep=None):
         """End every session of a user except ``keep``; returns how many ended."""
         raise NotImplementedError
+
+    # -- people ---------------------------------------------------------------
+
+    def touch_user(self, user_id, seconds):
+        """Record activity (``last_seen``); cheap, and not worth a flush of its own."""
+        raise NotImplementedError
+
+    def users_by_prefix(self, prefix, limit=20, after=None):
+        """Users whose username starts with ``prefix`` (case-insensitive), by username.
+
+        ``after`` is a username; the page starts after it.
+        """
+        raise NotImplementedError
+
+    # -- chats ----------------------------------------------------------------
+
+    def create_chat(self, chat, members):
+        """Add a chat and its first member records in one write."""
+        raise NotImplementedError
+
+    def direct_chat(self, chat, first, second):
+        """The direct chat of two users, created from ``chat`` if there is none.
+
+        Returns (chat, created). Concurrent calls for one pair yield one chat.
+        """
+        raise NotImplementedError
+
+    def get_chat(self, chat_id):
+        """The chat with this id, or None."""
+        raise NotImplementedError
+
+    def update_chat(self, chat_id, changes):
+        """Apply ``changes`` to a chat; returns the new record."""
+        raise NotImplementedError
+
+    def delete_chat(self, chat_id):
+        """Remove a chat with its members and messages."""
+        raise NotImplementedError
+
+    def user_chats(self, user_id, limit=50, before=None):
+        """(chats, more): the user's chats, newest activity first.
+
+        ``before`` is a chat id: the page starts after that chat.
+        """
+        raise NotImplementedError
+
+    # -- members --------------------------------------------------------------
+
+    def get_member(self, chat_id, user_id):
+        """The membership record (role, muted, read and delivered pointers), or None."""
+        raise NotImplementedError
+
+    def members(self, chat_id):
+        """Every membership record of a chat."""
+        raise NotImplementedError
+
+    def add_member(self, member):
+        """Add a membership; Conflict if the user is already a member."""
+        raise NotImplementedError
+
+    def update_members(self, updates):
+        """Apply ``{(chat_id, user_id): changes}`` in one write; returns the new records."""
+        raise NotImplementedError
+
+    def remove_member(self, chat_id, user_id):
+        """End a membership; returns True if it existed."""
+        raise NotImplementedError
+
+    # -- messages in chats ----------------------------------------------------
+
+    def add_chat_message(self, message):
+        """Store a chat message (assigning ``seq``) and move the author's read pointer to it."""
+        raise NotImplementedError
+
+    def get_chat_message(self, message_id):
+        """The chat message with this id, or None."""
+        raise NotImplementedError
+
+    def update_chat_message(self, message_id, changes):
+        """Apply ``changes`` (an edit, a tombstone) to a chat message; returns it."""
+        raise NotImplementedError
+
+    def chat_history(self, chat_id, before=None, after=None, limit=50):
+        """A Page of a chat's messages, with the cursors of ``visible_messages``."""
+        raise NotImplementedError
+
+    def unread_count(self, chat_id, user_id):
+        """How many messages of the chat lie after the user's read pointer."""
+        raise NotImplementedError
+
+    def search(self, scopes, terms, before=None, limit=20):
+        """(messages, more): messages in ``scopes`` holding every term, newest first.
+
+        A scope is a chat id, ``"public"`` (0xC's public messages) or
+        ``"user:<id>"`` (0xC's private messages to or from that user).
+        ``before`` is a seq.
+        """
+        raise NotImplementedError

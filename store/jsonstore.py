@@ -179,6 +179,9 @@ class JsonStore(Store):
             ticket = self._write(ops)
         self._wait(ticket)
         self.compact()
+        if sessions:
+            log.warning("store: 0xC's tokens.json still holds raw refresh tokens; oxc keeps only "
+                        "their digests, so delete that file once 0xC itself is retired")
 
     # -- indexes ------------------------------------------------------------
 
