@@ -33,7 +33,7 @@ import time
 import urllib.parse
 
 import middleware
-from handlers import auth, messages, openapi, service
+from handlers import auth, chats, messages, openapi, search, service, users
 from handlers.http import (BadRequest, HTTPError, MethodNotAllowed, NotFound, Response,
                            ServiceUnavailable, UnsupportedMediaType, json_response)
 from handlers.passwords import Passwords
@@ -472,6 +472,30 @@ def routes(prefix):
         Route("GET", f"{p}/messages/me", messages.get_my_messages, True),
         Route("GET", f"{p}/messages/{{message_id}}", messages.get_message, True),
         Route("DELETE", f"{p}/messages/{{message_id}}", messages.delete_message, True),
+        Route("GET", f"{p}/chats", chats.get_chats, True),
+        Route("POST", f"{p}/chats/group", chats.post_group_chat, True),
+        Route("POST", f"{p}/chats/direct", chats.post_direct_chat, True),
+        Route("GET", f"{p}/chats/{{chat_id}}", chats.get_chat, True),
+        Route("PATCH", f"{p}/chats/{{chat_id}}", chats.patch_chat, True),
+        Route("DELETE", f"{p}/chats/{{chat_id}}", chats.delete_chat, True),
+        Route("GET", f"{p}/chats/{{chat_id}}/members", chats.get_members, True),
+        Route("POST", f"{p}/chats/{{chat_id}}/members", chats.post_member, True),
+        Route("PATCH", f"{p}/chats/{{chat_id}}/members/{{user_id}}", chats.patch_member, True),
+        Route("DELETE", f"{p}/chats/{{chat_id}}/members/{{user_id}}", chats.delete_member, True),
+        Route("PUT", f"{p}/chats/{{chat_id}}/mute", chats.put_mute, True),
+        Route("GET", f"{p}/chats/{{chat_id}}/messages", chats.get_chat_messages, True),
+        Route("POST", f"{p}/chats/{{chat_id}}/messages", chats.post_chat_message, True),
+        Route("PATCH", f"{p}/chats/{{chat_id}}/messages/{{message_id}}", chats.patch_chat_message, True),
+        Route("DELETE", f"{p}/chats/{{chat_id}}/messages/{{message_id}}", chats.delete_chat_message, True),
+        Route("GET", f"{p}/chats/{{chat_id}}/messages/{{message_id}}/receipts", chats.get_receipts, True),
+        Route("POST", f"{p}/chats/{{chat_id}}/read", chats.post_read, True),
+        Route("POST", f"{p}/chats/{{chat_id}}/delivered", chats.post_delivered, True),
+        Route("GET", f"{p}/search", search.get_search, True),
+        Route("GET", f"{p}/users", users.get_users, True),
+        Route("GET", f"{p}/users/me", users.get_me, True),
+        Route("PATCH", f"{p}/users/me", users.patch_me, True),
+        Route("POST", f"{p}/users/me/password", users.post_password, True),
+        Route("GET", f"{p}/users/{{user_id}}", users.get_user, True),
     ]
 
 

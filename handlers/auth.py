@@ -25,6 +25,7 @@ USERNAME = re.compile(r"^[A-Za-z0-9_-]{3,32}$")
 MIN_PASSWORD_LENGTH = 8
 BAD_LOGIN = "Invalid username or password"
 BAD_REFRESH = "Invalid or expired refresh token"
+LAST_SEEN_RESOLUTION = 60  # seconds; "last seen" is written at most this often per user
 
 
 class LoginThrottle:
@@ -106,6 +107,9 @@ def authenticate(req):
     if claims.get("sid") is not None and store.get_session(claims["sid"]) is None:
         raise Unauthorized("Session has ended; log in again")
     req.claims = claims
+    now = req.ctx.clock()
+    if now - user.get("last_seen", 0) >= LAST_SEEN_RESOLUTION:
+        user = store.touch_user(user["id"], now) or user
     return user
 
 
@@ -176,8 +180,10 @@ def post_login(req):
         ctx.login_throttle.failed(username)
         raise Unauthorized(BAD_LOGIN)
     ctx.login_throttle.succeeded(username)
+    changes = {"last_seen": ctx.clock()}
     if ctx.passwords.needs_rehash(user["password_hash"]):
-        user = ctx.store.update_user(user["id"], {"password_hash": ctx.passwords.hash(password)})
+        changes["password_hash"] = ctx.passwords.hash(password)
+    user = ctx.store.update_user(user["id"], changes)
     return success(dict(start_session(req, user), user=public_user(user)), "Login successful")
 
 

@@ -2,17 +2,15 @@
 
 A user may see a message they sent, one sent to them, or a public one; any
 other id answers 404 exactly as an unknown id does, so ids leak nothing.
-Lists are pages: ``limit`` (1-200, default 50) and one of ``before``/``after``
-(a message id). Without a cursor the page holds the newest messages. A page is
-oldest first, and ``paging.before``/``paging.after`` are the cursors for the
-next older/newer page (null when there is nothing there).
+Lists are pages (see ``paging.py``); without a cursor a page holds the newest
+messages.
 """
 
 import uuid
 
-from .fields import limit as read_limit
 from .fields import text
 from .http import BadRequest, Forbidden, NotFound, success
+from .paging import page_answer
 from .views import iso_time, public_message
 
 
@@ -22,42 +20,28 @@ def _visible(message, user_id):
         or user_id in (message["user_id"], message["recipient_id"]))
 
 
-def _page(req, listing, is_listed):
-    """Answer one page of ``listing(before=, after=, limit=)``; ``is_listed`` vets cursors."""
-    query = req.query
-    size = read_limit(query)
-    if "before" in query and "after" in query:
-        raise BadRequest("Use either 'before' or 'after', not both")
-    cursors = {}
-    for name in ("before", "after"):
-        if name in query:
-            anchor = req.ctx.store.get_message(query[name])
-            if not is_listed(anchor):
-                raise BadRequest(f"Query parameter '{name}' is not a message in this list")
-            cursors[name] = anchor["seq"]
-    page = listing(limit=size, **cursors)
-    items = [public_message(message) for message in page.items]
-    older = page.items[0]["id"] if page.older and page.items else None
-    newer = page.items[-1]["id"] if page.newer and page.items else None
-    if not page.items and page.older:
-        older = query.get("after")
-    if not page.items and page.newer:
-        newer = query.get("before")
-    return success(messages=items, paging={"limit": size, "before": older, "after": newer})
+def _sent_by(message, user_id):
+    return message is not None and message["user_id"] == user_id
+
+
+def _listed(message, rule, user_id):
+    return message if rule(message, user_id) else None
 
 
 def get_messages(req):
     """Messages the current user may see: public, and private to or from them."""
-    user_id = req.user["id"]
-    return _page(req, lambda **kw: req.ctx.store.visible_messages(user_id, **kw),
-                 lambda message: _visible(message, user_id))
+    user_id, store = req.user["id"], req.ctx.store
+    return page_answer(req, lambda **kw: store.visible_messages(user_id, **kw),
+                       lambda message_id: _listed(store.get_message(message_id), _visible, user_id),
+                       public_message)
 
 
 def get_my_messages(req):
     """Messages the current user sent."""
-    user_id = req.user["id"]
-    return _page(req, lambda **kw: req.ctx.store.sent_messages(user_id, **kw),
-                 lambda message: message is not None and message["user_id"] == user_id)
+    user_id, store = req.user["id"], req.ctx.store
+    return page_answer(req, lambda **kw: store.sent_messages(user_id, **kw),
+                       lambda message_id: _listed(store.get_message(message_id), _sent_by, user_id),
+                       public_message)
 
 
 def post_message(req):

@@ -28,3 +28,59 @@ def public_message(message):
         "timestamp": message["timestamp"],
         "recipient_id": message.get("recipient_id"),
     }
+
+
+def profile(user, private=False):
+    """A user's profile; ``private`` adds what only they may see (e-mail)."""
+    shown = {
+        "id": user["id"],
+        "username": user["username"],
+        "full_name": user.get("full_name"),
+        "bio": user.get("bio"),
+        "avatar_url": user.get("avatar_url"),
+        "created_at": user.get("created_at"),
+        "last_seen": iso_time(user["last_seen"]) if user.get("last_seen") else None,
+    }
+    if private:
+        shown["email"] = user.get("email")
+    return shown
+
+
+def chat_message(message):
+    """A message in a chat; a deleted one is a tombstone without content."""
+    deleted = bool(message.get("deleted"))
+    return {
+        "id": message["id"],
+        "chat_id": message["chat_id"],
+        "user_id": message["user_id"],
+        "username": message["username"],
+        "content": None if deleted else message["content"],
+        "reply_to_id": message.get("reply_to_id"),
+        "mentions": [] if deleted else message.get("mentions", []),
+        "created_at": message["created_at"],
+        "edited_at": message.get("edited_at"),
+        "deleted": deleted,
+    }
+
+
+def member(record, user):
+    """A chat member: who, which role, since when."""
+    return {
+        "user_id": record["user_id"],
+        "username": user["username"] if user else None,
+        "role": record["role"],
+        "joined_at": record["joined_at"],
+    }
+
+
+def chat(record, member_count):
+    """A chat's own fields."""
+    return {
+        "id": record["id"],
+        "type": record["type"],
+        "name": record.get("name"),
+        "description": record.get("description"),
+        "created_by": record.get("created_by"),
+        "created_at": record["created_at"],
+        "member_count": member_count,
+    }

@@ -7,7 +7,7 @@ backend; today that is the embedded JSON store under a data directory::
     store = open_store(None)          # in memory, for embedding and tests
 """
 
-from .base import Page, Store
+from .base import Page, Store, search_terms
 from .errors import Conflict, StoreError, StoreLocked, StoreUnavailable
 from .jsonstore import JsonStore
 from .legacy import has_legacy_data, read_legacy
@@ -21,5 +21,5 @@ def open_store(data_dir, compact_min=10_000):
 
 __all__ = [
     "Conflict", "JsonStore", "Page", "Store", "StoreError", "StoreLocked",
-    "StoreUnavailable", "has_legacy_data", "open_store", "read_legacy",
+    "StoreUnavailable", "has_legacy_data", "open_store", "read_legacy", "search_terms",
 ]

@@ -10,7 +10,16 @@ write is durable; a backend that can no longer guarantee that raises
 ``StoreUnavailable``.
 """
 
+import re
 from typing import NamedTuple
+
+WORD = re.compile(r"\w+")
+MAX_TERM = 64
+
+
+def search_terms(text):
+    """The distinct words of ``text`` that search indexes and matches, case-folded."""
+    return {term for term in WORD.findall(text.casefold()) if len(term) <= MAX_TERM}
 
 
 class Page(NamedTuple):
@@ -109,7 +118,7 @@ class Store:
     # -- people ---------------------------------------------------------------
 
     def touch_user(self, user_id, seconds):
-        """Record activity (``last_seen``); cheap, and not worth a flush of its own."""
+        """Record activity (``last_seen``) and return the user; not worth a flush of its own."""
         raise NotImplementedError
 
     def users_by_prefix(self, prefix, limit=20, after=None):
@@ -142,6 +151,10 @@ class Store:
 
     def delete_chat(self, chat_id):
         """Remove a chat with its members and messages."""
+        raise NotImplementedError
+
+    def chat_ids(self, user_id):
+        """The ids of every chat the user belongs to."""
         raise NotImplementedError
 
     def user_chats(self, user_id, limit=50, before=None):

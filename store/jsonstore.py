@@ -10,7 +10,13 @@ The indexes make every query cost O(log n + page), never a scan:
 - ``_public``: seqs of public messages, ascending;
 - ``_private[user]``: seqs of private messages to or from a user;
 - ``_sent[user]``: seqs of every message a user sent;
-- ``_by_seq``, ``_by_username``, ``_by_email``, ``_session_by_hash``.
+- ``_by_seq`` (0xC and chat messages share one rising seq), ``_by_username``,
+  ``_by_email``, ``_session_by_hash``, ``_usernames`` (sorted, for prefixes);
+- ``_chat_seqs[chat]``: seqs of a chat's messages; ``_members_of[chat]`` and
+  ``_chats_of[user]``; ``_direct[pair]``: the direct chat of two users;
+- ``_postings[(scope, term)]``: seqs of the messages in a scope (a chat,
+  ``public`` or ``user:<id>``) holding a word, so search reads only the
+  postings of the scopes a user may see.
 
 With ``data_dir=None`` the store lives in memory only (for embedding and
 tests); otherwise see ``journal.py`` for what reaches the disk and when.
@@ -18,18 +24,25 @@ tests); otherwise see ``journal.py`` for what reaches the disk and when.
 
 import bisect
 import heapq
+import itertools
 import logging
 import os
 import threading
 import time
 
-from .base import Page, Store
+from .base import Page, Store, search_terms
 from .errors import Conflict, StoreUnavailable
 from .journal import SNAPSHOT, Journal
 
 log = logging.getLogger("oxc.store")
 
-TABLES = ("users", "messages", "sessions")
+TABLES = ("users", "messages", "sessions", "chats", "members", "chat_messages")
+def member_key(chat_id, user_id):
+    return f"{chat_id}:{user_id}"
+
+
+def pair_key(first, second):
+    return "|".join(sorted((first, second)))
 
 
 def _insert_sorted(seqs, seq):
@@ -45,12 +58,23 @@ def _remove_sorted(seqs, seq):
         del seqs[index]
 
 
+def _contains(seqs, seq):
+    index = bisect.bisect_left(seqs, seq)
+    return index < len(seqs) and seqs[index] == seq
+
+
 def _exists_below(lists, seq):
     return any(bisect.bisect_left(seqs, seq) > 0 for seqs in lists)
 
 
 def _exists_above(lists, seq):
     return any(bisect.bisect_right(seqs, seq) < len(seqs) for seqs in lists)
+
+
+def _remove_name(names, name):
+    index = bisect.bisect_left(names, name)
+    if index < len(names) and names[index] == name:
+        del names[index]
 
 
 def _fold(text):
@@ -72,6 +96,12 @@ class JsonStore(Store):
         self._by_username = {}
         self._by_email = {}
         self._session_by_hash = {}
+        self._usernames = []
+        self._chat_seqs = {}
+        self._members_of = {}
+        self._chats_of = {}
+        self._direct = {}
+        self._postings = {}
         self._journal = None
         self._closed = False
         if data_dir is None:
@@ -188,10 +218,12 @@ class JsonStore(Store):
     def _index_users(self, old, new):
         if old is not None:
             self._by_username.pop(_fold(old["username"]), None)
+            _remove_name(self._usernames, _fold(old["username"]))
             if old.get("email"):
                 self._by_email.pop(_fold(old["email"]), None)
         if new is not None:
             self._by_username[_fold(new["username"])] = new["id"]
+            bisect.insort(self._usernames, _fold(new["username"]))
             if new.get("email"):
                 self._by_email[_fold(new["email"])] = new["id"]
 
@@ -201,12 +233,30 @@ class JsonStore(Store):
             del self._by_seq[seq]
             for seqs in self._message_lists(old):
                 _remove_sorted(seqs, seq)
+            self._index_terms(self._message_scopes(old), old.get("content"), seq, _remove_sorted)
         if new is not None:
             seq = new["seq"]
             self._by_seq[seq] = new
             self._next_seq = max(self._next_seq, seq + 1)
             for seqs in self._message_lists(new):
                 _insert_sorted(seqs, seq)
+            self._index_terms(self._message_scopes(new), new.get("content"), seq, _insert_sorted)
+
+    def _message_scopes(self, message):
+        sender, recipient = message["user_id"], message.get("recipient_id")
+        if recipient is None:
+            return ("public",)
+        return {f"user:{sender}", f"user:{recipient}"}
+
+    def _index_terms(self, scopes, text, seq, change):
+        if not text:
+            return
+        for term in search_terms(text):
+            for scope in scopes:
+                seqs = self._postings.setdefault((scope, term), [])
+                change(seqs, seq)
+                if not seqs:
+                    del self._postings[(scope, term)]
 
     def _message_lists(self, message):
         sender, recipient = message["user_id"], message.get("recipient_id")
@@ -224,6 +274,43 @@ class JsonStore(Store):
             self._session_by_hash.pop(old["token_hash"], None)
         if new is not None:
             self._session_by_hash[new["token_hash"]] = new["id"]
+
+    def _index_chats(self, old, new):
+        if old is not None and old["type"] == "direct":
+            self._direct.pop(pair_key(*old["pair"]), None)
+        if new is not None:
+            self._next_seq = max(self._next_seq, new["seq"] + 1)
+            self._members_of.setdefault(new["id"], {})
+            self._chat_seqs.setdefault(new["id"], [])
+            if new["type"] == "direct":
+                self._direct[pair_key(*new["pair"])] = new["id"]
+        elif old is not None:
+            self._members_of.pop(old["id"], None)
+            self._chat_seqs.pop(old["id"], None)
+
+    def _index_members(self, old, new):
+        if old is not None:
+            self._members_of.get(old["chat_id"], {}).pop(old["user_id"], None)
+            self._chats_of.get(old["user_id"], set()).discard(old["chat_id"])
+        if new is not None:
+            self._members_of.setdefault(new["chat_id"], {})[new["user_id"]] = new
+            self._chats_of.setdefault(new["user_id"], set()).add(new["chat_id"])
+
+    def _index_chat_messages(self, old, new):
+        if old is not None:
+            self._by_seq.pop(old["seq"], None)
+            _remove_sorted(self._chat_seqs.get(old["chat_id"], []), old["seq"])
+            self._index_terms((old["chat_id"],), self._searchable(old), old["seq"], _remove_sorted)
+        if new is not None:
+            seq = new["seq"]
+            self._by_seq[seq] = new
+            self._next_seq = max(self._next_seq, seq + 1)
+            _insert_sorted(self._chat_seqs.setdefault(new["chat_id"], []), seq)
+            self._index_terms((new["chat_id"],), self._searchable(new), seq, _insert_sorted)
+
+    @staticmethod
+    def _searchable(message):
+        return None if message.get("deleted") or message.get("encrypted") else message.get("content")
 
     # -- users --------------------------------------------------------------
 
@@ -354,3 +441,192 @@ class JsonStore(Store):
             ticket = self._write([("del", "sessions", key, None) for key in doomed])
         self._wait(ticket)
         return len(doomed)
+
+    # -- people ---------------------------------------------------------------
+
+    def touch_user(self, user_id, seconds):
+        with self._lock:
+            user = self._tables["users"].get(user_id)
+            if user is None:
+                return None
+            user = dict(user, last_seen=seconds)
+            # Not waited for: losing the last few seconds of "last seen" to a
+            # crash is harmless, and a flush per request is not.
+            self._write([("put", "users", user_id, user)])
+            return user
+
+    def users_by_prefix(self, prefix, limit=20, after=None):
+        prefix = _fold(prefix)
+        with self._lock:
+            start = bisect.bisect_left(self._usernames, prefix)
+            if after is not None:
+                start = max(start, bisect.bisect_right(self._usernames, _fold(after)))
+            found = []
+            for name in itertools.islice(self._usernames, start, None):
+                if not name.startswith(prefix) or len(found) > limit:
+                    break
+                found.append(self._tables["users"][self._by_username[name]])
+        return found[:limit], len(found) > limit
+
+    # -- chats ----------------------------------------------------------------
+
+    def _new_seq(self):
+        seq = self._next_seq
+        self._next_seq += 1
+        return seq
+
+    def create_chat(self, chat, members):
+        with self._lock:
+            chat = dict(chat, seq=self._new_seq())
+            ops = [("put", "chats", chat["id"], chat)]
+            ops += [("put", "members", member_key(chat["id"], m["user_id"]), dict(m, chat_id=chat["id"]))
+                    for m in members]
+            ticket = self._write(ops)
+        self._wait(ticket)
+        return chat
+
+    def direct_chat(self, chat, first, second):
+        with self._lock:
+            existing = self._direct.get(pair_key(first["user_id"], second["user_id"]))
+            if existing is not None:
+                return self._tables["chats"][existing], False
+            chat = dict(chat, seq=self._new_seq(), pair=sorted((first["user_id"], second["user_id"])))
+            ops = [("put", "chats", chat["id"], chat)]
+            ops += [("put", "members", member_key(chat["id"], m["user_id"]), dict(m, chat_id=chat["id"]))
+                    for m in (first, second)]
+            ticket = self._write(ops)
+        self._wait(ticket)
+        return chat, True
+
+    def get_chat(self, chat_id):
+        return self._tables["chats"].get(chat_id)
+
+    def update_chat(self, chat_id, changes):
+        with self._lock:
+            chat = dict(self._tables["chats"][chat_id], **changes)
+            ticket = self._write([("put", "chats", chat_id, chat)])
+        self._wait(ticket)
+        return chat
+
+    def delete_chat(self, chat_id):
+        with self._lock:
+            if chat_id not in self._tables["chats"]:
+                return False
+            ops = [("del", "chat_messages", self._by_seq[seq]["id"], None)
+                   for seq in self._chat_seqs.get(chat_id, ())]
+            ops += [("del", "members", member_key(chat_id, user_id), None)
+                    for user_id in self._members_of.get(chat_id, {})]
+            ops.append(("del", "chats", chat_id, None))
+            ticket = self._write(ops)
+        self._wait(ticket)
+        return True
+
+    def _activity(self, chat_id):
+        seqs = self._chat_seqs.get(chat_id)
+        return seqs[-1] if seqs else self._tables["chats"][chat_id]["seq"]
+
+    def chat_ids(self, user_id):
+        with self._lock:
+            return set(self._chats_of.get(user_id, ()))
+
+    def user_chats(self, user_id, limit=50, before=None):
+        with self._lock:
+            ranked = sorted(((self._activity(chat_id), chat_id) for chat_id in self._chats_of.get(user_id, ())),
+                            reverse=True)
+            if before is not None and before in self._tables["chats"]:
+                cursor = (self._activity(before), before)
+                ranked = [entry for entry in ranked if entry < cursor]
+            chats = [self._tables["chats"][chat_id] for _, chat_id in ranked[:limit]]
+        return chats, len(ranked) > limit
+
+    # -- members --------------------------------------------------------------
+
+    def get_member(self, chat_id, user_id):
+        return self._members_of.get(chat_id, {}).get(user_id)
+
+    def members(self, chat_id):
+        with self._lock:
+            return list(self._members_of.get(chat_id, {}).values())
+
+    def add_member(self, member):
+        with self._lock:
+            if member["user_id"] in self._members_of.get(member["chat_id"], {}):
+                raise Conflict("User is already a member of this chat")
+            ticket = self._write([("put", "members", member_key(member["chat_id"], member["user_id"]), member)])
+        self._wait(ticket)
+        return member
+
+    def update_members(self, updates):
+        with self._lock:
+            records = [dict(self._members_of[chat_id][user_id], **changes)
+                       for (chat_id, user_id), changes in updates.items()]
+            ticket = self._write([("put", "members", member_key(r["chat_id"], r["user_id"]), r)
+                                  for r in records])
+        self._wait(ticket)
+        return records
+
+    def remove_member(self, chat_id, user_id):
+        with self._lock:
+            if user_id not in self._members_of.get(chat_id, {}):
+                return False
+            ticket = self._write([("del", "members", member_key(chat_id, user_id), None)])
+        self._wait(ticket)
+        return True
+
+    # -- messages in chats ----------------------------------------------------
+
+    def add_chat_message(self, message):
+        with self._lock:
+            message = dict(message, seq=self._new_seq())
+            ops = [("put", "chat_messages", message["id"], message)]
+            author = self._members_of.get(message["chat_id"], {}).get(message["user_id"])
+            if author is not None:
+                ops.append(("put", "members", member_key(message["chat_id"], message["user_id"]),
+                            dict(author, read_seq=message["seq"],
+                                 delivered_seq=max(author.get("delivered_seq", 0), message["seq"]))))
+            ticket = self._write(ops)
+        self._wait(ticket)
+        return message
+
+    def get_chat_message(self, message_id):
+        return self._tables["chat_messages"].get(message_id)
+
+    def update_chat_message(self, message_id, changes):
+        with self._lock:
+            message = dict(self._tables["chat_messages"][message_id], **changes)
+            ticket = self._write([("put", "chat_messages", message_id, message)])
+        self._wait(ticket)
+        return message
+
+    def chat_history(self, chat_id, before=None, after=None, limit=50):
+        with self._lock:
+            return self._page([self._chat_seqs.get(chat_id, [])], before, after, limit)
+
+    def unread_count(self, chat_id, user_id):
+        with self._lock:
+            member = self._members_of.get(chat_id, {}).get(user_id)
+            seqs = self._chat_seqs.get(chat_id, [])
+            read = member.get("read_seq", 0) if member else 0
+            return len(seqs) - bisect.bisect_right(seqs, read)
+
+    def search(self, scopes, terms, before=None, limit=20):
+        terms = sorted(set(terms))
+        if not terms:
+            return [], False
+        with self._lock:
+            streams = [self._matches(scope, terms, before) for scope in scopes]
+            found = list(itertools.islice(heapq.merge(*streams, reverse=True), limit + 1))
+            return [self._by_seq[seq] for seq in found[:limit]], len(found) > limit
+
+    def _matches(self, scope, terms, before):
+        """Seqs in ``scope`` holding every term, newest first, below ``before``."""
+        lists = [self._postings.get((scope, term)) for term in terms]
+        if not all(lists):
+            return
+        lists.sort(key=len)
+        rarest, others = lists[0], lists[1:]
+        end = len(rarest) if before is None else bisect.bisect_left(rarest, before)
+        for index in range(end - 1, -1, -1):
+            seq = rarest[index]
+            if all(_contains(other, seq) for other in others):
+                yield seq

@@ -1,0 +1,358 @@
+"""Conversations: direct chats (two people) and groups (owner, admins, members).
+
+A direct chat is found again rather than duplicated: ``POST /chats/direct``
+creates it on first contact (optionally with the first message) and answers
+the same chat afterwards. Everything inside a chat goes through
+``roles.in_chat``; a deleted message stays in history as a tombstone so
+replies and cursors keep pointing at something.
+"""
+
+import re
+import uuid
+
+from store import Conflict as StoreConflict
+
+from . import views
+from .fields import text
+from .fields import limit as read_limit
+from .http import BadRequest, Forbidden, NotFound, success
+from .paging import page_answer
+from .roles import check_removal, check_role_change, in_chat, may_moderate
+
+MENTION = re.compile(r"(?<![\w@])@([A-Za-z0-9_-]{3,32})")
+MAX_INITIAL_MEMBERS = 100
+
+
+def _now(req):
+    return views.iso_time(req.ctx.clock())
+
+
+def _find_user(req, body, required=True):
+    """The user a body names by ``user_id`` or ``username`` (400 if unknown)."""
+    user_id = text(body, "user_id", required=False, max_length=64)
+    username = text(body, "username", required=False, max_length=32)
+    if user_id is None and username is None:
+        if required:
+            raise BadRequest("Missing required field: user_id or username")
+        return None
+    store = req.ctx.store
+    user = store.get_user(user_id) if user_id is not None else store.find_user(username)
+    if user is None:
+        raise BadRequest(f"User {user_id or username} not found")
+    return user
+
+
+def _member_record(user_id, role, now):
+    return {"user_id": user_id, "role": role, "joined_at": now, "muted": False, "read_seq": 0, "delivered_seq": 0}
+
+
+def _summary(req, chat, me):
+    """A chat as its member sees it in a list: last message, unread count, role."""
+    store = req.ctx.store
+    last = store.chat_history(chat["id"], limit=1).items
+    members = store.members(chat["id"])
+    shown = views.chat(chat, len(members))
+    if chat["type"] == "direct":
+        peer_id = next((uid for uid in chat["pair"] if uid != me["user_id"]), me["user_id"])
+        peer = store.get_user(peer_id)
+        shown["peer"] = {"id": peer_id, "username": peer["username"] if peer else None}
+    shown.update(
+        last_message=views.chat_message(last[0]) if last else None,
+        unread_count=store.unread_count(chat["id"], me["user_id"]),
+        role=me["role"],
+        muted=me.get("muted", False),
+    )
+    return shown
+
+
+def _details(req, chat, me):
+    store = req.ctx.store
+    shown = _summary(req, chat, me)
+    shown["members"] = [views.member(m, store.get_user(m["user_id"])) for m in store.members(chat["id"])]
+    return shown
+
+
+# -- chats ------------------------------------------------------------------
+
+def get_chats(req):
+    """My chats, newest activity first, each with last message, unread count, role."""
+    store, user_id = req.ctx.store, req.user["id"]
+    size = read_limit(req.query)
+    before = req.query.get("before")
+    if before is not None and store.get_member(before, user_id) is None:
+        raise BadRequest("Query parameter 'before' is not one of your chats")
+    chats, more = store.user_chats(user_id, limit=size, before=before)
+    shown = [_summary(req, chat, store.get_member(chat["id"], user_id)) for chat in chats]
+    return success(chats=shown, paging={"limit": size, "before": shown[-1]["id"] if more else None})
+
+
+def post_group_chat(req):
+    """Create a group; the creator becomes its owner."""
+    body = req.json
+    name = text(body, "name", max_length=100)
+    description = text(body, "description", required=False, min_length=0, max_length=1000)
+    invited = body.get("members", [])
+    if not isinstance(invited, list) or len(invited) > MAX_INITIAL_MEMBERS or \
+            not all(isinstance(entry, str) for entry in invited):
+        raise BadRequest(f"Field 'members' must be a list of at most {MAX_INITIAL_MEMBERS} user ids or usernames")
+    store, now = req.ctx.store, _now(req)
+    members = {req.user["id"]: _member_record(req.user["id"], "owner", now)}
+    for entry in invited:
+        user = store.get_user(entry) or store.find_user(entry)
+        if user is None:
+            raise BadRequest(f"User {entry} not found")
+        members.setdefault(user["id"], _member_record(user["id"], "member", now))
+    chat = store.create_chat({"id": str(uuid.uuid4()), "type": "group", "name": name,
+                              "description": description, "created_by": req.user["id"], "created_at": now},
+                             list(members.values()))
+    return success(_details(req, chat, members[req.user["id"]]), "Chat created", status=201)
+
+
+def post_direct_chat(req):
+    """Open (or find again) the direct chat with a user; optionally send the first message."""
+    body = req.json
+    peer = _find_user(req, body)
+    if peer["id"] == req.user["id"]:
+        raise BadRequest("A direct chat needs another user")
+    content = text(body, "content", required=False, max_length=req.ctx.settings.max_message_length)
+    now = _now(req)
+    store = req.ctx.store
+    chat, created = store.direct_chat(
+        {"id": str(uuid.uuid4()), "type": "direct", "name": None, "description": None,
+         "created_by": req.user["id"], "created_at": now},
+        _member_record(req.user["id"], "member", now), _member_record(peer["id"], "member", now))
+    me = store.get_member(chat["id"], req.user["id"])
+    message = _send(req, chat, me, content, None) if content is not None else None
+    data = _details(req, chat, store.get_member(chat["id"], req.user["id"]))
+    if message is not None:
+        data["message"] = views.chat_message(message)
+    return success(data, "Chat created" if created else "Chat found", status=201 if created else 200)
+
+
+@in_chat()
+def get_chat(req, chat, me):
+    """A chat's details and members."""
+    return success(_details(req, chat, me))
+
+
+@in_chat("admin", groups_only="be renamed")
+def patch_chat(req, chat, me):
+    """Rename or re-describe a group."""
+    body = req.json
+    changes = {}
+    if "name" in body:
+        changes["name"] = text(body, "name", max_length=100)
+    if "description" in body:
+        changes["description"] = text(body, "description", required=False, min_length=0, max_length=1000)
+    if not changes:
+        raise BadRequest("Nothing to change: give 'name' or 'description'")
+    chat = req.ctx.store.update_chat(chat["id"], changes)
+    return success(_details(req, chat, me), "Chat updated")
+
+
+@in_chat("owner", groups_only="be deleted")
+def delete_chat(req, chat, me):
+    """Delete a group with its messages (owner only)."""
+    req.ctx.store.delete_chat(chat["id"])
+    return success(message=f"Chat with ID {chat['id']} deleted successfully")
+
+
+# -- members ----------------------------------------------------------------
+
+@in_chat()
+def get_members(req, chat, me):
+    """Everyone in a chat, with their roles."""
+    store = req.ctx.store
+    return success([views.member(m, store.get_user(m["user_id"])) for m in store.members(chat["id"])])
+
+
+@in_chat("admin", groups_only="gain members")
+def post_member(req, chat, me):
+    """Add a user to a group (as a member, or as an admin when the owner says so)."""
+    body = req.json
+    user = _find_user(req, body)
+    role = text(body, "role", required=False, max_length=10) or "member"
+    if role not in ("member", "admin"):
+        raise BadRequest("Field 'role' must be 'member' or 'admin'")
+    if role == "admin" and me["role"] != "owner":
+        raise Forbidden("Only the chat's owner may add admins")
+    try:
+        record = req.ctx.store.add_member(dict(_member_record(user["id"], role, _now(req)), chat_id=chat["id"]))
+    except StoreConflict:
+        raise BadRequest(f"User {user['username']} is already a member of this chat") from None
+    return success(views.member(record, user), "Member added", status=201)
+
+
+def _target(req, chat, user_id):
+    target = req.ctx.store.get_member(chat["id"], user_id)
+    if target is None:
+        raise BadRequest(f"User {user_id} is not a member of this chat")
+    return target
+
+
+@in_chat(groups_only="lose members")
+def delete_member(req, chat, me, user_id):
+    """Remove a member (admins and owner), or leave (anyone)."""
+    target = _target(req, chat, user_id)
+    check_removal(me, target)
+    store = req.ctx.store
+    if target["role"] == "owner":
+        if len(store.members(chat["id"])) > 1:
+            raise BadRequest("The owner must transfer ownership before leaving")
+        store.delete_chat(chat["id"])
+        return success(message="You left the chat; it had no other members and was deleted")
+    store.remove_member(chat["id"], user_id)
+    return success(message="Member removed" if user_id != me["user_id"] else "You left the chat")
+
+
+@in_chat("owner", groups_only="have roles")
+def patch_member(req, chat, me, user_id):
+    """Change a member's role; making someone owner transfers ownership."""
+    target = _target(req, chat, user_id)
+    role = text(req.json, "role", max_length=10)
+    check_role_change(me, target, role)
+    updates = {(chat["id"], user_id): {"role": role}}
+    if role == "owner":
+        updates[(chat["id"], me["user_id"])] = {"role": "admin"}
+    records = req.ctx.store.update_members(updates)
+    return success(views.member(records[0], req.ctx.store.get_user(user_id)), "Role changed")
+
+
+@in_chat()
+def put_mute(req, chat, me):
+    """Mute or unmute a chat for myself."""
+    muted = req.json.get("muted")
+    if not isinstance(muted, bool):
+        raise BadRequest("Field 'muted' must be true or false")
+    req.ctx.store.update_members({(chat["id"], me["user_id"]): {"muted": muted}})
+    return success({"chat_id": chat["id"], "muted": muted})
+
+
+# -- messages in a chat -------------------------------------------------------
+
+def _mentions(req, chat, content):
+    """Members named as @username in ``content``, in order, once each."""
+    found = []
+    for name in MENTION.findall(content):
+        user = req.ctx.store.find_user(name)
+        if user and user["id"] not in found and req.ctx.store.get_member(chat["id"], user["id"]):
+            found.append(user["id"])
+    return found
+
+
+def _send(req, chat, me, content, reply_to_id):
+    mentions = _mentions(req, chat, content)
+    return req.ctx.store.add_chat_message({
+        "id": str(uuid.uuid4()),
+        "chat_id": chat["id"],
+        "user_id": me["user_id"],
+        "username": req.user["username"],
+        "content": content,
+        "reply_to_id": reply_to_id,
+        "mentions": [{"user_id": uid, "username": req.ctx.store.get_user(uid)["username"]} for uid in mentions],
+        "created_at": _now(req),
+        "edited_at": None,
+        "deleted": False,
+    })
+
+
+def _message_in(req, chat, message_id):
+    message = req.ctx.store.get_chat_message(message_id)
+    if message is None or message["chat_id"] != chat["id"]:
+        raise NotFound(f"Message with ID {message_id} not found in this chat")
+    return message
+
+
+@in_chat()
+def get_chat_messages(req, chat, me):
+    """A page of a chat's history (tombstones included)."""
+    store = req.ctx.store
+
+    def anchor(message_id):
+        message = store.get_chat_message(message_id)
+        return message if message is not None and message["chat_id"] == chat["id"] else None
+
+    return page_answer(req, lambda **kw: store.chat_history(chat["id"], **kw), anchor, views.chat_message)
+
+
+@in_chat()
+def post_chat_message(req, chat, me):
+    """Send a message, optionally replying to another message of the same chat."""
+    body = req.json
+    content = text(body, "content", max_length=req.ctx.settings.max_message_length)
+    reply_to_id = text(body, "reply_to_id", required=False, max_length=64)
+    if reply_to_id is not None:
+        replied = req.ctx.store.get_chat_message(reply_to_id)
+        if replied is None or replied["chat_id"] != chat["id"]:
+            raise BadRequest(f"Field 'reply_to_id' is not a message of this chat")
+    message = _send(req, chat, me, content, reply_to_id)
+    return success(views.chat_message(message), "Message created successfully", status=201)
+
+
+@in_chat()
+def patch_chat_message(req, chat, me, message_id):
+    """Edit my own message; ``edited_at`` records when."""
+    message = _message_in(req, chat, message_id)
+    if message["user_id"] != me["user_id"]:
+        raise Forbidden("Only the author may edit a message")
+    if message.get("deleted"):
+        raise BadRequest("A deleted message cannot be edited")
+    content = text(req.json, "content", max_length=req.ctx.settings.max_message_length)
+    message = req.ctx.store.update_chat_message(message_id, {
+        "content": content, "mentions": [
+            {"user_id": uid, "username": req.ctx.store.get_user(uid)["username"]}
+            for uid in _mentions(req, chat, content)],
+        "edited_at": _now(req)})
+    return success(views.chat_message(message), "Message updated")
+
+
+@in_chat()
+def delete_chat_message(req, chat, me, message_id):
+    """Delete a message (its author, or an admin or the owner), leaving a tombstone."""
+    message = _message_in(req, chat, message_id)
+    if message["user_id"] != me["user_id"] and not may_moderate(me):
+        raise Forbidden("Only the author or the chat's admins and owner may delete a message")
+    if message.get("deleted"):
+        raise BadRequest("The message is already deleted")
+    req.ctx.store.update_chat_message(message_id, {
+        "deleted": True, "content": None, "mentions": [], "deleted_by": me["user_id"], "deleted_at": _now(req)})
+    return success(message=f"Message with ID {message_id} deleted successfully")
+
+
+def _advance(req, chat, me, pointer):
+    message = _message_in(req, chat, text(req.json, "message_id", max_length=64))
+    fields = ("read_seq", "delivered_seq") if pointer == "read_seq" else ("delivered_seq",)
+    changes = {name: max(me.get(name, 0), message["seq"]) for name in fields}
+    req.ctx.store.update_members({(chat["id"], me["user_id"]): changes})
+    return success({"chat_id": chat["id"], "unread_count": req.ctx.store.unread_count(chat["id"], me["user_id"])})
+
+
+@in_chat()
+def post_read(req, chat, me):
+    """Mark the chat read up to a message (the pointer never moves back)."""
+    return _advance(req, chat, me, "read_seq")
+
+
+@in_chat()
+def post_delivered(req, chat, me):
+    """Record that messages up to this one reached my device."""
+    return _advance(req, chat, me, "delivered_seq")
+
+
+@in_chat()
+def get_receipts(req, chat, me, message_id):
+    """Who, among the other members, has received and read a message."""
+    message = _message_in(req, chat, message_id)
+    store = req.ctx.store
+    receipts = []
+    for record in store.members(chat["id"]):
+        if record["user_id"] == message["user_id"]:
+            continue
+        user = store.get_user(record["user_id"])
+        receipts.append({
+            "user_id": record["user_id"],
+            "username": user["username"] if user else None,
+            "delivered": record.get("delivered_seq", 0) >= message["seq"],
+            "read": record.get("read_seq", 0) >= message["seq"],
+        })
+    return success({"message_id": message_id, "receipts": receipts})
