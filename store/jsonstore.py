@@ -614,15 +614,17 @@ class JsonStore(Store):
         if not terms:
             return [], False
         with self._lock:
-            streams = [self._matches(scope, terms, before) for scope in scopes]
+            streams = []
+            for scope in scopes:
+                lists = [self._postings.get((scope, term)) for term in terms]
+                if all(lists):
+                    streams.append(self._matches(lists, before))
             found = list(itertools.islice(heapq.merge(*streams, reverse=True), limit + 1))
             return [self._by_seq[seq] for seq in found[:limit]], len(found) > limit
 
-    def _matches(self, scope, terms, before):
-        """Seqs in ``scope`` holding every term, newest first, below ``before``."""
-        lists = [self._postings.get((scope, term)) for term in terms]
-        if not all(lists):
-            return
+    @staticmethod
+    def _matches(lists, before):
+        """Seqs in every one of ``lists`` (postings of one scope), newest first, below ``before``."""
         lists.sort(key=len)
         rarest, others = lists[0], lists[1:]
         end = len(rarest) if before is None else bisect.bisect_left(rarest, before)
