@@ -31,11 +31,13 @@ import sys
 import threading
 import time
 import urllib.parse
+from http import HTTPStatus
 
 import middleware
-from handlers import auth, chats, messages, openapi, search, service, users
+from handlers import auth, chats, events, messages, openapi, search, service, users
 from handlers.http import (BadRequest, HTTPError, MethodNotAllowed, NotFound, Response,
                            ServiceUnavailable, UnsupportedMediaType, json_response)
+from handlers.hub import Hub
 from handlers.passwords import Passwords
 from handlers.tokens import AccessTokens
 from store import StoreLocked, StoreUnavailable, open_store
@@ -111,6 +113,16 @@ def _string(text):
     return text
 
 
+def _seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("must be a number of seconds") from None
+    if not 0.05 <= value <= 300:
+        raise ValueError("must be from 0.05 to 300 seconds")
+    return value
+
+
 #: (field, environment variable, parser, default). The defaults are 0xC's,
 #: except HOST, which is loopback so that a development server is not public.
 VARIABLES = (
@@ -138,6 +150,9 @@ VARIABLES = (
     ("bcrypt_rounds", "BCRYPT_ROUNDS", _integer(4, 16), 12),
     ("threads", "THREADS", _integer(1, 1024), 8),
     ("compact_min", "STORE_COMPACT_MIN", _integer(10), 10_000),
+    ("realtime_max_clients", "REALTIME_MAX_CLIENTS", _integer(1, 100_000), 100),
+    ("sse_heartbeat", "SSE_HEARTBEAT", _seconds, 15.0),
+    ("events_kept", "EVENTS_KEPT", _integer(10, 10_000_000), 10_000),
 )
 
 
@@ -169,6 +184,9 @@ class Settings:
     bcrypt_rounds: int = 12
     threads: int = 8
     compact_min: int = 10_000
+    realtime_max_clients: int = 100
+    sse_heartbeat: float = 15.0
+    events_kept: int = 10_000
 
     @classmethod
     def from_environ(cls, environ=None, env_file=".env"):
@@ -410,6 +428,8 @@ class Context:
         self.tokens = AccessTokens(settings.jwt_secret_key, settings.access_token_expires * 60,
                                    settings.token_refresh_seconds, clock)
         self.login_throttle = auth.LoginThrottle(clock)
+        self.events = Hub(store, clock, capacity=settings.events_kept,
+                          max_listeners=settings.realtime_max_clients)
 
 
 class App:
@@ -436,18 +456,18 @@ class App:
         except Exception:
             log.exception("unhandled error in %s %s", req.method, req.path)
             return middleware.error_answer(start_response, 500, "Internal server error")
-        start_response(f"{answer.status} {STATUS_PHRASES.get(answer.status, 'Unknown')}", answer.headers)
+        start_response(STATUS_LINES[answer.status], answer.headers)
         if req.method == "HEAD":
             return []
         return answer.body
 
     def close(self):
-        """Close the store (flushing it)."""
+        """End event streams and close the store (flushing it)."""
+        self.ctx.events.close()
         self.ctx.store.close()
 
 
-STATUS_PHRASES = {200: "OK", 201: "Created", 204: "No Content", 206: "Partial Content",
-                  304: "Not Modified", 503: "Service Unavailable"}
+STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
 
 
 # =============================================================================
@@ -490,6 +510,10 @@ def routes(prefix):
         Route("GET", f"{p}/chats/{{chat_id}}/messages/{{message_id}}/receipts", chats.get_receipts, True),
         Route("POST", f"{p}/chats/{{chat_id}}/read", chats.post_read, True),
         Route("POST", f"{p}/chats/{{chat_id}}/delivered", chats.post_delivered, True),
+        Route("POST", f"{p}/chats/{{chat_id}}/typing", events.post_typing, True),
+        Route("GET", f"{p}/events", events.get_events, True),
+        Route("GET", f"{p}/events/stream", events.get_event_stream, False),
+        Route("POST", f"{p}/events/ticket", events.post_stream_ticket, True),
         Route("GET", f"{p}/search", search.get_search, True),
         Route("GET", f"{p}/users", users.get_users, True),
         Route("GET", f"{p}/users/me", users.get_me, True),
@@ -570,16 +594,36 @@ def configure_logging(level):
                         stream=sys.stderr, force=True)
 
 
+def waitress_options(settings):
+    """waitress settings that keep real-time listeners from starving other requests.
+
+    Each open stream or long-poll holds a worker thread, so there are
+    REALTIME_MAX_CLIENTS threads for listeners plus THREADS for everything
+    else (the app refuses listeners beyond the first number). Disconnects are
+    only noticed with ``channel_request_lookahead``; ``poll`` lifts select's
+    limit of 1024 descriptors.
+    """
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "threads": settings.threads + settings.realtime_max_clients,
+        "connection_limit": max(100, 2 * settings.realtime_max_clients + 100),
+        "channel_request_lookahead": 1,
+        "asyncore_use_poll": True,
+        "channel_timeout": 30,
+        "max_request_body_size": settings.max_body_bytes,
+        "clear_untrusted_proxy_headers": True,
+        "ident": "oxc",
+    }
+
+
 def serve(settings):
     """Serve with waitress until SIGTERM or SIGINT, then close the store cleanly."""
     import waitress.server
 
     app = create_app(settings)
     settle_heap()
-    server = waitress.server.create_server(
-        app, host=settings.host, port=settings.port, threads=settings.threads,
-        ident="oxc", channel_timeout=30, max_request_body_size=settings.max_body_bytes,
-        clear_untrusted_proxy_headers=True)
+    server = waitress.server.create_server(app, **waitress_options(settings))
 
     def stop(signum, frame):
         log.info("received %s: finishing requests in flight", signal.Signals(signum).name)

@@ -42,6 +42,12 @@ def _find_user(req, body, required=True):
     return user
 
 
+def _tell(req, chat_id, kind, data, audience=None):
+    """Publish an event about a chat to its members (or to ``audience``)."""
+    hub = req.ctx.events
+    hub.publish(kind, data, hub.chat_audience(chat_id) if audience is None else audience, chat_id=chat_id)
+
+
 def _member_record(user_id, role, now):
     return {"user_id": user_id, "role": role, "joined_at": now, "muted": False, "read_seq": 0, "delivered_seq": 0}
 
@@ -105,7 +111,9 @@ def post_group_chat(req):
     chat = store.create_chat({"id": str(uuid.uuid4()), "type": "group", "name": name,
                               "description": description, "created_by": req.user["id"], "created_at": now},
                              list(members.values()))
-    return success(_details(req, chat, members[req.user["id"]]), "Chat created", status=201)
+    shown = _details(req, chat, members[req.user["id"]])
+    _tell(req, chat["id"], "chat.created", views.chat(chat, len(members)))
+    return success(shown, "Chat created", status=201)
 
 
 def post_direct_chat(req):
@@ -122,6 +130,8 @@ def post_direct_chat(req):
          "created_by": req.user["id"], "created_at": now},
         _member_record(req.user["id"], "member", now), _member_record(peer["id"], "member", now))
     me = store.get_member(chat["id"], req.user["id"])
+    if created:
+        _tell(req, chat["id"], "chat.created", views.chat(chat, 2))
     message = _send(req, chat, me, content, None) if content is not None else None
     data = _details(req, chat, store.get_member(chat["id"], req.user["id"]))
     if message is not None:
@@ -147,14 +157,21 @@ def patch_chat(req, chat, me):
     if not changes:
         raise BadRequest("Nothing to change: give 'name' or 'description'")
     chat = req.ctx.store.update_chat(chat["id"], changes)
+    _tell(req, chat["id"], "chat.updated", views.chat(chat, len(req.ctx.store.members(chat["id"]))))
     return success(_details(req, chat, me), "Chat updated")
 
 
 @in_chat("owner", groups_only="be deleted")
 def delete_chat(req, chat, me):
     """Delete a group with its messages (owner only)."""
-    req.ctx.store.delete_chat(chat["id"])
+    _delete(req, chat)
     return success(message=f"Chat with ID {chat['id']} deleted successfully")
+
+
+def _delete(req, chat):
+    audience = req.ctx.events.chat_audience(chat["id"])
+    req.ctx.store.delete_chat(chat["id"])
+    req.ctx.events.publish("chat.deleted", {"chat_id": chat["id"]}, audience)
 
 
 # -- members ----------------------------------------------------------------
@@ -180,6 +197,7 @@ def post_member(req, chat, me):
         record = req.ctx.store.add_member(dict(_member_record(user["id"], role, _now(req)), chat_id=chat["id"]))
     except StoreConflict:
         raise BadRequest(f"User {user['username']} is already a member of this chat") from None
+    _tell(req, chat["id"], "member.added", dict(views.member(record, user), chat_id=chat["id"]))
     return success(views.member(record, user), "Member added", status=201)
 
 
@@ -199,9 +217,12 @@ def delete_member(req, chat, me, user_id):
     if target["role"] == "owner":
         if len(store.members(chat["id"])) > 1:
             raise BadRequest("The owner must transfer ownership before leaving")
-        store.delete_chat(chat["id"])
+        _delete(req, chat)
         return success(message="You left the chat; it had no other members and was deleted")
+    audience = req.ctx.events.chat_audience(chat["id"])
     store.remove_member(chat["id"], user_id)
+    _tell(req, chat["id"], "member.removed", {"chat_id": chat["id"], "user_id": user_id,
+                                              "by": me["user_id"]}, audience)
     return success(message="Member removed" if user_id != me["user_id"] else "You left the chat")
 
 
@@ -215,6 +236,9 @@ def patch_member(req, chat, me, user_id):
     if role == "owner":
         updates[(chat["id"], me["user_id"])] = {"role": "admin"}
     records = req.ctx.store.update_members(updates)
+    for record in records:
+        _tell(req, chat["id"], "member.role_changed",
+              {"chat_id": chat["id"], "user_id": record["user_id"], "role": record["role"]})
     return success(views.member(records[0], req.ctx.store.get_user(user_id)), "Role changed")
 
 
@@ -242,7 +266,7 @@ def _mentions(req, chat, content):
 
 def _send(req, chat, me, content, reply_to_id):
     mentions = _mentions(req, chat, content)
-    return req.ctx.store.add_chat_message({
+    message = req.ctx.store.add_chat_message({
         "id": str(uuid.uuid4()),
         "chat_id": chat["id"],
         "user_id": me["user_id"],
@@ -254,6 +278,8 @@ def _send(req, chat, me, content, reply_to_id):
         "edited_at": None,
         "deleted": False,
     })
+    _tell(req, chat["id"], "chat.message.created", views.chat_message(message))
+    return message
 
 
 def _message_in(req, chat, message_id):
@@ -303,6 +329,7 @@ def patch_chat_message(req, chat, me, message_id):
             {"user_id": uid, "username": req.ctx.store.get_user(uid)["username"]}
             for uid in _mentions(req, chat, content)],
         "edited_at": _now(req)})
+    _tell(req, chat["id"], "chat.message.edited", views.chat_message(message))
     return success(views.chat_message(message), "Message updated")
 
 
@@ -314,8 +341,9 @@ def delete_chat_message(req, chat, me, message_id):
         raise Forbidden("Only the author or the chat's admins and owner may delete a message")
     if message.get("deleted"):
         raise BadRequest("The message is already deleted")
-    req.ctx.store.update_chat_message(message_id, {
+    message = req.ctx.store.update_chat_message(message_id, {
         "deleted": True, "content": None, "mentions": [], "deleted_by": me["user_id"], "deleted_at": _now(req)})
+    _tell(req, chat["id"], "chat.message.deleted", views.chat_message(message))
     return success(message=f"Message with ID {message_id} deleted successfully")
 
 
@@ -323,7 +351,10 @@ def _advance(req, chat, me, pointer):
     message = _message_in(req, chat, text(req.json, "message_id", max_length=64))
     fields = ("read_seq", "delivered_seq") if pointer == "read_seq" else ("delivered_seq",)
     changes = {name: max(me.get(name, 0), message["seq"]) for name in fields}
-    req.ctx.store.update_members({(chat["id"], me["user_id"]): changes})
+    if changes != {name: me.get(name, 0) for name in fields}:
+        req.ctx.store.update_members({(chat["id"], me["user_id"]): changes})
+        _tell(req, chat["id"], "message.read" if pointer == "read_seq" else "message.delivered",
+              {"chat_id": chat["id"], "user_id": me["user_id"], "message_id": message["id"]})
     return success({"chat_id": chat["id"], "unread_count": req.ctx.store.unread_count(chat["id"], me["user_id"])})
 
 

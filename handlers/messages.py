@@ -20,6 +20,13 @@ def _visible(message, user_id):
         or user_id in (message["user_id"], message["recipient_id"]))
 
 
+def _audience(message):
+    """Who hears of a message: everyone, or the two people of a private one."""
+    if message.get("recipient_id") is None:
+        return None
+    return {message["user_id"], message["recipient_id"]}
+
+
 def _sent_by(message, user_id):
     return message is not None and message["user_id"] == user_id
 
@@ -59,6 +66,7 @@ def post_message(req):
         "timestamp": iso_time(req.ctx.clock()),
         "recipient_id": recipient_id,
     })
+    req.ctx.events.publish("message.created", public_message(message), _audience(message))
     return success(public_message(message), "Message created successfully", status=201)
 
 
@@ -80,4 +88,5 @@ def delete_message(req, message_id):
     if message["user_id"] != req.user["id"]:
         raise Forbidden(f"Message with ID {message_id} not found or you do not have permission to delete it")
     req.ctx.store.delete_message(message_id)
+    req.ctx.events.publish("message.deleted", {"id": message_id}, _audience(message))
     return success(message=f"Message with ID {message_id} deleted successfully")

@@ -1,0 +1,272 @@
+"""The real-time core: one event log per process that every listener waits on.
+
+Handlers ``publish`` an event with its audience once their write is durable.
+Listeners (long-poll requests and SSE streams) ``wait`` for events after their
+cursor. A cursor is ``<run>-<seq>``: ``run`` is random per process start, so a
+cursor from an earlier run is recognised, as is one older than the events
+still kept (the last ``capacity``); both raise ``CursorGone`` and the client
+resyncs through the list endpoints.
+
+Who sees an event is decided twice: its audience (a set of user ids, or
+everyone) is fixed when it is published, and events about a chat are checked
+again against the chat's members when they are read, so a member removed a
+moment ago receives nothing more from that chat.
+
+Every listener holds a server thread while it waits, so listeners are counted
+against ``max_listeners``; beyond it ``Busy`` is raised (503 with
+Retry-After), leaving threads for the requests that publish. A listener also
+makes its user "online"; when the last one of a user has been gone for
+``offline_after`` seconds, the user is "offline" and ``last_seen`` is written.
+Typing notices expire by themselves after ``typing_ttl`` seconds. One daemon
+thread (started on first use) runs both timers.
+"""
+
+import collections
+import logging
+import secrets
+import threading
+import time
+
+from store import StoreError
+
+from .views import iso_time
+
+log = logging.getLogger("oxc.events")
+
+EVERYONE = None
+
+
+class CursorGone(Exception):
+    """The cursor is from an earlier run or older than the events kept."""
+
+
+class Busy(Exception):
+    """Every listener slot is taken."""
+
+
+class Event:
+    """One published event: its place, type, payload and who may see it."""
+
+    __slots__ = ("seq", "type", "data", "audience", "chat_id", "at")
+
+    def __init__(self, seq, type, data, audience, chat_id, at):
+        self.seq = seq
+        self.type = type
+        self.data = data
+        self.audience = audience
+        self.chat_id = chat_id
+        self.at = at
+
+
+class Hub:
+    """Publish events, wait for them, and track presence, typing and tickets."""
+
+    def __init__(self, store, clock=time.time, capacity=10_000, max_listeners=100,
+                 typing_ttl=6.0, offline_after=10.0, ticket_ttl=60):
+        self.store = store
+        self.clock = clock
+        self.run = secrets.token_hex(4)
+        self.capacity = capacity
+        self.max_listeners = max_listeners
+        self.typing_ttl = typing_ttl
+        self.offline_after = offline_after
+        self.ticket_ttl = ticket_ttl
+        self._events = collections.deque(maxlen=capacity)
+        self._seq = 0
+        self._changed = threading.Condition()
+        self._slots = threading.BoundedSemaphore(max_listeners) if max_listeners else None
+        self._listening = collections.Counter()
+        self._going_offline = {}
+        self._typing = {}
+        self._tickets = {}
+        self._timer = None
+        self._closed = False
+
+    @property
+    def closed(self):
+        return self._closed
+
+    # -- cursors --------------------------------------------------------------
+
+    def cursor(self, seq=None):
+        """The opaque cursor for ``seq`` (default: the newest event)."""
+        return f"{self.run}-{self._seq if seq is None else seq}"
+
+    def position(self, cursor):
+        """The seq a cursor stands for; CursorGone if it cannot be resumed."""
+        if cursor is None or cursor == "":
+            return self._seq
+        run, _, seq = cursor.rpartition("-")
+        if run != self.run or not seq.isdigit() or int(seq) > self._seq:
+            raise CursorGone("This cursor is from an earlier run of the server; resync and start again")
+        seq = int(seq)
+        with self._changed:
+            oldest = self._events[0].seq if self._events else self._seq + 1
+        if seq < oldest - 1:
+            raise CursorGone("Events after this cursor are no longer kept; resync and start again")
+        return seq
+
+    # -- publishing -------------------------------------------------------------
+
+    def publish(self, type, data, audience=EVERYONE, chat_id=None):
+        """Add an event for ``audience`` (user ids; None: everyone) and wake listeners."""
+        with self._changed:
+            self._seq += 1
+            event = Event(self._seq, type, data, None if audience is None else frozenset(audience),
+                          chat_id, self.clock())
+            self._events.append(event)
+            self._changed.notify_all()
+        return event
+
+    def chat_audience(self, chat_id):
+        """The user ids of a chat's members now."""
+        return {member["user_id"] for member in self.store.members(chat_id)}
+
+    def contacts(self, user_id):
+        """Everyone else who shares a chat with ``user_id``."""
+        people = set()
+        for chat_id in self.store.chat_ids(user_id):
+            people.update(self.chat_audience(chat_id))
+        people.discard(user_id)
+        return people
+
+    def _visible(self, event, user_id):
+        if event.audience is not None and user_id not in event.audience:
+            return False
+        if event.chat_id is None:
+            return True
+        # Membership now, not at publishing: a removed member stops at once;
+        # the notice of their own removal is addressed to them explicitly.
+        if event.type == "member.removed" and event.data.get("user_id") == user_id:
+            return True
+        return self.store.get_member(event.chat_id, user_id) is not None
+
+    def read(self, user_id, after, limit=100):
+        """(events, last seq looked at): events for ``user_id`` after seq ``after``."""
+        with self._changed:
+            if not self._events or self._events[-1].seq <= after:
+                return [], after
+            start = max(0, after - self._events[0].seq + 1)
+            window = [self._events[i] for i in range(start, len(self._events))]
+        found, last = [], after
+        for event in window:
+            last = event.seq
+            if self._visible(event, user_id):
+                found.append(event)
+                if len(found) >= limit:
+                    break
+        return found, last
+
+    def wait(self, after, seconds):
+        """Block up to ``seconds`` for an event after seq ``after``."""
+        with self._changed:
+            if self._seq <= after and not self._closed:
+                self._changed.wait(seconds)
+            return self._seq
+
+    # -- listeners and presence -----------------------------------------------
+
+    def listen(self, user_id):
+        """Take a listener slot for ``user_id``; Busy when none is free."""
+        if self._slots is not None and not self._slots.acquire(blocking=False):
+            raise Busy()
+        self._start_timer()
+        with self._changed:
+            self._listening[user_id] += 1
+            came_online = self._listening[user_id] == 1 and self._going_offline.pop(user_id, None) is None
+        if came_online:
+            self.publish("presence.online", {"user_id": user_id}, self.contacts(user_id))
+
+    def leave(self, user_id):
+        """Give a listener slot back; the user goes offline a little later if it was the last."""
+        with self._changed:
+            self._listening[user_id] -= 1
+            if self._listening[user_id] <= 0:
+                del self._listening[user_id]
+                self._going_offline[user_id] = self.clock() + self.offline_after
+        if self._slots is not None:
+            self._slots.release()
+
+    def is_online(self, user_id):
+        """True while the user has a listener (or left less than ``offline_after`` ago)."""
+        return user_id in self._listening or user_id in self._going_offline
+
+    # -- typing -------------------------------------------------------------------
+
+    def typing(self, chat_id, user_id, username, active):
+        """Start or stop a typing notice; a started one stops by itself after ``typing_ttl``."""
+        self._start_timer()
+        key = (chat_id, user_id)
+        with self._changed:
+            was = key in self._typing
+            if active:
+                self._typing[key] = (self.clock() + self.typing_ttl, username)
+            else:
+                self._typing.pop(key, None)
+        if active == was:
+            return  # a refresh of a notice already shown, or a stop of none
+        self.publish("typing.started" if active else "typing.stopped",
+                     {"chat_id": chat_id, "user_id": user_id, "username": username},
+                     self.chat_audience(chat_id), chat_id=chat_id)
+
+    # -- stream tickets -------------------------------------------------------------
+
+    def issue_ticket(self, user_id, session_id, expires_at):
+        """A short-lived ticket that can only open an event stream (for EventSource)."""
+        ticket = secrets.token_urlsafe(24)
+        now = self.clock()
+        with self._changed:
+            self._tickets = {k: v for k, v in self._tickets.items() if v[2] > now}
+            self._tickets[ticket] = (user_id, session_id, min(now + self.ticket_ttl, expires_at), expires_at)
+        return ticket, self.ticket_ttl
+
+    def redeem_ticket(self, ticket):
+        """(user_id, session_id, stream end) for a live ticket, or None."""
+        entry = self._tickets.get(ticket)
+        if entry is None or entry[2] < self.clock():
+            return None
+        return entry[0], entry[1], entry[3]
+
+    # -- timers -----------------------------------------------------------------------
+
+    def _start_timer(self):
+        if self._timer is None:
+            with self._changed:
+                if self._timer is None:
+                    self._timer = threading.Thread(target=self._expire_forever, name="oxc-events", daemon=True)
+                    self._timer.start()
+
+    def _expire_forever(self):
+        while not self._closed:
+            time.sleep(0.25)
+            try:
+                self.expire()
+            except Exception:
+                log.exception("events: expiring typing and presence failed")
+
+    def expire(self):
+        """Stop typing notices and mark users offline whose time has come."""
+        now = self.clock()
+        with self._changed:
+            stale_typing = [(key, name) for key, (until, name) in self._typing.items() if until <= now]
+            for key, _ in stale_typing:
+                del self._typing[key]
+            gone = [user for user, at in self._going_offline.items() if at <= now]
+            for user in gone:
+                del self._going_offline[user]
+        for (chat_id, user_id), username in stale_typing:
+            self.publish("typing.stopped", {"chat_id": chat_id, "user_id": user_id, "username": username},
+                         self.chat_audience(chat_id), chat_id=chat_id)
+        for user_id in gone:
+            try:
+                self.store.touch_user(user_id, now)
+            except StoreError as exc:
+                log.warning("events: could not record last_seen of %s: %s", user_id, exc)
+            self.publish("presence.offline", {"user_id": user_id, "last_seen": iso_time(now)},
+                         self.contacts(user_id))
+
+    def close(self):
+        """Wake every listener so that streams end."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
