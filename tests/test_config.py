@@ -90,3 +90,10 @@ def test_start_up_with_a_bad_value_stops_with_a_message_naming_it():
 def test_start_up_in_production_with_the_default_secret_stops():
     result = _run({"OXC_ENV": "production"}, "serve")
     assert result.returncode == 2 and "JWT_SECRET_KEY" in result.stderr
+
+
+def test_env_example_lists_every_variable_with_a_valid_value():
+    from oxc_wsgi import VARIABLES
+    listed = dict(read_env_file(f"{ROOT}/.env.example"))
+    assert {name for _, name, _, _ in VARIABLES} <= set(listed)
+    Settings.from_environ(listed, env_file=None)
