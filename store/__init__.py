@@ -8,6 +8,7 @@ backend; today that is the embedded JSON store under a data directory::
 """
 
 from .base import Page, Store, search_terms
+from .blobs import TooLarge
 from .errors import Conflict, StoreError, StoreLocked, StoreUnavailable
 from .jsonstore import JsonStore
 from .legacy import has_legacy_data, read_legacy
@@ -20,6 +21,6 @@ def open_store(data_dir, compact_min=10_000):
 
 
 __all__ = [
-    "Conflict", "JsonStore", "Page", "Store", "StoreError", "StoreLocked",
+    "Conflict", "JsonStore", "TooLarge", "Page", "Store", "StoreError", "StoreLocked",
     "StoreUnavailable", "has_legacy_data", "open_store", "read_legacy", "search_terms",
 ]

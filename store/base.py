@@ -216,3 +216,54 @@ class Store:
         ``before`` is a seq.
         """
         raise NotImplementedError
+
+    # -- attachments and their bytes --------------------------------------------
+
+    def save_blob(self, read, limit):
+        """Stream ``read(n)`` into a durable content-addressed blob of at most ``limit`` bytes.
+
+        Returns (sha256 hex, size, first 4 kB). Raises ``TooLarge`` past the limit.
+        """
+        raise NotImplementedError
+
+    def save_blob_bytes(self, data):
+        """Store a small blob (a thumbnail); returns its sha256 hex."""
+        raise NotImplementedError
+
+    def open_blob(self, digest):
+        """A binary file object of the blob, or None."""
+        raise NotImplementedError
+
+    def add_attachment(self, attachment):
+        """Record an attachment (``id``, ``chat_id``, ``sha256``, optional ``thumbnail_sha256``...)."""
+        raise NotImplementedError
+
+    def get_attachment(self, attachment_id):
+        """The attachment record, or None."""
+        raise NotImplementedError
+
+    def update_attachment(self, attachment_id, changes):
+        """Apply ``changes`` to an attachment (e.g. the message it belongs to)."""
+        raise NotImplementedError
+
+    def delete_attachment(self, attachment_id):
+        """Remove an attachment, and its bytes once no attachment refers to them."""
+        raise NotImplementedError
+
+    # -- public keys ------------------------------------------------------------------
+
+    def add_key(self, key):
+        """Publish a public key (``id``, ``user_id``, ``device_id``, ``algorithm``, ``public_key``)."""
+        raise NotImplementedError
+
+    def get_key(self, key_id):
+        """The key record, or None."""
+        raise NotImplementedError
+
+    def user_keys(self, user_id):
+        """Every key a user published (revoked ones too), oldest first."""
+        raise NotImplementedError
+
+    def update_key(self, key_id, changes):
+        """Apply ``changes`` to a key (e.g. ``revoked_at``)."""
+        raise NotImplementedError

@@ -32,11 +32,12 @@ import time
 
 from .base import Page, Store, search_terms
 from .errors import Conflict, StoreUnavailable
+from .blobs import Blobs
 from .journal import SNAPSHOT, Journal
 
 log = logging.getLogger("oxc.store")
 
-TABLES = ("users", "messages", "sessions", "chats", "members", "chat_messages")
+TABLES = ("users", "messages", "sessions", "chats", "members", "chat_messages", "attachments", "keys")
 def member_key(chat_id, user_id):
     return f"{chat_id}:{user_id}"
 
@@ -102,9 +103,13 @@ class JsonStore(Store):
         self._chats_of = {}
         self._direct = {}
         self._postings = {}
+        self._blob_users = {}
+        self._chat_attachments = {}
+        self._user_keys = {}
         self._journal = None
         self._closed = False
         if data_dir is None:
+            self.blobs = Blobs(None)
             return
         journal = Journal(data_dir, compact_min=compact_min)
         try:
@@ -113,6 +118,8 @@ class JsonStore(Store):
             journal.close()
             raise
         self._journal = journal
+        self.blobs = Blobs(os.path.join(data_dir, "blobs"))
+        self._sweep_blobs()
         if legacy_import is not None and self._is_empty() and not os.path.exists(
                 os.path.join(data_dir, SNAPSHOT)):
             self._import(legacy_import(data_dir))
@@ -128,6 +135,7 @@ class JsonStore(Store):
             self._closed = True
             if self._journal is not None:
                 self._journal.close()
+            self.blobs.close()
 
     # -- the write path -----------------------------------------------------
 
@@ -307,6 +315,30 @@ class JsonStore(Store):
             self._next_seq = max(self._next_seq, seq + 1)
             _insert_sorted(self._chat_seqs.setdefault(new["chat_id"], []), seq)
             self._index_terms((new["chat_id"],), self._searchable(new), seq, _insert_sorted)
+
+    def _index_attachments(self, old, new):
+        for record, change in ((old, "discard"), (new, "add")):
+            if record is None:
+                continue
+            for digest in filter(None, (record["sha256"], record.get("thumbnail_sha256"))):
+                users = self._blob_users.setdefault(digest, set())
+                getattr(users, change)(record["id"])
+                if not users:
+                    del self._blob_users[digest]
+            getattr(self._chat_attachments.setdefault(record["chat_id"], set()), change)(record["id"])
+
+    def _index_keys(self, old, new):
+        if old is not None:
+            self._user_keys.get(old["user_id"], {}).pop(old["id"], None)
+        if new is not None:
+            self._user_keys.setdefault(new["user_id"], {})[new["id"]] = new
+
+    def _sweep_blobs(self):
+        """Remove blob files no attachment refers to (left by a crash after a delete)."""
+        for root, _, names in os.walk(self.blobs.directory):
+            for name in names:
+                if len(name) == 64 and name not in self._blob_users:
+                    os.unlink(os.path.join(root, name))
 
     @staticmethod
     def _searchable(message):
@@ -516,10 +548,27 @@ class JsonStore(Store):
                    for seq in self._chat_seqs.get(chat_id, ())]
             ops += [("del", "members", member_key(chat_id, user_id), None)
                     for user_id in self._members_of.get(chat_id, {})]
+            attachments = [self._tables["attachments"][key] for key in self._chat_attachments.get(chat_id, ())]
+            ops += [("del", "attachments", record["id"], None) for record in attachments]
             ops.append(("del", "chats", chat_id, None))
             ticket = self._write(ops)
+            orphans = self._orphaned(attachments)
         self._wait(ticket)
+        self._unlink(orphans)
         return True
+
+    def _orphaned(self, removed):
+        """Digests of ``removed`` attachments that nothing refers to any more (under the lock)."""
+        digests = set()
+        for record in removed:
+            digests.update(filter(None, (record["sha256"], record.get("thumbnail_sha256"))))
+        return [digest for digest in digests if digest not in self._blob_users]
+
+    def _unlink(self, digests):
+        # Only after the journal says the records are gone: a crash in between
+        # leaves an orphan file (swept at start), never a record without bytes.
+        for digest in digests:
+            self.blobs.delete(digest)
 
     def _activity(self, chat_id):
         seqs = self._chat_seqs.get(chat_id)
@@ -632,3 +681,63 @@ class JsonStore(Store):
             seq = rarest[index]
             if all(_contains(other, seq) for other in others):
                 yield seq
+
+    # -- attachments and blobs --------------------------------------------------
+
+    def save_blob(self, read, limit):
+        return self.blobs.put(read, limit)
+
+    def save_blob_bytes(self, data):
+        return self.blobs.put_bytes(data)
+
+    def open_blob(self, digest):
+        return self.blobs.open(digest)
+
+    def add_attachment(self, attachment):
+        with self._lock:
+            ticket = self._write([("put", "attachments", attachment["id"], attachment)])
+        self._wait(ticket)
+        return attachment
+
+    def get_attachment(self, attachment_id):
+        return self._tables["attachments"].get(attachment_id)
+
+    def update_attachment(self, attachment_id, changes):
+        with self._lock:
+            record = dict(self._tables["attachments"][attachment_id], **changes)
+            ticket = self._write([("put", "attachments", attachment_id, record)])
+        self._wait(ticket)
+        return record
+
+    def delete_attachment(self, attachment_id):
+        with self._lock:
+            record = self._tables["attachments"].get(attachment_id)
+            if record is None:
+                return False
+            ticket = self._write([("del", "attachments", attachment_id, None)])
+            orphans = self._orphaned([record])
+        self._wait(ticket)
+        self._unlink(orphans)
+        return True
+
+    # -- public keys --------------------------------------------------------------
+
+    def add_key(self, key):
+        with self._lock:
+            ticket = self._write([("put", "keys", key["id"], key)])
+        self._wait(ticket)
+        return key
+
+    def get_key(self, key_id):
+        return self._tables["keys"].get(key_id)
+
+    def user_keys(self, user_id):
+        with self._lock:
+            return sorted(self._user_keys.get(user_id, {}).values(), key=lambda key: key["created_at"])
+
+    def update_key(self, key_id, changes):
+        with self._lock:
+            key = dict(self._tables["keys"][key_id], **changes)
+            ticket = self._write([("put", "keys", key_id, key)])
+        self._wait(ticket)
+        return key

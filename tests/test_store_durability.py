@@ -200,7 +200,7 @@ def test_automatic_compaction_leaves_one_snapshot_one_journal_and_the_right_data
     journals = [name for name in names if name.startswith("journal.")]
     assert len(journals) == 1, names
     assert journals[0] != "journal.0.log", names
-    assert sorted(set(names) - set(journals)) == ["oxc.lock", "snapshot.json"]
+    assert sorted(set(names) - set(journals)) == ["blobs", "oxc.lock", "snapshot.json"]
     snapshot = json.loads((data_dir / "snapshot.json").read_bytes())
     assert f"journal.{snapshot['generation']}.log" == journals[0]
     expected.check(opened(data_dir, compact_min=20))
