@@ -407,7 +407,7 @@ class Router:
         wanted = "GET" if method == "HEAD" else method
         for route, params in candidates:
             if route.method == wanted:
-                return route, {name: urllib.parse.unquote(value) for name, value in params.items()}
+                return route, params
         raise MethodNotAllowed({route.method for route, _ in candidates} | {"OPTIONS"})
 
 
@@ -546,8 +546,10 @@ def create_app(settings=None, *, clock=time.time, store=None, **overrides):
     # Innermost first; CORS sits outside every refusal so browsers can read them.
     app = middleware.BodyLimit(app, settings.max_body_bytes)
     if settings.secret_key_enabled:
-        app = middleware.ApiKey(app, [settings.secret_key],
-                                exempt_paths=(f"{settings.api_prefix}/health",))
+        stream = f"{settings.api_prefix}/events/stream"
+        app = middleware.ApiKey(app, [settings.secret_key], exempt_paths=(f"{settings.api_prefix}/health",),
+                                exempt_if=lambda environ: environ.get("PATH_INFO") == stream
+                                and "ticket=" in environ.get("QUERY_STRING", ""))
     if settings.rate_limit_enabled:
         app = middleware.RateLimit(app, middleware.RateLimitPolicy(
             per_minute=settings.rate_limit, strict_per_minute=settings.auth_rate_limit,

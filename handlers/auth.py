@@ -12,6 +12,7 @@ import threading
 import uuid
 
 from store import Conflict as StoreConflict
+from store import StoreError
 
 from .fields import email, text
 from .http import BadRequest, Forbidden, TooManyRequests, Unauthorized, success
@@ -109,7 +110,10 @@ def authenticate(req):
     req.claims = claims
     now = req.ctx.clock()
     if now - user.get("last_seen", 0) >= LAST_SEEN_RESOLUTION:
-        user = store.touch_user(user["id"], now) or user
+        try:
+            user = store.touch_user(user["id"], now) or user
+        except StoreError:
+            pass  # "last seen" is best effort; a store refusing writes must not refuse reads
     return user
 
 

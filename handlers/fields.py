@@ -44,6 +44,6 @@ def limit(query, default=50, maximum=200):
     raw = query.get("limit")
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
         raise BadRequest(f"Query parameter 'limit' must be a whole number from 1 to {maximum}")
     return int(raw)

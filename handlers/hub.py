@@ -97,7 +97,7 @@ class Hub:
         if cursor is None or cursor == "":
             return self._seq
         run, _, seq = cursor.rpartition("-")
-        if run != self.run or not seq.isdigit() or int(seq) > self._seq:
+        if run != self.run or not (seq.isascii() and seq.isdigit()) or int(seq) > self._seq:
             raise CursorGone("This cursor is from an earlier run of the server; resync and start again")
         seq = int(seq)
         with self._changed:
@@ -246,6 +246,8 @@ class Hub:
 
     def expire(self):
         """Stop typing notices and mark users offline whose time has come."""
+        if self._closed:
+            return
         now = self.clock()
         with self._changed:
             stale_typing = [(key, name) for key, (until, name) in self._typing.items() if until <= now]

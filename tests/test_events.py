@@ -280,3 +280,9 @@ def test_a_stream_ticket_opens_only_the_stream_and_expires(client, trio, clock):
     assert_error(client.get("/api/events/stream", {"ticket": ticket["ticket"]}, status=401), 401, "ticket")
     assert_error(client.get("/api/events/stream", status=401), 401)
     assert_error(client.get("/api/events/stream", {"ticket": "made-up"}, status=401), 401)
+
+
+def test_a_cursor_with_a_non_ascii_number_is_410(client, trio):
+    alice = trio[0]
+    run = head(client, alice).rsplit("-", 1)[0]
+    assert_error(poll(client, alice, f"{run}-²", status=410), 410)

@@ -180,3 +180,34 @@ def test_the_app_can_be_mounted_under_a_script_name(make_client):
     mounted.post_json("/chat/api/messages", {"content": "mounted"}, headers=headers, status=201)
     assert mounted.get("/chat/api/messages", headers=headers).json["messages"][0]["content"] == "mounted"
     assert mounted.get("/api/messages", status=404).body == b"parent"
+
+
+@pytest.mark.parametrize("path", ["/api/messages", "/api/messages/me", "/api/chats", "/api/users"])
+def test_a_non_ascii_digit_limit_is_400_not_500(client, alice, path):
+    assert_error(client.get(path, {"limit": "²"}, headers=alice.headers, status=400), 400, "limit")
+
+
+def test_a_path_parameter_is_not_decoded_twice(client, alice):
+    message = client.post_json("/api/messages", {"content": "hi"}, headers=alice.headers).json["data"]
+    assert_error(client.get("/api/messages/%2541", headers=alice.headers, status=404), 404, "%41")
+    client.get(f"/api/messages/{message['id']}", headers=alice.headers)
+
+
+def test_reads_still_answer_while_the_store_refuses_writes(client, alice, monkeypatch, clock):
+    def broken(*args, **kwargs):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr("store.journal.os.fdatasync", broken)
+    client.post_json("/api/messages", {"content": "x"}, headers=alice.headers, status=503)
+    clock.advance(120)
+    client.get("/api/messages", headers=alice.headers, status=200)
+
+
+def test_with_an_api_key_a_ticketed_event_stream_needs_no_header(make_client):
+    client = make_client(secret_key_enabled=True, secret_key="k" * 20)
+    key = {"X-API-Key": "k" * 20}
+    client.post_json("/api/auth/register", {"username": "alice", "password": "p" * 10}, headers=key)
+    token = client.post_json("/api/auth/login", {"username": "alice", "password": "p" * 10},
+                             headers=key).json["data"]["access_token"]
+    assert_error(client.get("/api/events/stream", status=401), 401, "API key")
+    assert_error(client.get("/api/events/stream", {"ticket": "forged"}, status=401), 401, "ticket")
