@@ -113,6 +113,20 @@ def _string(text):
     return text
 
 
+DEFAULT_MEDIA_TYPES = (
+    "image/jpeg", "image/png", "image/gif", "image/webp", "video/mp4", "video/webm", "audio/mpeg",
+    "audio/ogg", "audio/wav", "audio/webm", "application/pdf", "text/plain", "application/zip",
+    "application/octet-stream",
+)
+
+
+def _media_types(text):
+    types = tuple(part.strip().lower() for part in text.split(",") if part.strip())
+    if not types or not all(re.fullmatch(r"[a-z0-9.+-]+/[a-z0-9.+*-]+", item) for item in types):
+        raise ValueError("must be a comma-separated list of MIME types like image/png")
+    return types
+
+
 def _seconds(text):
     try:
         value = float(text)
@@ -153,6 +167,8 @@ VARIABLES = (
     ("realtime_max_clients", "REALTIME_MAX_CLIENTS", _integer(1, 100_000), 100),
     ("sse_heartbeat", "SSE_HEARTBEAT", _seconds, 15.0),
     ("events_kept", "EVENTS_KEPT", _integer(10, 10_000_000), 10_000),
+    ("media_max_bytes", "MEDIA_MAX_BYTES", _integer(1024), 25 * 1024 * 1024),
+    ("media_types", "MEDIA_ALLOWED_TYPES", _media_types, DEFAULT_MEDIA_TYPES),
 )
 
 
@@ -187,6 +203,8 @@ class Settings:
     realtime_max_clients: int = 100
     sse_heartbeat: float = 15.0
     events_kept: int = 10_000
+    media_max_bytes: int = 25 * 1024 * 1024
+    media_types: tuple = DEFAULT_MEDIA_TYPES
 
     @classmethod
     def from_environ(cls, environ=None, env_file=".env"):
@@ -514,6 +532,8 @@ def routes(prefix):
         Route("GET", f"{p}/events", events.get_events, True),
         Route("GET", f"{p}/events/stream", events.get_event_stream, False),
         Route("POST", f"{p}/events/ticket", events.post_stream_ticket, True),
+        # -- media and public keys ---------------------------------------------
+        # -- accounts and notifications ------------------------------------------
         Route("GET", f"{p}/search", search.get_search, True),
         Route("GET", f"{p}/users", users.get_users, True),
         Route("GET", f"{p}/users/me", users.get_me, True),
@@ -613,7 +633,7 @@ def waitress_options(settings):
         "channel_request_lookahead": 1,
         "asyncore_use_poll": True,
         "channel_timeout": 30,
-        "max_request_body_size": settings.max_body_bytes,
+        "max_request_body_size": max(settings.max_body_bytes, settings.media_max_bytes + 64 * 1024),
         "clear_untrusted_proxy_headers": True,
         "ident": "oxc",
     }
