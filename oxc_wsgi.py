@@ -34,10 +34,11 @@ import urllib.parse
 from http import HTTPStatus
 
 import middleware
-from handlers import auth, chats, events, messages, openapi, search, service, users
+from handlers import accounts, auth, chats, events, messages, openapi, search, service, users
 from handlers.http import (BadRequest, HTTPError, MethodNotAllowed, NotFound, Response,
                            ServiceUnavailable, UnsupportedMediaType, json_response)
 from handlers.hub import Hub
+from handlers.mail import Mailer
 from handlers.passwords import Passwords
 from handlers.tokens import AccessTokens
 from store import StoreLocked, StoreUnavailable, open_store
@@ -127,6 +128,26 @@ def _media_types(text):
     return types
 
 
+def _choice(*allowed):
+    def parse(text):
+        value = text.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"must be one of: {', '.join(allowed)}")
+        return value
+    return parse
+
+
+def _names(text):
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def _url(text):
+    text = text.strip()
+    if text and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", text):
+        raise ValueError("must be an http(s) URL")
+    return text
+
+
 def _seconds(text):
     try:
         value = float(text)
@@ -169,6 +190,18 @@ VARIABLES = (
     ("events_kept", "EVENTS_KEPT", _integer(10, 10_000_000), 10_000),
     ("media_max_bytes", "MEDIA_MAX_BYTES", _integer(1024), 25 * 1024 * 1024),
     ("media_types", "MEDIA_ALLOWED_TYPES", _media_types, DEFAULT_MEDIA_TYPES),
+    ("smtp_host", "SMTP_HOST", _string, ""),
+    ("smtp_port", "SMTP_PORT", _integer(1, 65535), 587),
+    ("smtp_security", "SMTP_SECURITY", _choice("starttls", "ssl", "none"), "starttls"),
+    ("smtp_user", "SMTP_USER", _string, ""),
+    ("smtp_password", "SMTP_PASSWORD", _string, ""),
+    ("mail_from", "MAIL_FROM", _string, "oxc@localhost"),
+    ("require_verified_email", "REQUIRE_VERIFIED_EMAIL", _boolean, False),
+    ("admins", "ADMINS", _names, ()),
+    ("push_webhook_url", "PUSH_WEBHOOK_URL", _url, ""),
+    ("push_webhook_secret", "PUSH_WEBHOOK_SECRET", _string, ""),
+    ("push_max_attempts", "PUSH_MAX_ATTEMPTS", _integer(1, 100), 8),
+    ("push_queue_max", "PUSH_QUEUE_MAX", _integer(1), 10_000),
 )
 
 
@@ -205,6 +238,18 @@ class Settings:
     events_kept: int = 10_000
     media_max_bytes: int = 25 * 1024 * 1024
     media_types: tuple = DEFAULT_MEDIA_TYPES
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_security: str = "starttls"
+    smtp_user: str = ""
+    smtp_password: str = ""
+    mail_from: str = "oxc@localhost"
+    require_verified_email: bool = False
+    admins: tuple = ()
+    push_webhook_url: str = ""
+    push_webhook_secret: str = ""
+    push_max_attempts: int = 8
+    push_queue_max: int = 10_000
 
     @classmethod
     def from_environ(cls, environ=None, env_file=".env"):
@@ -234,6 +279,8 @@ class Settings:
             raise ConfigError("SECRET_KEY must be set to a private value of 16+ characters in production")
         if self.bcrypt_rounds < 12:
             raise ConfigError("BCRYPT_ROUNDS must be at least 12 in production")
+        if self.push_webhook_url and len(self.push_webhook_secret) < 16:
+            raise ConfigError("PUSH_WEBHOOK_SECRET must be set (16+ characters) when PUSH_WEBHOOK_URL is")
 
 
 def read_env_file(path):
@@ -446,6 +493,8 @@ class Context:
         self.tokens = AccessTokens(settings.jwt_secret_key, settings.access_token_expires * 60,
                                    settings.token_refresh_seconds, clock)
         self.login_throttle = auth.LoginThrottle(clock)
+        self.mailer = Mailer(settings)
+        self.codes = accounts.Codes(store, settings.jwt_secret_key, clock, self.mailer)
         self.events = Hub(store, clock, capacity=settings.events_kept,
                           max_listeners=settings.realtime_max_clients)
 
@@ -505,6 +554,10 @@ def routes(prefix):
         Route("POST", f"{p}/auth/refresh", auth.post_refresh, False),
         Route("POST", f"{p}/auth/logout", auth.post_logout, False),
         Route("GET", f"{p}/auth/token-info", auth.get_token_info, True),
+        Route("POST", f"{p}/auth/verify-email/request", accounts.post_verification_request, False),
+        Route("POST", f"{p}/auth/verify-email", accounts.post_verification, False),
+        Route("POST", f"{p}/auth/password-reset/request", accounts.post_password_reset_request, False),
+        Route("POST", f"{p}/auth/password-reset", accounts.post_password_reset, False),
         Route("GET", f"{p}/messages", messages.get_messages, True),
         Route("POST", f"{p}/messages", messages.post_message, True),
         Route("GET", f"{p}/messages/me", messages.get_my_messages, True),

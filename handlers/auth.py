@@ -154,7 +154,7 @@ def post_register(req):
     if not USERNAME.match(username):
         raise BadRequest("Field 'username' must be 3 to 32 letters, digits, '_' or '-'")
     password = check_new_password(body)
-    address = email(body)
+    address = email(body, required=req.ctx.settings.require_verified_email)
     user = {
         "id": str(uuid.uuid4()),
         "username": username,
@@ -166,6 +166,8 @@ def post_register(req):
         req.ctx.store.create_user(user)
     except StoreConflict as exc:
         raise BadRequest(str(exc)) from None
+    if address:
+        req.ctx.codes.send("verify", user, address)
     return success(public_user(user), "User registered successfully", status=201)
 
 
@@ -184,6 +186,8 @@ def post_login(req):
         ctx.login_throttle.failed(username)
         raise Unauthorized(BAD_LOGIN)
     ctx.login_throttle.succeeded(username)
+    if ctx.settings.require_verified_email and not user.get("email_verified"):
+        raise Forbidden("Verify your e-mail address first (POST /auth/verify-email)")
     changes = {"last_seen": ctx.clock()}
     if ctx.passwords.needs_rehash(user["password_hash"]):
         changes["password_hash"] = ctx.passwords.hash(password)

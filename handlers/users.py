@@ -19,7 +19,7 @@ def get_me(req):
 
 
 def patch_me(req):
-    """Change my full name, bio, avatar URL or e-mail (the last needs my password)."""
+    """Change my full name, bio, avatar URL or e-mail (the last needs my password and re-verification)."""
     body = req.json
     changes = {}
     for name, limit in (("full_name", 100), ("bio", 500)):
@@ -36,12 +36,15 @@ def patch_me(req):
         if not isinstance(password, str) or not req.ctx.passwords.verify(password, req.user["password_hash"]):
             raise Forbidden("Changing the e-mail address needs the current 'password'")
         changes["email"] = address
+        changes["email_verified"] = False
     if not changes:
         raise BadRequest("Nothing to change: give full_name, bio, avatar_url or email")
     try:
         user = req.ctx.store.update_user(req.user["id"], changes)
     except StoreConflict as exc:
         raise BadRequest(str(exc)) from None
+    if changes.get("email"):
+        req.ctx.codes.send("verify", user, user["email"])
     return success(views.profile(user, private=True), "Profile updated")
 
 

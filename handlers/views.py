@@ -14,6 +14,7 @@ def public_user(user):
         "id": user["id"],
         "username": user["username"],
         "email": user.get("email"),
+        "email_verified": bool(user.get("email_verified")),
         "created_at": user.get("created_at"),
     }
 
@@ -43,6 +44,7 @@ def profile(user, private=False):
     }
     if private:
         shown["email"] = user.get("email")
+        shown["email_verified"] = bool(user.get("email_verified"))
     return shown
 
 

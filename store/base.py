@@ -54,6 +54,10 @@ class Store:
         """The user with this username (case-insensitive), or None."""
         raise NotImplementedError
 
+    def find_user_by_email(self, address):
+        """The user with this e-mail address (case-insensitive), or None."""
+        raise NotImplementedError
+
     def update_user(self, user_id, changes):
         """Apply ``changes`` to a user and return the new record; Conflict if taken."""
         raise NotImplementedError
@@ -266,4 +270,85 @@ class Store:
 
     def update_key(self, key_id, changes):
         """Apply ``changes`` to a key (e.g. ``revoked_at``)."""
+        raise NotImplementedError
+
+    # -- one-time codes (e-mail verification, password reset) ---------------------
+
+    def put_code(self, code):
+        """Store (or replace) a code record keyed by ``id`` ("purpose:user_id")."""
+        raise NotImplementedError
+
+    def get_code(self, code_id):
+        """The code record, or None."""
+        raise NotImplementedError
+
+    def delete_code(self, code_id):
+        """Forget a code; returns True if it existed."""
+        raise NotImplementedError
+
+    # -- notifications ----------------------------------------------------------------
+
+    def add_notifications(self, notifications):
+        """Store notifications in one write (assigning each a ``seq``); returns them."""
+        raise NotImplementedError
+
+    def get_notification(self, notification_id):
+        """The notification, or None."""
+        raise NotImplementedError
+
+    def user_notifications(self, user_id, before=None, limit=50, kind=None, unread_only=False):
+        """(notifications, more): a user's notifications, newest first, below seq ``before``."""
+        raise NotImplementedError
+
+    def unread_notification_count(self, user_id):
+        """How many of a user's notifications are unread."""
+        raise NotImplementedError
+
+    def mark_notifications_read(self, user_id, notification_ids=None):
+        """Mark some (or all) of a user's unread notifications read; returns how many changed."""
+        raise NotImplementedError
+
+    # -- push devices and the delivery queue ---------------------------------------------
+
+    def add_device(self, device):
+        """Register a device (``id``, ``user_id``, ``endpoint`` or ``token``)."""
+        raise NotImplementedError
+
+    def get_device(self, device_id):
+        """The device, or None."""
+        raise NotImplementedError
+
+    def user_devices(self, user_id):
+        """A user's devices, oldest first."""
+        raise NotImplementedError
+
+    def delete_device(self, device_id):
+        """Forget a device; returns True if it existed."""
+        raise NotImplementedError
+
+    def add_push_jobs(self, jobs, max_pending):
+        """Queue deliveries while fewer than ``max_pending`` wait; returns (accepted, refused).
+
+        Refused jobs are kept as dead letters.
+        """
+        raise NotImplementedError
+
+    def due_push_jobs(self, now, limit=50):
+        """Pending jobs whose ``next_attempt_at`` has come, earliest first."""
+        raise NotImplementedError
+
+    def next_push_time(self):
+        """When the earliest pending job is due, or None."""
+        raise NotImplementedError
+
+    def update_push_job(self, job_id, changes):
+        """Apply ``changes`` to a job (attempts, next time, status)."""
+        raise NotImplementedError
+
+    def delete_push_job(self, job_id):
+        """Drop a job (delivered); returns True if it existed."""
+        raise NotImplementedError
+
+    def dead_push_jobs(self, limit=100):
+        """Jobs that gave up, newest first."""
         raise NotImplementedError

@@ -37,7 +37,8 @@ from .journal import SNAPSHOT, Journal
 
 log = logging.getLogger("oxc.store")
 
-TABLES = ("users", "messages", "sessions", "chats", "members", "chat_messages", "attachments", "keys")
+TABLES = ("users", "messages", "sessions", "chats", "members", "chat_messages", "attachments", "keys",
+          "codes", "notifications", "devices", "push_jobs")
 def member_key(chat_id, user_id):
     return f"{chat_id}:{user_id}"
 
@@ -78,6 +79,13 @@ def _remove_name(names, name):
         del names[index]
 
 
+def _remove_job(pending, job):
+    entry = (job["next_attempt_at"], job["id"])
+    index = bisect.bisect_left(pending, entry)
+    if index < len(pending) and pending[index] == entry:
+        del pending[index]
+
+
 def _fold(text):
     return text.casefold() if text else text
 
@@ -106,6 +114,10 @@ class JsonStore(Store):
         self._blob_users = {}
         self._chat_attachments = {}
         self._user_keys = {}
+        self._notes_of = {}
+        self._unread_notes = {}
+        self._devices_of = {}
+        self._pending_push = []
         self._journal = None
         self._closed = False
         if data_dir is None:
@@ -333,6 +345,34 @@ class JsonStore(Store):
         if new is not None:
             self._user_keys.setdefault(new["user_id"], {})[new["id"]] = new
 
+    def _index_notifications(self, old, new):
+        for record, change in ((old, _remove_sorted), (new, _insert_sorted)):
+            if record is None:
+                continue
+            self._next_seq = max(self._next_seq, record["seq"] + 1)
+            change(self._notes_of.setdefault(record["user_id"], []), record["seq"])
+            if not record["read"]:
+                change(self._unread_notes.setdefault(record["user_id"], []), record["seq"])
+            if change is _insert_sorted:
+                self._by_seq[record["seq"]] = record
+            else:
+                self._by_seq.pop(record["seq"], None)
+
+    def _index_devices(self, old, new):
+        if old is not None:
+            self._devices_of.get(old["user_id"], {}).pop(old["id"], None)
+        if new is not None:
+            self._devices_of.setdefault(new["user_id"], {})[new["id"]] = new
+
+    def _index_push_jobs(self, old, new):
+        if old is not None and old["status"] == "pending":
+            _remove_job(self._pending_push, old)
+        if new is not None and new["status"] == "pending":
+            bisect.insort(self._pending_push, (new["next_attempt_at"], new["id"]))
+
+    def _index_codes(self, old, new):
+        pass
+
     def _sweep_blobs(self):
         """Remove blob files no attachment refers to (left by a crash after a delete)."""
         for root, _, names in os.walk(self.blobs.directory):
@@ -367,6 +407,10 @@ class JsonStore(Store):
 
     def find_user(self, username):
         user_id = self._by_username.get(_fold(username))
+        return None if user_id is None else self._tables["users"].get(user_id)
+
+    def find_user_by_email(self, address):
+        user_id = self._by_email.get(_fold(address))
         return None if user_id is None else self._tables["users"].get(user_id)
 
     def update_user(self, user_id, changes):
@@ -741,3 +785,132 @@ class JsonStore(Store):
             ticket = self._write([("put", "keys", key_id, key)])
         self._wait(ticket)
         return key
+
+    # -- one-time codes ---------------------------------------------------------------
+
+    def put_code(self, code):
+        with self._lock:
+            ticket = self._write([("put", "codes", code["id"], code)])
+        self._wait(ticket)
+        return code
+
+    def get_code(self, code_id):
+        return self._tables["codes"].get(code_id)
+
+    def delete_code(self, code_id):
+        with self._lock:
+            if code_id not in self._tables["codes"]:
+                return False
+            ticket = self._write([("del", "codes", code_id, None)])
+        self._wait(ticket)
+        return True
+
+    # -- notifications --------------------------------------------------------------------
+
+    def add_notifications(self, notifications):
+        if not notifications:
+            return []
+        with self._lock:
+            records = [dict(note, seq=self._new_seq()) for note in notifications]
+            ticket = self._write([("put", "notifications", note["id"], note) for note in records])
+        self._wait(ticket)
+        return records
+
+    def get_notification(self, notification_id):
+        return self._tables["notifications"].get(notification_id)
+
+    def user_notifications(self, user_id, before=None, limit=50, kind=None, unread_only=False):
+        with self._lock:
+            seqs = (self._unread_notes if unread_only else self._notes_of).get(user_id, [])
+            end = len(seqs) if before is None else bisect.bisect_left(seqs, before)
+            found = []
+            for index in range(end - 1, -1, -1):
+                note = self._by_seq[seqs[index]]
+                if kind is None or note["kind"] == kind:
+                    found.append(note)
+                    if len(found) > limit:
+                        break
+        return found[:limit], len(found) > limit
+
+    def unread_notification_count(self, user_id):
+        with self._lock:
+            return len(self._unread_notes.get(user_id, ()))
+
+    def mark_notifications_read(self, user_id, notification_ids=None):
+        with self._lock:
+            unread = [self._by_seq[seq] for seq in self._unread_notes.get(user_id, ())]
+            if notification_ids is not None:
+                wanted = set(notification_ids)
+                unread = [note for note in unread if note["id"] in wanted]
+            if not unread:
+                return 0
+            ticket = self._write([("put", "notifications", note["id"], dict(note, read=True)) for note in unread])
+        self._wait(ticket)
+        return len(unread)
+
+    # -- devices and push jobs --------------------------------------------------------------
+
+    def add_device(self, device):
+        with self._lock:
+            ticket = self._write([("put", "devices", device["id"], device)])
+        self._wait(ticket)
+        return device
+
+    def get_device(self, device_id):
+        return self._tables["devices"].get(device_id)
+
+    def user_devices(self, user_id):
+        with self._lock:
+            return sorted(self._devices_of.get(user_id, {}).values(), key=lambda device: device["created_at"])
+
+    def delete_device(self, device_id):
+        with self._lock:
+            if device_id not in self._tables["devices"]:
+                return False
+            ticket = self._write([("del", "devices", device_id, None)])
+        self._wait(ticket)
+        return True
+
+    def add_push_jobs(self, jobs, max_pending):
+        with self._lock:
+            room = max(0, max_pending - len(self._pending_push))
+            accepted = [dict(job, status="pending") for job in jobs[:room]]
+            refused = [dict(job, status="dead", last_error="the push queue is full") for job in jobs[room:]]
+            ops = [("put", "push_jobs", job["id"], job) for job in accepted + refused]
+            ticket = self._write(ops) if ops else None
+        self._wait(ticket)
+        return accepted, refused
+
+    def due_push_jobs(self, now, limit=50):
+        with self._lock:
+            due = []
+            for when, job_id in self._pending_push:
+                if when > now or len(due) >= limit:
+                    break
+                due.append(self._tables["push_jobs"][job_id])
+            return due
+
+    def next_push_time(self):
+        with self._lock:
+            return self._pending_push[0][0] if self._pending_push else None
+
+    def update_push_job(self, job_id, changes):
+        with self._lock:
+            job = dict(self._tables["push_jobs"][job_id], **changes)
+            ticket = self._write([("put", "push_jobs", job_id, job)])
+        self._wait(ticket)
+        return job
+
+    def delete_push_job(self, job_id):
+        with self._lock:
+            if job_id not in self._tables["push_jobs"]:
+                return False
+            ticket = self._write([("del", "push_jobs", job_id, None)])
+        self._wait(ticket)
+        return True
+
+    def dead_push_jobs(self, limit=100):
+        with self._lock:
+            dead = [job for job in self._tables["push_jobs"].values() if job["status"] == "dead"]
+        dead.sort(key=lambda job: job["created_at"], reverse=True)
+        return dead[:limit]

@@ -23,7 +23,8 @@ def test_register_answers_201_with_the_new_user_and_never_the_hash(client):
     assert response.json["status"] == "success"
     assert response.json["message"] == "User registered successfully"
     user = response.json["data"]
-    assert set(user) == {"id", "username", "email", "created_at"}
+    assert set(user) == {"id", "username", "email", "email_verified", "created_at"}
+    assert user["email_verified"] is False
     assert (user["username"], user["email"]) == ("alice", "alice@example.com")
 
 
