@@ -34,11 +34,12 @@ import urllib.parse
 from http import HTTPStatus
 
 import middleware
-from handlers import accounts, auth, chats, events, messages, openapi, search, service, users
+from handlers import accounts, auth, chats, events, messages, notifications, openapi, search, service, users
 from handlers.http import (BadRequest, HTTPError, MethodNotAllowed, NotFound, Response,
                            ServiceUnavailable, UnsupportedMediaType, json_response)
 from handlers.hub import Hub
 from handlers.mail import Mailer
+from handlers.push import PushWorker
 from handlers.passwords import Passwords
 from handlers.tokens import AccessTokens
 from store import StoreLocked, StoreUnavailable, open_store
@@ -202,6 +203,7 @@ VARIABLES = (
     ("push_webhook_secret", "PUSH_WEBHOOK_SECRET", _string, ""),
     ("push_max_attempts", "PUSH_MAX_ATTEMPTS", _integer(1, 100), 8),
     ("push_queue_max", "PUSH_QUEUE_MAX", _integer(1), 10_000),
+    ("push_device_hosts", "PUSH_DEVICE_HOSTS", _names, ()),
 )
 
 
@@ -250,6 +252,7 @@ class Settings:
     push_webhook_secret: str = ""
     push_max_attempts: int = 8
     push_queue_max: int = 10_000
+    push_device_hosts: tuple = ()
 
     @classmethod
     def from_environ(cls, environ=None, env_file=".env"):
@@ -497,6 +500,10 @@ class Context:
         self.codes = accounts.Codes(store, settings.jwt_secret_key, clock, self.mailer)
         self.events = Hub(store, clock, capacity=settings.events_kept,
                           max_listeners=settings.realtime_max_clients)
+        self.push = PushWorker(store, settings, clock)
+        self.events.subscribe(notifications.Notifier(self, self.push))
+        if store.next_push_time() is not None:
+            self.push.start()  # deliveries queued before a restart
 
 
 class App:
@@ -529,8 +536,9 @@ class App:
         return answer.body
 
     def close(self):
-        """End event streams and close the store (flushing it)."""
+        """End event streams, stop pushing and close the store (flushing it)."""
         self.ctx.events.close()
+        self.ctx.push.close()
         self.ctx.store.close()
 
 
@@ -587,6 +595,15 @@ def routes(prefix):
         Route("POST", f"{p}/events/ticket", events.post_stream_ticket, True),
         # -- media and public keys ---------------------------------------------
         # -- accounts and notifications ------------------------------------------
+        Route("GET", f"{p}/notifications", notifications.get_notifications, True),
+        Route("GET", f"{p}/notifications/count", notifications.get_notification_count, True),
+        Route("GET", f"{p}/notifications/mentions", notifications.get_mentions, True),
+        Route("POST", f"{p}/notifications/read-all", notifications.post_notifications_read_all, True),
+        Route("POST", f"{p}/notifications/{{notification_id}}/read", notifications.post_notification_read, True),
+        Route("GET", f"{p}/devices", notifications.get_devices, True),
+        Route("POST", f"{p}/devices", notifications.post_device, True),
+        Route("DELETE", f"{p}/devices/{{device_id}}", notifications.delete_device, True),
+        Route("GET", f"{p}/admin/push/dead-letters", notifications.get_dead_letters, True),
         Route("GET", f"{p}/search", search.get_search, True),
         Route("GET", f"{p}/users", users.get_users, True),
         Route("GET", f"{p}/users/me", users.get_me, True),

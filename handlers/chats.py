@@ -197,7 +197,7 @@ def post_member(req, chat, me):
         record = req.ctx.store.add_member(dict(_member_record(user["id"], role, _now(req)), chat_id=chat["id"]))
     except StoreConflict:
         raise BadRequest(f"User {user['username']} is already a member of this chat") from None
-    _tell(req, chat["id"], "member.added", dict(views.member(record, user), chat_id=chat["id"]))
+    _tell(req, chat["id"], "member.added", dict(views.member(record, user), chat_id=chat["id"], by=me["user_id"]))
     return success(views.member(record, user), "Member added", status=201)
 
 
@@ -238,7 +238,7 @@ def patch_member(req, chat, me, user_id):
     records = req.ctx.store.update_members(updates)
     for record in records:
         _tell(req, chat["id"], "member.role_changed",
-              {"chat_id": chat["id"], "user_id": record["user_id"], "role": record["role"]})
+              {"chat_id": chat["id"], "user_id": record["user_id"], "role": record["role"], "by": me["user_id"]})
     return success(views.member(records[0], req.ctx.store.get_user(user_id)), "Role changed")
 
 

@@ -81,6 +81,7 @@ class Hub:
         self._tickets = {}
         self._timer = None
         self._closed = False
+        self._subscribers = []
 
     @property
     def closed(self):
@@ -108,6 +109,10 @@ class Hub:
 
     # -- publishing -------------------------------------------------------------
 
+    def subscribe(self, callback):
+        """Call ``callback(event)`` after every publish, in the publishing thread."""
+        self._subscribers.append(callback)
+
     def publish(self, type, data, audience=EVERYONE, chat_id=None):
         """Add an event for ``audience`` (user ids; None: everyone) and wake listeners."""
         with self._changed:
@@ -116,6 +121,8 @@ class Hub:
                           chat_id, self.clock())
             self._events.append(event)
             self._changed.notify_all()
+        for callback in self._subscribers:
+            callback(event)
         return event
 
     def chat_audience(self, chat_id):
