@@ -200,8 +200,9 @@ def _account_schemas(settings):
             "username": string("The user's name.", "user1"),
             "email": string("The user's e-mail address, if they gave one.", "user1@example.com",
                             nullable=True),
+            "email_verified": boolean("Whether the address was verified with a code.", False),
             "created_at": string(f"When the account was made: {TIME_NOTE}", WHEN, nullable=True),
-        }, description="A user as 0xC showed them."),
+        }, required=["id", "username", "email", "created_at"], description="A user as 0xC showed them."),
         "Profile": obj({
             "id": string("The user's id (a UUID).", ALICE),
             "username": string("The user's name.", "user1"),
@@ -214,6 +215,7 @@ def _account_schemas(settings):
         }, description="A user's public profile."),
         "MyProfile": {"allOf": [ref("Profile"), obj({
             "email": string("My e-mail address, if I gave one.", "user1@example.com", nullable=True),
+            "email_verified": boolean("Whether my address was verified with a code.", False),
         })], "description": "My own profile: the public one and my e-mail address."},
         "Grant": obj({
             "access_token": string("A JWT to send as 'Authorization: Bearer <token>'.",
@@ -500,6 +502,74 @@ def _parameters():
     }
 
 
+def _notification_schemas(settings):
+    """Accounts (codes by e-mail) and notifications: what they take and answer."""
+    code = string("The six-digit code from the e-mail.", "123456", pattern=r"^[0-9]{6}$")
+    address = string("An e-mail address.", "user1@example.com", format="email", maxLength=MAX_EMAIL)
+    return {
+        "EmailAddress": obj({"email": address}),
+        "VerificationCode": obj({"email": address, "code": code}),
+        "PasswordReset": obj({"email": address, "code": code,
+                              "new_password": new_password_field("The new password.")}),
+        "SessionsEnded": obj({"sessions_ended": integer("How many sessions ended.", 2, minimum=0)}),
+        "Notification": obj({
+            "id": string("The notification's id.", MESSAGE),
+            "kind": one_of(("mention", "direct_message", "added_to_chat", "role_changed"), "What happened."),
+            "chat_id": string("The chat it happened in.", CHAT),
+            "chat_name": string("The chat's name (null for a direct chat).", "Book club", nullable=True),
+            "message_id": string("The message, for mentions and direct messages.", None, nullable=True),
+            "actor_id": string("Who did it.", ALICE, nullable=True),
+            "actor_username": string("Their name.", "alice", nullable=True),
+            "preview": string("The start of the message.", "hey @bob", nullable=True),
+            "role": string("The new role, for a role change.", None, nullable=True),
+            "created_at": string(f"When: {TIME_NOTE}", WHEN),
+            "read": boolean("Whether I marked it read.", False),
+        }),
+        "NotificationPaging": paging(50, "before"),
+        "UnreadCount": obj({"unread_count": integer("How many are unread.", 3, minimum=0)}),
+        "MarkedRead": obj({"marked": integer("How many changed.", 3, minimum=0),
+                           "unread_count": integer("How many are unread now.", 0, minimum=0)}),
+        "NewDevice": obj({
+            "platform": one_of(("web", "ios", "android", "desktop", "webhook"), "The kind of device."),
+            "token": string("The platform's push token (FCM, APNs...), passed on to PUSH_WEBHOOK_URL.",
+                            "fcm-token", nullable=True, maxLength=4096),
+            "endpoint": string("An http(s) URL to POST this user's notifications to; its host must be in "
+                               "PUSH_DEVICE_HOSTS.", None, nullable=True, maxLength=500),
+        }, required=["platform"], **any_given("token", "endpoint")),
+        "Device": obj({
+            "id": string("The device's id.", MESSAGE),
+            "platform": string("The kind of device.", "android"),
+            "token": string("The push token.", "fcm-token", nullable=True),
+            "endpoint": string("The endpoint URL.", None, nullable=True),
+            "created_at": string(f"When it was registered: {TIME_NOTE}", WHEN),
+        }),
+        "DeadLetter": obj({
+            "id": string("The delivery's id (the X-Oxc-Delivery header).", MESSAGE),
+            "url": string("Where it was to go (PUSH_WEBHOOK_URL or a device endpoint).", None),
+            "attempts": integer("How many times it was tried.", 8, minimum=0),
+            "last_error": string("Why the last try failed.", "HTTP 503", nullable=True),
+            "created_at": string(f"When it was queued: {TIME_NOTE}", WHEN),
+            "payload": {"type": "object", "description": "The JSON it carried."},
+        }),
+    }
+
+
+def _notification_parameters():
+    return {
+        "NotificationId": {"name": "notification_id", "in": "path", "required": True,
+                           "description": "The id of a notification.", "schema": {"type": "string"}},
+        "DeviceId": {"name": "device_id", "in": "path", "required": True,
+                     "description": "The id of a device.", "schema": {"type": "string"}},
+        "NotificationBefore": {"name": "before", "in": "query", "required": False,
+                               "description": "Notifications older than this one (a paging.before value); "
+                                              "it must be one of mine.",
+                               "schema": {"type": "string", "minLength": 1}},
+        "Unread": {"name": "unread", "in": "query", "required": False,
+                   "description": "true for unread notifications only.",
+                   "schema": {"enum": ["true", "false", "1", "0", ""]}},
+    }
+
+
 def _security_schemes(settings):
     return {
         "bearerAuth": {
@@ -526,9 +596,10 @@ def _components(settings):
     """The reusable schemas, parameters and security schemes, sized by ``settings``."""
     schemas = {}
     for part in (_service_schemas, _account_schemas, _message_schemas, _chat_schemas, _event_schemas,
-                 _request_schemas):
+                 _request_schemas, _notification_schemas):
         schemas.update(part(settings))
-    return {"schemas": schemas, "parameters": _parameters(), "securitySchemes": _security_schemes(settings)}
+    return {"schemas": schemas, "parameters": {**_parameters(), **_notification_parameters()},
+            "securitySchemes": _security_schemes(settings)}
 
 
 # =============================================================================
@@ -900,6 +971,96 @@ OPERATIONS = {
         {200: returns(envelope(ref("Profile")), "The profile."),
          404: refuses("No such user.")},
         parameters=("UserId",)),
+    # -- accounts and notifications --
+    "post_verification_request": Operation(
+        "accounts", "Send an e-mail verification code",
+        "Mails a six-digit code to the address if it belongs to an account awaiting verification. The "
+        "answer is the same for any address; each address may ask once a minute.",
+        {200: returns(envelope(message="If that address belongs to an account awaiting verification, a code "
+                                       "is on its way"), "Asked."),
+         400: refuses("email is missing or not an e-mail address."),
+         429: refuses("This address asked a moment ago; retry after Retry-After.")},
+        body="EmailAddress", body_example={"email": "user1@example.com"}, writes=True),
+    "post_verification": Operation(
+        "accounts", "Verify an e-mail address",
+        "Checks the code mailed to the address (15 minutes, five guesses) and marks it verified.",
+        {200: returns(envelope(message="E-mail address verified"), "Verified."),
+         400: refuses("A field is missing or malformed, or the code is wrong, used up or expired.")},
+        body="VerificationCode", body_example={"email": "user1@example.com", "code": "123456"}, writes=True),
+    "post_password_reset_request": Operation(
+        "accounts", "Send a password reset code",
+        "Mails a six-digit code to the address if it belongs to an account. The answer is the same for any "
+        "address; each address may ask once a minute.",
+        {200: returns(envelope(message="If that address belongs to an account, a code is on its way"),
+                      "Asked."),
+         400: refuses("email is missing or not an e-mail address."),
+         429: refuses("This address asked a moment ago; retry after Retry-After.")},
+        body="EmailAddress", body_example={"email": "user1@example.com"}, writes=True),
+    "post_password_reset": Operation(
+        "accounts", "Reset a password with a code",
+        "Sets a new password with the mailed code; every session of the account ends.",
+        {200: returns(envelope(ref("SessionsEnded"), message="Password changed; log in with the new password"),
+                      "Changed."),
+         400: refuses("A field is missing or invalid, or the code is wrong, used up or expired."),
+         429: refuses("The server is busy hashing passwords; retry after Retry-After.")},
+        body="PasswordReset", writes=True,
+        body_example={"email": "user1@example.com", "code": "123456", "new_password": "a new password"}),
+    "get_notifications": Operation(
+        "notifications", "My notifications",
+        "Mentions, direct messages, additions to groups and role changes, newest first.",
+        {200: returns(envelope(notifications=array(ref("Notification")),
+                               unread_count=integer("How many are unread.", 3),
+                               paging=ref("NotificationPaging")), "One page."),
+         400: refuses("'limit' or 'unread' is invalid, or 'before' is not one of my notifications.")},
+        parameters=("Limit", "NotificationBefore", "Unread")),
+    "get_mentions": Operation(
+        "notifications", "My mentions",
+        "Only the notifications for mentions of me, newest first.",
+        {200: returns(envelope(notifications=array(ref("Notification")),
+                               unread_count=integer("How many are unread.", 3),
+                               paging=ref("NotificationPaging")), "One page."),
+         400: refuses("'limit' or 'unread' is invalid, or 'before' is not one of my notifications.")},
+        parameters=("Limit", "NotificationBefore", "Unread")),
+    "get_notification_count": Operation(
+        "notifications", "How many notifications are unread",
+        "The number of my unread notifications.",
+        {200: returns(envelope(ref("UnreadCount")), "The count.")}),
+    "post_notification_read": Operation(
+        "notifications", "Mark a notification read",
+        "Marks one of my notifications read.",
+        {200: returns(envelope(ref("UnreadCount")), "The unread count now."),
+         404: refuses("No such notification of mine.")},
+        parameters=("NotificationId",), writes=True),
+    "post_notifications_read_all": Operation(
+        "notifications", "Mark every notification read",
+        "Marks all my notifications read.",
+        {200: returns(envelope(ref("MarkedRead")), "Done.")}, writes=True),
+    "get_devices": Operation(
+        "notifications", "My push devices",
+        "The devices I registered for push.",
+        {200: returns(envelope(array(ref("Device"))), "The devices.")}),
+    "post_device": Operation(
+        "notifications", "Register a push device",
+        "A platform token (passed to PUSH_WEBHOOK_URL with each notification), an endpoint URL on an allowed "
+        "host (POSTed each notification, signed), or both. At most 20 per user.",
+        {201: returns(envelope(ref("Device"), message="Device registered"), "Registered."),
+         400: refuses("The platform is unknown, neither token nor endpoint is given, the endpoint is not an "
+                      "http(s) URL on an allowed host, or I have 20 devices already.")},
+        body="NewDevice", body_example={"platform": "android", "token": "fcm-token"}, writes=True),
+    "delete_device": Operation(
+        "notifications", "Remove a push device",
+        "Forgets one of my devices.",
+        {200: returns(envelope(message="Device removed"), "Removed."),
+         404: refuses("No such device of mine.")},
+        parameters=("DeviceId",), writes=True),
+    "get_dead_letters": Operation(
+        "notifications", "Failed push deliveries (admins)",
+        "Deliveries that gave up after PUSH_MAX_ATTEMPTS tries or found the queue full, newest first. Only "
+        "for the users named in ADMINS.",
+        {200: returns(envelope(array(ref("DeadLetter"))), "The dead letters."),
+         400: refuses("'limit' is out of range."),
+         403: refuses("I am not one of the server's admins.")},
+        parameters=("Limit",)),
 }
 
 TAGS = {
@@ -911,6 +1072,8 @@ TAGS = {
     "events": "Real-time events: long-poll, Server-Sent Events, typing notices.",
     "search": "Finding messages by their words.",
     "users": "Profiles and the user directory.",
+    "accounts": "E-mail verification and password reset with mailed codes.",
+    "notifications": "The notification feed and push devices.",
 }
 ROLE_NAMES = {"member": "a member of the chat", "admin": "an admin or the owner of the chat",
               "owner": "the owner of the chat"}
