@@ -501,7 +501,8 @@ class Context:
         self.events = Hub(store, clock, capacity=settings.events_kept,
                           max_listeners=settings.realtime_max_clients)
         self.push = PushWorker(store, settings, clock)
-        self.events.subscribe(notifications.Notifier(self, self.push))
+        self.notifier = notifications.Notifier(self, self.push)
+        self.events.subscribe(self.notifier)
         if store.next_push_time() is not None:
             self.push.start()  # deliveries queued before a restart
 
@@ -538,6 +539,7 @@ class App:
     def close(self):
         """End event streams, stop pushing and close the store (flushing it)."""
         self.ctx.events.close()
+        self.ctx.notifier.close()
         self.ctx.push.close()
         self.ctx.store.close()
 

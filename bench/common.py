@@ -115,12 +115,12 @@ def seed_store(data_dir, count, username="bench", password_hash=None):
 
 WRK_POST = """
 wrk.method = "POST"
-wrk.body = '{"content": "benchmark message"}'
+wrk.body = '%s'
 wrk.headers["Content-Type"] = "application/json"
 """
 
 
-def wrk(url, seconds, connections, token=None, post=False, threads=1):
+def wrk(url, seconds, connections, token=None, post=False, threads=1, body='{"content": "benchmark message"}'):
     """Run wrk; returns (requests per second, p99 in ms, non-2xx count)."""
     if shutil.which("wrk") is None:
         sys.exit("bench: wrk is missing; install it with: apt-get install wrk")
@@ -130,7 +130,7 @@ def wrk(url, seconds, connections, token=None, post=False, threads=1):
     script = None
     if post:
         script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
-        script.write(WRK_POST)
+        script.write(WRK_POST % body)
         script.close()
         command += ["-s", script.name]
     try:

@@ -4,9 +4,12 @@
 mention (``@username`` of a member), a message in a direct chat, being added
 to a group, and a role change; a muted chat makes none but mentions. Each
 batch is stored in one write, published to its user as a
-``notification.created`` event, and queued for push (``push.py``) to the
-user's registered device endpoints and to PUSH_WEBHOOK_URL. Queuing never
-waits on a receiver: delivery happens on the push worker's thread.
+``notification.created`` event, and queued for push (``push.py``): one
+delivery per receiving URL (PUSH_WEBHOOK_URL, users' device endpoints)
+carrying every notification of the batch meant for it, as
+``{"deliveries": [{"user_id", "notification", "devices" | "device_id"}]}``,
+stored in the same write as the notifications. Queuing never waits on a
+receiver: delivery happens on the push worker's thread.
 
 Device endpoints are URLs the server will call, so a user may register one
 only on a host the operator allowed (PUSH_DEVICE_HOSTS); anything else would
@@ -14,6 +17,8 @@ let users make the server probe internal addresses.
 """
 
 import logging
+import threading
+import time
 import urllib.parse
 import uuid
 
@@ -31,13 +36,37 @@ MAX_DEVICES = 20
 
 
 class Notifier:
-    """Turn published events into stored, streamed and pushed notifications."""
+    """Turn events into stored, streamed and pushed notifications.
+
+    Notifications for messages (mentions, direct messages) are made off the
+    request path: the message is already durable with its mentions, and a
+    background thread reads chat messages after the stored mark
+    ``notified_seq`` in order, storing their notifications, push jobs and the
+    new mark in one write. A crash loses nothing: the thread resumes from the
+    mark. Rarer triggers (being added, a role change) are handled at once.
+    """
+
+    BATCH = 200
+    LINGER = 0.02  # seconds
 
     def __init__(self, ctx, worker):
         self.ctx = ctx
         self.worker = worker
+        self._wake = threading.Event()
+        self._thread = None
+        self._stop = False
+        self._lock = threading.Lock()
+        store = ctx.store
+        if store.get_meta("notified_seq") is None:
+            # A new store, or one from before notifications: history notifies nobody.
+            store.add_notifications([], mark=store.latest_seq())
+        elif self.pending():
+            self._start()
 
     def __call__(self, event):
+        if event.type == "chat.message.created":
+            self._start()
+            return
         if event.type.startswith("notification."):
             return
         try:
@@ -48,71 +77,125 @@ class Notifier:
             # A notification must never undo the write that caused it.
             log.exception("notifications: could not notify for %s", event.type)
 
+    def pending(self, limit=1000):
+        """How many chat messages still wait for their notifications (counted up to ``limit``)."""
+        store = self.ctx.store
+        return len(store.chat_messages_after(store.get_meta("notified_seq") or 0, limit))
+
+    def _start(self):
+        with self._lock:
+            if self._thread is None and not self._stop:
+                self._thread = threading.Thread(target=self._run, name="oxc-notifier", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def _run(self):
+        while not self._stop:
+            try:
+                self.catch_up()
+            except Exception:
+                log.exception("notifications: catching up failed; retrying shortly")
+            if self._wake.wait(1.0):
+                # Let the request that woke us finish its answer first (the
+                # interpreter is shared), and gather what arrives meanwhile.
+                time.sleep(self.LINGER)
+            self._wake.clear()
+
+    def catch_up(self):
+        """Make the notifications of every chat message after the mark, in batches."""
+        store = self.ctx.store
+        while not self._stop:
+            messages = store.chat_messages_after(store.get_meta("notified_seq") or 0, self.BATCH)
+            if not messages:
+                return
+            notes = []
+            for message in messages:
+                notes += self._message_notes(message)
+            self._deliver(notes, mark=messages[-1]["seq"])
+
+    def close(self):
+        """Stop the thread; what it had not reached is picked up at the next start."""
+        self._stop = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
     def _muted(self, chat_id, user_id):
         member = self.ctx.store.get_member(chat_id, user_id)
         return member is None or member.get("muted", False)
 
-    def _note(self, user_id, kind, chat, actor_id, message=None):
+    def _message_notes(self, message):
         store = self.ctx.store
-        actor = store.get_user(actor_id) if actor_id else None
-        return {
-            "id": str(uuid.uuid4()), "user_id": user_id, "kind": kind, "chat_id": chat["id"],
-            "chat_name": chat.get("name"), "message_id": message["id"] if message else None,
-            "actor_id": actor_id, "actor_username": actor["username"] if actor else None,
-            "preview": (message.get("content") or "")[:PREVIEW] if message else None,
-            "created_at": views.iso_time(self.ctx.clock()), "read": False,
-        }
+        chat = store.get_chat(message["chat_id"])
+        if chat is None or message.get("deleted"):
+            return []
+        author = message["user_id"]
+        mentioned = [m["user_id"] for m in message.get("mentions", []) if m["user_id"] != author]
+        targets = [(uid, "mention") for uid in mentioned if store.get_member(chat["id"], uid)]
+        if chat["type"] == "direct":
+            targets += [(uid, "direct_message") for uid in chat["pair"]
+                        if uid != author and uid not in mentioned and not self._muted(chat["id"], uid)]
+        return self._make(targets, chat, author, message)
 
     def _notes(self, event):
         data, store = event.data, self.ctx.store
         chat = store.get_chat(event.chat_id) if event.chat_id else None
         if chat is None:
             return []
-        if event.type == "chat.message.created":
-            author = data["user_id"]
-            mentioned = [m["user_id"] for m in data.get("mentions", []) if m["user_id"] != author]
-            notes = [self._note(uid, "mention", chat, author, data) for uid in mentioned
-                     if store.get_member(chat["id"], uid)]
-            if chat["type"] == "direct":
-                notes += [self._note(uid, "direct_message", chat, author, data) for uid in chat["pair"]
-                          if uid != author and uid not in mentioned and not self._muted(chat["id"], uid)]
-            return notes
         if event.type == "chat.created" and chat["type"] == "group":
-            return [self._note(member["user_id"], "added_to_chat", chat, chat["created_by"])
-                    for member in store.members(chat["id"]) if member["user_id"] != chat["created_by"]]
+            return self._make([(member["user_id"], "added_to_chat") for member in store.members(chat["id"])
+                               if member["user_id"] != chat["created_by"]], chat, chat["created_by"])
         if event.type == "member.added":
-            return [self._note(data["user_id"], "added_to_chat", chat, data.get("by"))]
+            return self._make([(data["user_id"], "added_to_chat")], chat, data.get("by"))
         if event.type == "member.role_changed" and not self._muted(chat["id"], data["user_id"]):
-            return [dict(self._note(data["user_id"], "role_changed", chat, data.get("by")), role=data["role"])]
+            return self._make([(data["user_id"], "role_changed")], chat, data.get("by"), role=data["role"])
         return []
 
-    def _deliver(self, notes):
+    def _make(self, targets, chat, actor_id, message=None, role=None):
+        """One notification per (user id, kind) in ``targets``, about the same thing."""
+        if not targets:
+            return []
+        actor = self.ctx.store.get_user(actor_id) if actor_id else None
+        common = {
+            "chat_id": chat["id"], "chat_name": chat.get("name"),
+            "message_id": message["id"] if message else None, "actor_id": actor_id,
+            "actor_username": actor["username"] if actor else None,
+            "preview": (message.get("content") or "")[:PREVIEW] if message else None,
+            "role": role, "created_at": views.iso_time(self.ctx.clock()), "read": False,
+        }
+        batch = uuid.uuid4().hex
+        return [dict(common, id=f"{batch}-{number}", user_id=user_id, kind=kind)
+                for number, (user_id, kind) in enumerate(targets)]
+
+    def _deliver(self, notes, mark=None):
         ctx = self.ctx
-        notes = ctx.store.add_notifications(notes)
-        for note in notes:
-            ctx.events.publish("notification.created", shown(note), {note["user_id"]})
-        jobs = self._jobs(notes)
-        if jobs:
-            _, refused = ctx.store.add_push_jobs(jobs, ctx.settings.push_queue_max)
-            if refused:
-                log.warning("notifications: push queue full; %d deliveries kept as dead letters", len(refused))
+        views_of = [shown(note) for note in notes]
+        notes, accepted, refused = ctx.store.add_notifications(notes, self._jobs(notes, views_of),
+                                                               ctx.settings.push_queue_max, mark=mark)
+        for note, view in zip(notes, views_of):
+            ctx.events.publish("notification.created", view, {note["user_id"]})
+        if refused:
+            log.warning("notifications: push queue full; %d deliveries kept as dead letters", len(refused))
+        if accepted:
             self.worker.start()
 
-    def _jobs(self, notes):
+    def _jobs(self, notes, views_of):
+        """One push job per receiving URL, carrying every notification of the batch meant for it."""
         settings, store, now = self.ctx.settings, self.ctx.store, self.ctx.clock()
-        jobs = []
-        for note in notes:
+        batches = {}
+        for note, view in zip(notes, views_of):
             devices = store.user_devices(note["user_id"])
-            payload = {"notification": shown(note), "user_id": note["user_id"]}
-            targets = [(device["endpoint"], dict(payload, device_id=device["id"], token=device.get("token")))
-                       for device in devices if device.get("endpoint")]
+            item = {"notification": view, "user_id": note["user_id"]}
+            for device in devices:
+                if device.get("endpoint"):
+                    batches.setdefault(device["endpoint"], []).append(
+                        dict(item, device_id=device["id"], token=device.get("token")))
             if settings.push_webhook_url:
-                tokens = [{"device_id": d["id"], "platform": d["platform"], "token": d.get("token")}
-                          for d in devices]
-                targets.append((settings.push_webhook_url, dict(payload, devices=tokens)))
-            jobs += [{"id": str(uuid.uuid4()), "url": url, "payload": body, "attempts": 0, "last_error": None,
-                      "next_attempt_at": now, "created_at": views.iso_time(now)} for url, body in targets]
-        return jobs
+                batches.setdefault(settings.push_webhook_url, []).append(dict(item, devices=[
+                    {"device_id": d["id"], "platform": d["platform"], "token": d.get("token")} for d in devices]))
+        return [{"id": str(uuid.uuid4()), "url": url, "payload": {"deliveries": items}, "attempts": 0,
+                 "last_error": None, "next_attempt_at": now, "created_at": views.iso_time(now)}
+                for url, items in batches.items()]
 
 
 def shown(note):

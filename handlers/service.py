@@ -17,6 +17,7 @@ def get_health(req):
         "store": "ok" if healthy else "refusing writes",
         "uptime_seconds": round(ctx.clock() - ctx.started_at, 3),
         "version": ctx.version,
+        "notifications_pending": ctx.notifier.pending(),
     }
     if healthy:
         return success(data)

@@ -288,8 +288,25 @@ class Store:
 
     # -- notifications ----------------------------------------------------------------
 
-    def add_notifications(self, notifications):
-        """Store notifications in one write (assigning each a ``seq``); returns them."""
+    def add_notifications(self, notifications, push_jobs=(), max_pending=0, mark=None):
+        """Store notifications (each gets a ``seq``) and their push jobs in one write.
+
+        Jobs are queued while fewer than ``max_pending`` wait; the rest are kept as
+        dead letters. ``mark``, when given, is stored as meta ``notified_seq`` in the
+        same write. Returns (notifications, accepted jobs, refused jobs).
+        """
+        raise NotImplementedError
+
+    def get_meta(self, key):
+        """A small stored value (``notified_seq``), or None."""
+        raise NotImplementedError
+
+    def latest_seq(self):
+        """The highest seq handed out so far."""
+        raise NotImplementedError
+
+    def chat_messages_after(self, seq, limit=100):
+        """Chat messages with a seq above ``seq``, in seq order (at most ``limit``)."""
         raise NotImplementedError
 
     def get_notification(self, notification_id):
@@ -324,13 +341,6 @@ class Store:
 
     def delete_device(self, device_id):
         """Forget a device; returns True if it existed."""
-        raise NotImplementedError
-
-    def add_push_jobs(self, jobs, max_pending):
-        """Queue deliveries while fewer than ``max_pending`` wait; returns (accepted, refused).
-
-        Refused jobs are kept as dead letters.
-        """
         raise NotImplementedError
 
     def due_push_jobs(self, now, limit=50):

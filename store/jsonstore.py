@@ -38,7 +38,7 @@ from .journal import SNAPSHOT, Journal
 log = logging.getLogger("oxc.store")
 
 TABLES = ("users", "messages", "sessions", "chats", "members", "chat_messages", "attachments", "keys",
-          "codes", "notifications", "devices", "push_jobs")
+          "codes", "notifications", "devices", "push_jobs", "meta")
 def member_key(chat_id, user_id):
     return f"{chat_id}:{user_id}"
 
@@ -371,6 +371,9 @@ class JsonStore(Store):
             bisect.insort(self._pending_push, (new["next_attempt_at"], new["id"]))
 
     def _index_codes(self, old, new):
+        pass
+
+    def _index_meta(self, old, new):
         pass
 
     def _sweep_blobs(self):
@@ -807,14 +810,41 @@ class JsonStore(Store):
 
     # -- notifications --------------------------------------------------------------------
 
-    def add_notifications(self, notifications):
-        if not notifications:
-            return []
+    def add_notifications(self, notifications, push_jobs=(), max_pending=0, mark=None):
+        if not notifications and not push_jobs and mark is None:
+            return [], [], []
         with self._lock:
             records = [dict(note, seq=self._new_seq()) for note in notifications]
-            ticket = self._write([("put", "notifications", note["id"], note) for note in records])
+            room = max(0, max_pending - len(self._pending_push))
+            accepted = [dict(job, status="pending") for job in push_jobs[:room]]
+            refused = [dict(job, status="dead", last_error="the push queue is full") for job in push_jobs[room:]]
+            ops = [("put", "notifications", note["id"], note) for note in records]
+            ops += [("put", "push_jobs", job["id"], job) for job in accepted + refused]
+            if mark is not None:
+                ops.append(("put", "meta", "notified_seq", {"value": mark}))
+            ticket = self._write(ops)
         self._wait(ticket)
-        return records
+        return records, accepted, refused
+
+    def get_meta(self, key):
+        record = self._tables["meta"].get(key)
+        return None if record is None else record["value"]
+
+    def latest_seq(self):
+        with self._lock:
+            return self._next_seq - 1
+
+    def chat_messages_after(self, seq, limit=100):
+        with self._lock:
+            found = []
+            messages = self._tables["chat_messages"]
+            for number in range(seq + 1, self._next_seq):
+                record = self._by_seq.get(number)
+                if record is not None and messages.get(record["id"]) is record:
+                    found.append(record)
+                    if len(found) >= limit:
+                        break
+            return found
 
     def get_notification(self, notification_id):
         return self._tables["notifications"].get(notification_id)
@@ -861,7 +891,7 @@ class JsonStore(Store):
 
     def user_devices(self, user_id):
         with self._lock:
-            return sorted(self._devices_of.get(user_id, {}).values(), key=lambda device: device["created_at"])
+            return list(self._devices_of.get(user_id, {}).values())  # in the order they were added
 
     def delete_device(self, device_id):
         with self._lock:
@@ -870,16 +900,6 @@ class JsonStore(Store):
             ticket = self._write([("del", "devices", device_id, None)])
         self._wait(ticket)
         return True
-
-    def add_push_jobs(self, jobs, max_pending):
-        with self._lock:
-            room = max(0, max_pending - len(self._pending_push))
-            accepted = [dict(job, status="pending") for job in jobs[:room]]
-            refused = [dict(job, status="dead", last_error="the push queue is full") for job in jobs[room:]]
-            ops = [("put", "push_jobs", job["id"], job) for job in accepted + refused]
-            ticket = self._write(ops) if ops else None
-        self._wait(ticket)
-        return accepted, refused
 
     def due_push_jobs(self, now, limit=50):
         with self._lock:

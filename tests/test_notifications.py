@@ -24,7 +24,13 @@ def group(client):
     return alice, bob, carol, chat["id"]
 
 
+def settled(client):
+    """Wait until the server has made the notifications of every message (it does so off the request path)."""
+    assert wait_until(lambda: client.get("/api/health").json["data"]["notifications_pending"] == 0, timeout=10)
+
+
 def feed(client, user, **query):
+    settled(client)
     return client.get("/api/notifications", query, headers=user.headers).json
 
 
@@ -85,11 +91,13 @@ def test_the_feed_pages_counts_and_marks_read(client, group):
     alice, bob, _, chat_id = group
     for number in range(5):
         say(client, alice, chat_id, f"@bob number {number}")
+    settled(client)
     assert client.get("/api/notifications/count", headers=bob.headers).json["data"]["unread_count"] == 6
     first = feed(client, bob, limit=2)
     assert [n["preview"] for n in first["notifications"]] == ["@bob number 4", "@bob number 3"]
     rest = feed(client, bob, limit=10, before=first["paging"]["before"])
     assert len(rest["notifications"]) == 4 and rest["paging"]["before"] is None
+    settled(client)
     mentions = client.get("/api/notifications/mentions", headers=bob.headers).json["notifications"]
     assert len(mentions) == 5
     answer = client.post_json(f"/api/notifications/{mentions[0]['id']}/read", {}, headers=bob.headers).json
@@ -115,8 +123,12 @@ def test_notifications_also_arrive_as_events(client, group):
     alice, bob, _, chat_id = group
     since = client.get("/api/events", {"timeout": 0}, headers=bob.headers).json["next"]
     say(client, alice, chat_id, "ping @bob")
-    events = client.get("/api/events", {"timeout": 0, "since": since}, headers=bob.headers).json["events"]
-    notes = [event["data"] for event in events if event["type"] == "notification.created"]
+    notes = []
+    while not notes:
+        answer = client.get("/api/events", {"timeout": 5, "since": since}, headers=bob.headers).json
+        assert answer["next"] != since, "no notification event within the timeout"
+        since = answer["next"]
+        notes = [event["data"] for event in answer["events"] if event["type"] == "notification.created"]
     assert [note["kind"] for note in notes] == ["mention"]
 
 
@@ -202,9 +214,9 @@ def test_each_notification_is_pushed_as_signed_json(make_client, receiver):
     headers, body = receiver.deliveries[0]
     expected = hmac.new(SECRET.encode(), f"{headers['X-Oxc-Timestamp']}.".encode() + body, hashlib.sha256)
     assert headers["X-Oxc-Signature"] == f"sha256={expected.hexdigest()}"
-    payload = json.loads(body)
-    assert payload["user_id"] == bob.id and payload["notification"]["kind"] == "direct_message"
-    assert payload["devices"][0]["token"] == "fcm-token"
+    [delivery] = json.loads(body)["deliveries"]
+    assert delivery["user_id"] == bob.id and delivery["notification"]["kind"] == "direct_message"
+    assert delivery["devices"][0]["token"] == "fcm-token"
 
 
 def test_a_failed_delivery_is_retried_after_a_back_off(make_client, clock):
@@ -243,11 +255,25 @@ def test_after_the_last_attempt_a_delivery_is_a_dead_letter_admins_can_see(make_
         receiver.close()
 
 
+def test_one_delivery_per_receiver_carries_every_notification_of_a_message(make_client, receiver):
+    client = push_client(make_client, receiver.url)
+    alice, bob, carol = client.user("alice"), client.user("bob"), client.user("carol")
+    chat = client.post_json("/api/chats/group", {"name": "g", "members": [bob.id, carol.id]},
+                            headers=alice.headers).json["data"]
+    assert wait_until(lambda: len(receiver.deliveries) == 1, timeout=5)
+    say(client, alice, chat["id"], "@bob @carol look")
+    assert wait_until(lambda: len(receiver.deliveries) == 2, timeout=5)
+    batch = json.loads(receiver.deliveries[1][1])["deliveries"]
+    assert sorted(item["user_id"] for item in batch) == sorted([bob.id, carol.id])
+    assert {item["notification"]["kind"] for item in batch} == {"mention"}
+
+
 def test_a_full_queue_keeps_the_overflow_as_dead_letters(make_client):
     client = push_client(make_client, "http://127.0.0.1:9/unreachable", push_queue_max=1)
     alice, bob = client.user("alice"), client.user("bob")
     chat = client.post_json("/api/chats/group", {"name": "g", "members": [bob.id]}, headers=alice.headers).json
     say(client, alice, chat["data"]["id"], "@bob one")
+    settled(client)
     letters = client.get("/api/admin/push/dead-letters", headers=alice.headers).json["data"]
     assert [letter["last_error"] for letter in letters] == ["the push queue is full"]
 
@@ -267,7 +293,7 @@ def test_queued_deliveries_survive_a_restart(make_client, clock):
         clock.advance(60)
         push_client(make_client, url)
         assert wait_until(lambda: receiver.deliveries, timeout=5)
-        assert json.loads(receiver.deliveries[0][1])["notification"]["preview"] == "while down"
+        assert json.loads(receiver.deliveries[0][1])["deliveries"][0]["notification"]["preview"] == "while down"
     finally:
         receiver.close()
 
@@ -284,3 +310,19 @@ def test_sending_never_waits_for_the_receiver(make_client):
         assert wait_until(lambda: receiver.deliveries, timeout=6)
     finally:
         receiver.close()
+
+
+def test_notifications_of_messages_are_not_lost_when_the_server_stops_before_making_them(make_client):
+    client = make_client()
+    alice, bob = client.user("alice"), client.user("bob")
+    chat = client.post_json("/api/chats/group", {"name": "g", "members": [bob.id]}, headers=alice.headers).json
+    settled(client)
+    client.wsgi.core.ctx.notifier.close()  # the background notifier dies before it gets to the message
+    say(client, alice, chat["data"]["id"], "@bob are you there")
+    assert client.get("/api/health").json["data"]["notifications_pending"] == 1
+    client.wsgi.core.close()
+    again = make_client()
+    token = again.login("bob").json["data"]["access_token"]
+    settled(again)
+    notes = again.get("/api/notifications", headers={"Authorization": f"Bearer {token}"}).json["notifications"]
+    assert [(n["kind"], n["preview"]) for n in notes][0] == ("mention", "@bob are you there")
