@@ -34,6 +34,7 @@ import urllib.parse
 from http import HTTPStatus
 
 import middleware
+import oxc_client
 from handlers import accounts, auth, chats, events, messages, notifications, openapi, search, service, users
 from handlers.http import (BadRequest, HTTPError, MethodNotAllowed, NotFound, Response,
                            ServiceUnavailable, UnsupportedMediaType, json_response)
@@ -42,6 +43,7 @@ from handlers.mail import Mailer
 from handlers.push import PushWorker
 from handlers.passwords import Passwords
 from handlers.tokens import AccessTokens
+from store import Conflict as StoreConflict
 from store import StoreLocked, StoreUnavailable, open_store
 
 __version__ = "0.1.0"
@@ -737,16 +739,116 @@ def serve(settings):
         log.info("oxc stopped; store closed")
 
 
-def main(argv=None):
-    """``oxc serve [--host H] [--port P] [--data-dir D]`` (the default command)."""
-    parser = argparse.ArgumentParser(prog="oxc", description="oxc chat service")
+def _admin_password(args):
+    if args.password_stdin or not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    import getpass
+    first = getpass.getpass("New password: ")
+    if first != getpass.getpass("Again: "):
+        raise ValueError("the passwords differ")
+    return first
+
+
+def _show_progress(done, total, name):
+    print(f"\r{done}/{total} {name[:60]:<60}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+
+def admin(args, settings):
+    """The ``oxc admin`` commands: they act on DATA_DIR while no server runs on it."""
+    import uuid
+
+    from handlers.fields import text
+    from handlers.http import HTTPError
+    from handlers.views import iso_time
+    from store import backup, read_legacy
+
+    data_dir = os.fspath(settings.data_dir)
+    action = args.action
+    try:
+        if action == "backup":
+            count = backup.backup(data_dir, args.file, progress=_show_progress)
+            print(f"backed up {count} files of {data_dir} to {args.file}")
+            return 0
+        if action == "restore":
+            count = backup.restore(args.file, data_dir, replace=args.force, progress=_show_progress)
+            print(f"restored {count} files into {data_dir}")
+            return 0
+    except (FileExistsError, ValueError) as exc:
+        print(f"oxc: {exc}", file=sys.stderr)
+        return 1
+    store = open_store(data_dir, compact_min=settings.compact_min)
+    try:
+        if action == "compact":
+            store.compact()
+            print(f"compacted {data_dir}")
+        elif action == "import-0xc":
+            users, messages, sessions = read_legacy(args.source)
+            if store.find_user(users[0]["username"]) if users else False:
+                print("oxc: the data directory already holds these users", file=sys.stderr)
+                return 1
+            store.import_legacy((users, messages, sessions))
+            print(f"imported {len(users)} users, {len(messages)} messages, {len(sessions)} sessions")
+        else:
+            passwords = Passwords(settings.bcrypt_rounds)
+            password = auth.check_new_password({"password": _admin_password(args)})
+            if action == "create-user":
+                username = text({"username": args.username}, "username", max_length=32)
+                if not auth.USERNAME.match(username):
+                    raise HTTPError("usernames are 3 to 32 letters, digits, '_' or '-'", status=400)
+                store.create_user({"id": str(uuid.uuid4()), "username": username, "email": args.email,
+                                   "password_hash": passwords.hash(password), "created_at": iso_time(time.time())})
+                print(f"created {username}")
+            else:
+                user = store.find_user(args.username)
+                if user is None:
+                    print(f"oxc: no user {args.username}", file=sys.stderr)
+                    return 1
+                store.update_user(user["id"], {"password_hash": passwords.hash(password)})
+                ended = store.delete_user_sessions(user["id"])
+                print(f"password of {user['username']} reset; {ended} sessions ended")
+        return 0
+    except (HTTPError, StoreConflict, ValueError) as exc:
+        print(f"oxc: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+
+
+def build_parser():
+    """The command line: serve, admin actions, and the client commands of oxc_client."""
+    parser = argparse.ArgumentParser(prog="oxc", description="oxc chat service and client")
     commands = parser.add_subparsers(dest="command")
-    serve_parser = commands.add_parser("serve", help="serve the API with waitress")
+    serve_parser = commands.add_parser("serve", help="serve the API with waitress (the default)")
     serve_parser.add_argument("--host")
     serve_parser.add_argument("--port", type=int)
     serve_parser.add_argument("--data-dir")
     serve_parser.add_argument("--threads", type=int)
-    args = parser.parse_args(argv)
+    admin_parser = commands.add_parser("admin", help="act on a data directory while its server is stopped")
+    admin_parser.add_argument("--data-dir")
+    actions = admin_parser.add_subparsers(dest="action", required=True)
+    for name, help in (("create-user", "create an account"), ("reset-password", "set a user's password")):
+        sub = actions.add_parser(name, help=help)
+        sub.add_argument("username")
+        sub.add_argument("--password-stdin", action="store_true")
+        if name == "create-user":
+            sub.add_argument("--email")
+    actions.add_parser("compact", help="write a fresh snapshot and drop the journal")
+    sub = actions.add_parser("backup", help="write the whole store to a .tar.gz file")
+    sub.add_argument("file")
+    sub = actions.add_parser("restore", help="replace the store with a backup")
+    sub.add_argument("file")
+    sub.add_argument("--force", action="store_true", help="replace an existing store")
+    sub = actions.add_parser("import-0xc", help="import an existing 0xC data directory")
+    sub.add_argument("source")
+    oxc_client.add_client_commands(commands, [oxc_client.client_options(argparse.ArgumentParser(add_help=False))])
+    return parser
+
+
+def main(argv=None):
+    """``oxc [serve|admin ...|register|login|send|tail -f|...]``; with no command, serve."""
+    args = build_parser().parse_args(argv)
+    if args.command in oxc_client.CLIENT_COMMANDS:
+        return oxc_client.run_client_command(args)
     try:
         settings = Settings.from_environ()
         overrides = {name: getattr(args, name, None) for name in ("host", "port", "data_dir", "threads")}
@@ -757,12 +859,14 @@ def main(argv=None):
         return 2
     configure_logging(settings.log_level)
     try:
+        if args.command == "admin":
+            return admin(args, settings)
         serve(settings)
     except StoreLocked as exc:
         print(f"oxc: {exc}", file=sys.stderr)
         return 3
     except OSError as exc:
-        print(f"oxc: cannot serve on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+        print(f"oxc: {exc}", file=sys.stderr)
         return 4
     return 0
 

@@ -7,6 +7,7 @@ backend; today that is the embedded JSON store under a data directory::
     store = open_store(None)          # in memory, for embedding and tests
 """
 
+from . import backup
 from .base import Page, Store, search_terms
 from .blobs import TooLarge
 from .errors import Conflict, StoreError, StoreLocked, StoreUnavailable

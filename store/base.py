@@ -40,6 +40,10 @@ class Store:
         """Flush and release everything; the store is unusable afterwards."""
         raise NotImplementedError
 
+    def import_legacy(self, legacy):
+        """Take in a 0xC data directory's (users, messages, sessions) as ``read_legacy`` gives them."""
+        raise NotImplementedError
+
     # -- users ------------------------------------------------------------
 
     def create_user(self, user):

@@ -134,7 +134,7 @@ class JsonStore(Store):
         self._sweep_blobs()
         if legacy_import is not None and self._is_empty() and not os.path.exists(
                 os.path.join(data_dir, SNAPSHOT)):
-            self._import(legacy_import(data_dir))
+            self.import_legacy(legacy_import(data_dir))
 
     @property
     def writable(self):
@@ -215,8 +215,8 @@ class JsonStore(Store):
                 }
             self._journal.write_snapshot(generation, snapshot)
 
-    def _import(self, legacy):
-        """Take over a 0xC data directory's users, messages and tokens."""
+    def import_legacy(self, legacy):
+        """Take over a 0xC data directory's (users, messages, sessions), as read by ``read_legacy``."""
         users, messages, sessions = legacy
         log.info("store: importing a 0xC data directory: %d users, %d messages, %d tokens",
                  len(users), len(messages), len(sessions))
@@ -309,10 +309,11 @@ class JsonStore(Store):
             self._chat_seqs.pop(old["id"], None)
 
     def _index_members(self, old, new):
-        if old is not None:
+        if old is not None and new is None:
             self._members_of.get(old["chat_id"], {}).pop(old["user_id"], None)
             self._chats_of.get(old["user_id"], set()).discard(old["chat_id"])
         if new is not None:
+            # Replaced in place, so a chat's members stay in the order they joined.
             self._members_of.setdefault(new["chat_id"], {})[new["user_id"]] = new
             self._chats_of.setdefault(new["user_id"], set()).add(new["chat_id"])
 
