@@ -74,10 +74,15 @@ def oxc_server(data_dir, threads):
 
 
 def login(server, username="bench", password="benchmark-password"):
-    server.request("POST", "/api/auth/register", {"username": username, "password": password})
-    status, answer = server.request("POST", "/api/auth/login", {"username": username, "password": password})
-    assert status == 200, answer
-    return answer["data"]
+    """Register (if needed) and log in through the client library; returns the tokens."""
+    from oxc_client import BadRequest, Client
+    client = Client(server.url)
+    try:
+        client.register(username, password)
+    except BadRequest:
+        pass  # seeded already
+    client.login(username, password)
+    return client.tokens
 
 
 def seed_store(data_dir, count, username="bench", password_hash=None):

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+from oxc_client import BadRequest, Client
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -30,7 +32,7 @@ class Server:
         self.port = int(line.split("http://", 1)[1].split()[0].rsplit(":", 1)[1])
 
     def request(self, method, path, body=None, token=None, timeout=10):
-        """(status, parsed JSON) of one request on a fresh connection."""
+        """(status, parsed JSON) of one raw request on a fresh connection (for tests of HTTP itself)."""
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         headers = {}
         if body is not None:
@@ -45,12 +47,19 @@ class Server:
         finally:
             connection.close()
 
+    def client(self, **options):
+        """An oxc_client.Client for this server."""
+        return Client(f"http://127.0.0.1:{self.port}", **options)
+
     def user(self, username, password="password123"):
-        """Register (if needed) and log in; returns the login data."""
-        self.request("POST", "/api/auth/register", {"username": username, "password": password})
-        status, answer = self.request("POST", "/api/auth/login", {"username": username, "password": password})
-        assert status == 200, answer
-        return answer["data"]
+        """Register (if needed) and log in with the client library; returns the login data."""
+        client = self.client()
+        try:
+            client.register(username, password)
+        except BadRequest:
+            pass  # already registered
+        user = client.login(username, password)
+        return dict(client.tokens, user=user)
 
     def stop(self, sig=signal.SIGTERM, timeout=15):
         """Signal the server and wait; returns its exit code."""
