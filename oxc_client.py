@@ -539,17 +539,15 @@ class Client:
                 if progress:
                     progress(sent, total)
             response = connection.getresponse()
-            body = response.read()
+            if not 200 <= response.status < 300:
+                raise _refusal(response)
+            return json.loads(response.read())["data"]
         except (OSError, http.client.HTTPException) as exc:
             raise ConnectionFailed(f"upload to {self._host}:{self._port} failed: {exc}") from exc
         finally:
             connection.close()
             if stream is not None:
                 stream.close()
-        answer = json.loads(body) if body else None
-        if not 200 <= response.status < 300:
-            raise _error(response.status, answer, response.headers)
-        return answer["data"]
 
     def attachment(self, attachment_id):
         return self.call("GET", f"/attachments/{_q(attachment_id)}")["data"]
@@ -563,12 +561,7 @@ class Client:
                                headers=self._headers(True, {"Accept": "*/*"}))
             response = connection.getresponse()
             if response.status != 200:
-                body = response.read()
-                try:
-                    answer = json.loads(body)
-                except ValueError:
-                    answer = None
-                raise _error(response.status, answer, response.headers)
+                raise _refusal(response)
             total = int(response.getheader("Content-Length") or 0)
             done = 0
             with open(destination, "wb") as out:
@@ -648,12 +641,7 @@ class Client:
             connection.request("GET", f"{self.prefix}/events/stream", headers=self._headers(True, extra))
             response = connection.getresponse()
             if response.status != 200:
-                body = response.read()
-                try:
-                    answer = json.loads(body)
-                except ValueError:
-                    answer = None
-                raise _error(response.status, answer, response.headers)
+                raise _refusal(response)
             if not (response.getheader("Content-Type") or "").startswith("text/event-stream"):
                 raise OxcError("the server does not stream events", 415)
             data = []
@@ -672,6 +660,16 @@ class Client:
             raise ConnectionFailed(f"event stream from {self._host}:{self._port} broke: {exc}") from exc
         finally:
             connection.close()
+
+
+def _refusal(response):
+    """The typed error for a non-success answer whose body was not read yet."""
+    body = response.read()
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    return _error(response.status, answer, response.headers)
 
 
 def _q(value):

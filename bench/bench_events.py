@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 
-from common import ROOT, free_port, login, table, wait_for_port, wrk
+from common import ChildServer, free_port, login, table, wrk
 
 
 def rss_kb(pid):
@@ -37,10 +37,13 @@ def rss_kb(pid):
     return 0
 
 
-class Server:
+class Server(ChildServer):
+    """oxc under ``oxc serve`` (waitress) or ``gunicorn -k gevent -w 1``."""
+
     def __init__(self, kind, listeners, data_dir):
         self.port = free_port()
-        env = dict(os.environ, DATA_DIR=data_dir, BCRYPT_ROUNDS="4", LOG_LEVEL="WARNING", OXC_ENV="testing",
+        self.kind = kind
+        env = dict(DATA_DIR=data_dir, BCRYPT_ROUNDS="4", LOG_LEVEL="WARNING", OXC_ENV="testing",
                    REALTIME_MAX_CLIENTS=str(listeners + 20), HOST="127.0.0.1", PORT=str(self.port))
         if kind == "waitress":
             command = [sys.executable, "oxc_wsgi.py", "serve"]
@@ -48,38 +51,13 @@ class Server:
             command = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1",
                        "--worker-connections", str(listeners + 500), "-b", f"127.0.0.1:{self.port}",
                        "--log-level", "warning", "oxc_wsgi:application"]
-        self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
-        wait_for_port(self.port, self.process)
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.kind = kind
+        self.start(command, env)
 
     def worker_pid(self):
         if self.kind == "waitress":
             return self.process.pid
         children = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
         return int(children.split()[0]) if children.split() else self.process.pid
-
-    def request(self, method, path, body=None, token=None):
-        import http.client
-        import json
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        connection.request(method, path, json.dumps(body) if body is not None else None, headers)
-        response = connection.getresponse()
-        data = json.loads(response.read())
-        connection.close()
-        return response.status, data
-
-    def stop(self):
-        self.process.terminate()
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 class Listeners:

@@ -35,16 +35,12 @@ def wait_for_port(port, process, timeout=60):
     raise RuntimeError("server did not start")
 
 
-class Served:
-    """A WSGI app served by waitress in a child process, on a loopback port."""
+class ChildServer:
+    """A server in a child process on a loopback port: raw requests and a clean stop."""
 
-    def __init__(self, target, threads, env=None):
-        self.port = free_port()
-        environment = dict(os.environ, **(env or {}))
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{self.port}", f"--threads={threads}",
-             "--connection-limit=1000", "--channel-timeout=30", target],
-            cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def start(self, command, env=None):
+        self.process = subprocess.Popen(command, cwd=ROOT, env=dict(os.environ, **(env or {})),
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.port, self.process)
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -66,6 +62,15 @@ class Served:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+class Served(ChildServer):
+    """A WSGI app served by waitress in a child process, on a loopback port."""
+
+    def __init__(self, target, threads, env=None):
+        self.port = free_port()
+        self.start([sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{self.port}", f"--threads={threads}",
+                    "--connection-limit=1000", "--channel-timeout=30", target], env)
 
 
 def oxc_server(data_dir, threads):

@@ -17,6 +17,7 @@ import shutil
 import tempfile
 
 from .errors import StoreError
+from .journal import fsync_directory
 
 CHUNK = 64 * 1024
 DIGEST = re.compile(r"^[0-9a-f]{64}$")
@@ -71,7 +72,7 @@ class Blobs:
             final = self.path(digest)
             os.makedirs(os.path.dirname(final), exist_ok=True)
             os.replace(temp, final)
-            _fsync_dir(os.path.dirname(final))
+            fsync_directory(os.path.dirname(final))
             return digest, size, head
         finally:
             if os.path.exists(temp):
@@ -111,11 +112,3 @@ class Blobs:
         """Remove the directory if it was a temporary one."""
         if self._temporary:
             shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def _fsync_dir(directory):
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
