@@ -160,7 +160,7 @@ class Notifier:
             "chat_id": chat["id"], "chat_name": chat.get("name"),
             "message_id": message["id"] if message else None, "actor_id": actor_id,
             "actor_username": actor["username"] if actor else None,
-            "preview": (message.get("content") or "")[:PREVIEW] if message else None,
+            "preview": _preview(message),
             "role": role, "created_at": views.iso_time(self.ctx.clock()), "read": False,
         }
         batch = uuid.uuid4().hex
@@ -196,6 +196,16 @@ class Notifier:
         return [{"id": str(uuid.uuid4()), "url": url, "payload": {"deliveries": items}, "attempts": 0,
                  "last_error": None, "next_attempt_at": now, "created_at": views.iso_time(now)}
                 for url, items in batches.items()]
+
+
+def _preview(message):
+    if message is None:
+        return None
+    if message.get("encrypted"):
+        return "[encrypted message]"
+    if not message.get("content") and message.get("attachment_id"):
+        return "[attachment]"
+    return (message.get("content") or "")[:PREVIEW]
 
 
 def shown(note):

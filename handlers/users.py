@@ -75,8 +75,8 @@ def get_users(req):
 
 
 def get_user(req, user_id):
-    """A user's public profile."""
+    """A user's public profile, and whether they are online now."""
     user = req.ctx.store.get_user(user_id)
     if user is None:
         raise NotFound(f"User with ID {user_id} not found")
-    return success(views.profile(user))
+    return success(dict(views.profile(user), online=req.ctx.events.is_online(user_id)))

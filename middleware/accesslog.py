@@ -148,4 +148,10 @@ class AccessLog:
             body = self.app(environ, exchange.start_response)
         except Exception:
             body = exchange.fail()
+        wrapper = environ.get("wsgi.file_wrapper")
+        if isinstance(wrapper, type) and isinstance(body, wrapper):
+            # Wrapping a file wrapper would hide it from the server, which then
+            # could not send the file itself; log now, with the headers decided.
+            exchange.log_once()
+            return body
         return _LoggedBody(body, exchange)

@@ -23,6 +23,7 @@ tests); otherwise see ``journal.py`` for what reaches the disk and when.
 """
 
 import bisect
+import collections
 import heapq
 import itertools
 import logging
@@ -112,6 +113,7 @@ class JsonStore(Store):
         self._direct = {}
         self._postings = {}
         self._blob_users = {}
+        self._pending_blobs = collections.Counter()
         self._chat_attachments = {}
         self._user_keys = {}
         self._notes_of = {}
@@ -610,13 +612,28 @@ class JsonStore(Store):
         digests = set()
         for record in removed:
             digests.update(filter(None, (record["sha256"], record.get("thumbnail_sha256"))))
-        return [digest for digest in digests if digest not in self._blob_users]
+        return [digest for digest in digests if self._unused(digest)]
+
+    def _unused(self, digest):
+        return digest not in self._blob_users and not self._pending_blobs[digest]
 
     def _unlink(self, digests):
         # Only after the journal says the records are gone: a crash in between
         # leaves an orphan file (swept at start), never a record without bytes.
-        for digest in digests:
-            self.blobs.delete(digest)
+        # Checked again under the lock: the same bytes may have been uploaded anew.
+        with self._lock:
+            for digest in digests:
+                if self._unused(digest):
+                    self.blobs.delete(digest)
+
+    def _installed(self, digest):
+        self._pending_blobs[digest] += 1
+
+    def _claim_blobs(self, record):
+        """The record now refers to its blobs: they are no longer merely pending (under the lock)."""
+        for digest in filter(None, (record.get("sha256"), record.get("thumbnail_sha256"))):
+            if self._pending_blobs[digest] > 0:
+                self._pending_blobs[digest] -= 1
 
     def _activity(self, chat_id):
         seqs = self._chat_seqs.get(chat_id)
@@ -733,10 +750,10 @@ class JsonStore(Store):
     # -- attachments and blobs --------------------------------------------------
 
     def save_blob(self, read, limit):
-        return self.blobs.put(read, limit)
+        return self.blobs.put(read, limit, self._lock, self._installed)
 
     def save_blob_bytes(self, data):
-        return self.blobs.put_bytes(data)
+        return self.blobs.put_bytes(data, self._lock, self._installed)
 
     def open_blob(self, digest):
         return self.blobs.open(digest)
@@ -744,6 +761,7 @@ class JsonStore(Store):
     def add_attachment(self, attachment):
         with self._lock:
             ticket = self._write([("put", "attachments", attachment["id"], attachment)])
+            self._claim_blobs(attachment)
         self._wait(ticket)
         return attachment
 
@@ -754,6 +772,7 @@ class JsonStore(Store):
         with self._lock:
             record = dict(self._tables["attachments"][attachment_id], **changes)
             ticket = self._write([("put", "attachments", attachment_id, record)])
+            self._claim_blobs({"thumbnail_sha256": changes.get("thumbnail_sha256")})
         self._wait(ticket)
         return record
 

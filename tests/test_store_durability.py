@@ -478,3 +478,19 @@ def test_every_0xc_users_file_shape_is_accepted(data_dir, opened, shape):
     assert store.find_user("alice")["id"] == "u1"
     assert store.find_user("bob")["id"] == "u2"
     assert store.get_user("u1")["password_hash"] == records[0]["password_hash"]
+
+
+def test_bytes_uploaded_again_survive_the_deletion_of_an_older_copy(data_dir, opened):
+    store = opened(data_dir)
+    payload = b"same bytes twice"
+    digest = store.save_blob_bytes(payload)
+    store.add_attachment({"id": "a1", "chat_id": "c", "sha256": digest, "thumbnail_sha256": None})
+    # A second upload of the same bytes is written before its record exists...
+    assert store.save_blob_bytes(payload) == digest
+    # ...and the first attachment is deleted in between: the bytes must stay.
+    store.delete_attachment("a1")
+    store.add_attachment({"id": "a2", "chat_id": "c", "sha256": digest, "thumbnail_sha256": None})
+    with store.open_blob(digest) as f:
+        assert f.read() == payload
+    store.delete_attachment("a2")
+    assert store.open_blob(digest) is None
