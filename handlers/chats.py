@@ -7,20 +7,26 @@ the same chat afterwards. Everything inside a chat goes through
 replies and cursors keep pointing at something.
 """
 
+import contextlib
 import re
+import threading
 import uuid
 
 from store import Conflict as StoreConflict
+from store import StoreError
 
 from . import views
 from .fields import text
 from .fields import limit as read_limit
 from .http import BadRequest, Forbidden, NotFound, success
+from .keys import check_envelope
 from .paging import page_answer
 from .roles import check_removal, check_role_change, in_chat, may_moderate
 
 MENTION = re.compile(r"(?<![\w@])@([A-Za-z0-9_-]{3,32})")
 MAX_INITIAL_MEMBERS = 100
+#: Held while an attachment is claimed by a message or deleted, so it joins at most one.
+ATTACHMENTS_LOCK = threading.Lock()
 
 
 def _now(req):
@@ -264,21 +270,65 @@ def _mentions(req, chat, content):
     return found
 
 
-def _send(req, chat, me, content, reply_to_id):
-    mentions = _mentions(req, chat, content)
-    message = req.ctx.store.add_chat_message({
+def _send(req, chat, me, content, reply_to_id, attachment=None, envelope=None):
+    """Store and announce a message; ``attachment`` (a record of this chat) joins it, once."""
+    store = req.ctx.store
+    mentions = _mentions(req, chat, content) if content is not None else []
+    record = {
         "id": str(uuid.uuid4()),
         "chat_id": chat["id"],
         "user_id": me["user_id"],
         "username": req.user["username"],
         "content": content,
         "reply_to_id": reply_to_id,
-        "mentions": [{"user_id": uid, "username": req.ctx.store.get_user(uid)["username"]} for uid in mentions],
+        "mentions": [{"user_id": uid, "username": store.get_user(uid)["username"]} for uid in mentions],
         "created_at": _now(req),
         "edited_at": None,
         "deleted": False,
-    })
+    }
+    if envelope is not None:
+        record.update(encrypted=True, envelope=envelope)
+    if attachment is not None:
+        with ATTACHMENTS_LOCK:
+            current = store.get_attachment(attachment["id"])
+            if current is None or current.get("message_id") is not None:
+                raise BadRequest("Field 'attachment_id' names an attachment already sent with a message")
+            claimed = store.update_attachment(current["id"], {"message_id": record["id"]})
+        record.update(attachment_id=claimed["id"], attachment=views.attachment(claimed))
+    try:
+        message = store.add_chat_message(record)
+    except BaseException:
+        if attachment is not None:
+            with contextlib.suppress(KeyError, StoreError):  # best effort: the first error is the one to tell
+                store.update_attachment(attachment["id"], {"message_id": None})
+        raise
     _tell(req, chat["id"], "chat.message.created", views.chat_message(message))
+    return message
+
+
+def _attachment_in(req, chat, attachment_id):
+    """The unsent attachment ``attachment_id`` of this chat (400 otherwise)."""
+    if attachment_id is None:
+        return None
+    attachment = req.ctx.store.get_attachment(attachment_id)
+    if attachment is None or attachment["chat_id"] != chat["id"]:
+        raise BadRequest("Field 'attachment_id' is not an attachment of this chat")
+    if attachment.get("message_id") is not None:
+        raise BadRequest("Field 'attachment_id' names an attachment already sent with a message")
+    return attachment
+
+
+def _tombstone(req, chat, message, by):
+    """Turn a message into a tombstone; its attachment (and, unshared, its bytes) goes with it."""
+    store = req.ctx.store
+    if message.get("attachment_id"):
+        with ATTACHMENTS_LOCK:
+            store.delete_attachment(message["attachment_id"])
+    message = store.update_chat_message(message["id"], {
+        "deleted": True, "content": None, "mentions": [], "deleted_by": by, "deleted_at": _now(req),
+        **({"attachment": None} if "attachment" in message else {}),
+        **({"envelope": None} if "envelope" in message else {})})
+    _tell(req, chat["id"], "chat.message.deleted", views.chat_message(message))
     return message
 
 
@@ -303,15 +353,21 @@ def get_chat_messages(req, chat, me):
 
 @in_chat()
 def post_chat_message(req, chat, me):
-    """Send a message, optionally replying to another message of the same chat."""
+    """Send text, an attachment uploaded to this chat, or an encrypted envelope; maybe as a reply."""
     body = req.json
-    content = text(body, "content", max_length=req.ctx.settings.max_message_length)
+    envelope = check_envelope(req, body["encrypted"]) if body.get("encrypted") is not None else None
+    attachment = _attachment_in(req, chat, text(body, "attachment_id", required=False, max_length=64))
+    content = text(body, "content", required=envelope is None and attachment is None,
+                   max_length=req.ctx.settings.max_message_length)
+    if envelope is not None and content is not None:
+        raise BadRequest("Give 'content' or 'encrypted', not both: the server must not see an encrypted "
+                         "message's text")
     reply_to_id = text(body, "reply_to_id", required=False, max_length=64)
     if reply_to_id is not None:
         replied = req.ctx.store.get_chat_message(reply_to_id)
         if replied is None or replied["chat_id"] != chat["id"]:
             raise BadRequest(f"Field 'reply_to_id' is not a message of this chat")
-    message = _send(req, chat, me, content, reply_to_id)
+    message = _send(req, chat, me, content, reply_to_id, attachment=attachment, envelope=envelope)
     return success(views.chat_message(message), "Message created successfully", status=201)
 
 
@@ -323,6 +379,8 @@ def patch_chat_message(req, chat, me, message_id):
         raise Forbidden("Only the author may edit a message")
     if message.get("deleted"):
         raise BadRequest("A deleted message cannot be edited")
+    if message.get("encrypted"):
+        raise BadRequest("An encrypted message cannot be edited as text; delete it and send another")
     content = text(req.json, "content", max_length=req.ctx.settings.max_message_length)
     message = req.ctx.store.update_chat_message(message_id, {
         "content": content, "mentions": [
@@ -341,9 +399,7 @@ def delete_chat_message(req, chat, me, message_id):
         raise Forbidden("Only the author or the chat's admins and owner may delete a message")
     if message.get("deleted"):
         raise BadRequest("The message is already deleted")
-    message = req.ctx.store.update_chat_message(message_id, {
-        "deleted": True, "content": None, "mentions": [], "deleted_by": me["user_id"], "deleted_at": _now(req)})
-    _tell(req, chat["id"], "chat.message.deleted", views.chat_message(message))
+    _tombstone(req, chat, message, me["user_id"])
     return success(message=f"Message with ID {message_id} deleted successfully")
 
 

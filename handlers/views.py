@@ -62,6 +62,44 @@ def chat_message(message):
         "created_at": message["created_at"],
         "edited_at": message.get("edited_at"),
         "deleted": deleted,
+        "attachment": None if deleted else message.get("attachment"),
+        "encrypted": bool(message.get("encrypted")),
+        "envelope": None if deleted else message.get("envelope"),
+    }
+
+
+def attachment(record):
+    """An attachment's metadata (never where its bytes lie on disk)."""
+    return {
+        "id": record["id"],
+        "chat_id": record["chat_id"],
+        "uploader_id": record["uploader_id"],
+        "message_id": record.get("message_id"),
+        "name": record["name"],
+        "size": record["size"],
+        "content_type": record["content_type"],
+        "kind": record["kind"],
+        "sha256": record["sha256"],
+        "width": record.get("width"),
+        "height": record.get("height"),
+        "thumbnail": record["thumbnail"],
+        "created_at": record["created_at"],
+    }
+
+
+def public_key(record):
+    """A published public key; ``revoked_at`` is set once it must no longer be used."""
+    return {
+        "id": record["id"],
+        "user_id": record["user_id"],
+        "device_id": record["device_id"],
+        "algorithm": record["algorithm"],
+        "public_key": record["public_key"],
+        "fingerprint": record["fingerprint"],
+        "created_at": record["created_at"],
+        "revoked_at": record.get("revoked_at"),
+        "replaces": record.get("replaces"),
+        "replaced_by": record.get("replaced_by"),
     }
 
 

@@ -3,6 +3,11 @@
 Usage::
 
     app = BodyLimit(app, max_bytes=1 << 20)
+    app = BodyLimit(app, max_bytes=1 << 16, larger=((re.compile(r"/api/chats/[^/]+/attachments"), 25 << 20),))
+
+``larger`` gives some paths (PATH_INFO matching a pattern in full) their own,
+usually higher, maximum: uploads need megabytes where JSON needs kilobytes.
+The first matching pattern wins.
 
 The primary check is CONTENT_LENGTH: a value that is not a non-negative
 integer gets 400 "Invalid Content-Length", one above ``max_bytes`` gets 413
@@ -87,24 +92,43 @@ class _LimitedInput:
 class BodyLimit:
     """WSGI middleware refusing request bodies above max_bytes."""
 
-    def __init__(self, app, max_bytes):
-        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
-            raise ValueError(f"BodyLimit max_bytes must be a positive integer, got {max_bytes!r}")
+    def __init__(self, app, max_bytes, larger=()):
+        _check_limit("max_bytes", max_bytes)
         self.app = app
         self.max_bytes = max_bytes
-        self._too_large = f"Request body too large (limit {max_bytes} bytes)"
+        self.larger = []
+        for entry in larger:
+            if not (isinstance(entry, tuple) and len(entry) == 2):
+                raise ValueError(f"BodyLimit larger entries must be (pattern, max_bytes) pairs, got {entry!r}")
+            pattern, limit = entry
+            if isinstance(pattern, str):
+                pattern = re.compile(pattern)
+            if not isinstance(pattern, re.Pattern) or not isinstance(pattern.pattern, str):
+                raise ValueError(f"BodyLimit larger patterns must be regular expressions, got {pattern!r}")
+            _check_limit("larger max_bytes", limit)
+            self.larger.append((pattern, limit))
+        self.larger = tuple(self.larger)
+
+    def _maximum(self, environ):
+        path = environ.get("PATH_INFO", "")
+        for pattern, limit in self.larger:
+            if pattern.fullmatch(path):
+                return limit
+        return self.max_bytes
 
     def __call__(self, environ, start_response):
+        maximum = self._maximum(environ) if self.larger else self.max_bytes
+        too_large = f"Request body too large (limit {maximum} bytes)"
         declared = environ.get("CONTENT_LENGTH", "").strip()
         if declared:
             if not _DIGITS.fullmatch(declared):
                 return error_answer(start_response, 400, "Invalid Content-Length")
             significant = declared.lstrip("0") or "0"
-            if len(significant) > _MAX_LENGTH_DIGITS or int(significant) > self.max_bytes:
-                return error_answer(start_response, 413, self._too_large)
+            if len(significant) > _MAX_LENGTH_DIGITS or int(significant) > maximum:
+                return error_answer(start_response, 413, too_large)
             limit, overflow_raises = int(significant), False
         else:
-            limit, overflow_raises = self.max_bytes, True
+            limit, overflow_raises = maximum, True
 
         stream = environ.get("wsgi.input")
         if stream is not None:
@@ -113,4 +137,9 @@ class BodyLimit:
             return self.app(environ, start_response)
         except BodyTooLarge:
             # exc_info lets this replace a status the app may already have started.
-            return error_answer(start_response, 413, self._too_large, exc_info=sys.exc_info())
+            return error_answer(start_response, 413, too_large, exc_info=sys.exc_info())
+
+
+def _check_limit(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"BodyLimit {name} must be a positive integer, got {value!r}")
