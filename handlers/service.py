@@ -1,12 +1,19 @@
 """Endpoints about the service itself: its name and version, and its health."""
 
+from . import web
 from .http import json_response, success
 
 
 def get_root(req):
-    """The service name and version (0xC answers this at ``/``)."""
-    return success({"name": "oxc", "version": req.ctx.version, "api_prefix": req.ctx.settings.api_prefix},
-                   "oxc chat API is running")
+    """The service name and version (0xC answers this at ``/``); browsers get the chat page."""
+    web_enabled = req.ctx.settings.web_enabled
+    if web_enabled and web.prefers_html(req.header("Accept")):
+        return web.page(req)
+    answer = success({"name": "oxc", "version": req.ctx.version, "api_prefix": req.ctx.settings.api_prefix},
+                     "oxc chat API is running")
+    if web_enabled:
+        answer.headers.append(("Vary", "Accept"))
+    return answer
 
 
 def get_health(req):
