@@ -1,11 +1,15 @@
 """Persistence for oxc: the ``Store`` interface and its backends.
 
 Nothing outside this package opens a data file. ``open_store`` picks the
-backend; today that is the embedded JSON store under a data directory::
+backend: the embedded JSON store under a data directory, or PostgreSQL when a
+``postgresql://`` URL is given (attachment bytes then live in ``data_dir/blobs``)::
 
     store = open_store("data")        # durable, journaled, one process only
     store = open_store(None)          # in memory, for embedding and tests
+    store = open_store("data", url="postgresql://oxc@db/oxc", pool_size=10)
 """
+
+import os
 
 from . import backup
 from .base import Page, Store, search_terms
@@ -15,10 +19,27 @@ from .jsonstore import JsonStore
 from .legacy import has_legacy_data, read_legacy
 
 
-def open_store(data_dir, compact_min=10_000):
-    """The store for ``data_dir`` (None: in memory); imports 0xC data if found there."""
+def open_store(data_dir, compact_min=10_000, url=None, pool_size=10):
+    """The store for ``data_dir`` (None: in memory); imports 0xC data if found there.
+
+    With a ``postgresql://`` ``url`` the store is that database (needs the
+    ``postgres`` extra); ``data_dir`` then only holds attachment bytes.
+    """
+    if url:
+        return _open_postgres(url, data_dir, pool_size)
     legacy = read_legacy if data_dir is not None and has_legacy_data(data_dir) else None
     return JsonStore(data_dir, compact_min=compact_min, legacy_import=legacy)
+
+
+def _open_postgres(url, data_dir, pool_size):
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise StoreError(f"STORE_URL must start with postgresql:// (got {url.split(':', 1)[0]!r})")
+    try:
+        from .postgres import PostgresStore
+    except ImportError as exc:
+        raise StoreError(f"a postgresql:// STORE_URL needs psycopg 3: pip install 'oxc[postgres]' ({exc})") from None
+    blob_dir = None if data_dir is None else os.path.join(os.fspath(data_dir), "blobs")
+    return PostgresStore(url, blob_dir=blob_dir, pool_size=pool_size)
 
 
 __all__ = [

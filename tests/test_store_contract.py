@@ -2,7 +2,9 @@
 
 Each test runs once per backend. A new backend joins by adding one param to the
 ``store`` fixture (and, if it needs a server, skipping when none is configured);
-nothing here may reach past ``store/base.py``.
+nothing here may reach past ``store/base.py``. The PostgreSQL runs use a fresh
+schema of the database at ``OXC_TEST_POSTGRES_URL`` (default
+``postgresql:///test``) and skip, saying why, when there is no server.
 """
 
 import hashlib
@@ -10,11 +12,18 @@ import threading
 
 import pytest
 
+from pgtest import fresh_schema
 from store import Conflict, Page, StoreUnavailable, open_store
 
 
-@pytest.fixture(params=["json", "memory"])
+@pytest.fixture(params=["json", "memory", "postgres"])
 def store(request, tmp_path):
+    if request.param == "postgres":
+        with fresh_schema() as (url, _):
+            opened = open_store(tmp_path / "data", url=url)
+            yield opened
+            opened.close()
+        return
     opened = open_store(tmp_path / "data") if request.param == "json" else open_store(None)
     yield opened
     opened.close()
@@ -457,3 +466,570 @@ def test_a_closed_store_is_not_writable_and_refuses_writes(store):
     with pytest.raises(StoreUnavailable):
         store.create_user(make_user("u1", "alice"))
     store.close()  # closing twice is harmless
+
+
+# ---- people ---------------------------------------------------------------------
+
+
+def test_users_by_prefix_are_case_insensitive_sorted_by_username_and_paged(store):
+    for number, name in enumerate(["bob", "Alice", "alfred", "ALBERT", "carol", "al_x", "al%y"]):
+        store.create_user(make_user(f"u{number}", name))
+    found, more = store.users_by_prefix("AL")
+    assert [user["username"] for user in found] == ["al%y", "al_x", "ALBERT", "alfred", "Alice"]
+    assert more is False
+    first, more = store.users_by_prefix("al", limit=2)
+    assert [user["username"] for user in first] == ["al%y", "al_x"] and more is True
+    rest, more = store.users_by_prefix("al", limit=2, after="AL_X")
+    assert [user["username"] for user in rest] == ["ALBERT", "alfred"] and more is True
+    # The wildcards of LIKE are plain characters in a prefix.
+    assert [user["username"] for user in store.users_by_prefix("al_")[0]] == ["al_x"]
+    assert [user["username"] for user in store.users_by_prefix("al%")[0]] == ["al%y"]
+    assert store.users_by_prefix("zed") == ([], False)
+
+
+def test_touch_user_records_last_seen_and_ignores_unknown_users(store):
+    store.create_user(make_user("u1", "alice"))
+    touched = store.touch_user("u1", 1_700_000_123.5)
+    assert touched["last_seen"] == 1_700_000_123.5 and touched["username"] == "alice"
+    assert store.get_user("u1")["last_seen"] == 1_700_000_123.5
+    assert store.touch_user("nobody", 1.0) is None
+
+
+def test_import_legacy_takes_users_messages_and_sessions(store):
+    users = [make_user("u1", "alice"), make_user("u2", "bob")]
+    messages = [make_message("m1", "u1"), make_message("m2", "u2", recipient_id="u1")]
+    store.import_legacy((users, messages, [make_session("s1", "u1", "legacy")]))
+    assert store.find_user("BOB")["id"] == "u2"
+    assert ids(store.visible_messages("u1")) == ["m1", "m2"]
+    assert store.get_message("m2")["seq"] > store.get_message("m1")["seq"]
+    assert store.find_session(token_hash("legacy"))["id"] == "s1"
+
+
+# ---- chats --------------------------------------------------------------------
+
+
+def member(user_id, role="member", **extra):
+    return dict({"user_id": user_id, "role": role, "joined_at": "2024-05-01T12:00:00Z", "muted": False,
+                 "read_seq": 0, "delivered_seq": 0}, **extra)
+
+
+def make_chat(chat_id, kind="group", name=None):
+    return {"id": chat_id, "type": kind, "name": name or chat_id, "description": None,
+            "created_by": "alice", "created_at": "2024-05-01T12:00:00Z"}
+
+
+def group(store, chat_id, *user_ids):
+    """Create a group of ``user_ids`` (the first one owns it)."""
+    return store.create_chat(make_chat(chat_id), [member(uid, "owner" if i == 0 else "member")
+                                                  for i, uid in enumerate(user_ids)])
+
+
+def say(store, chat_id, message_id, user_id="alice", content=None, **extra):
+    """Add a chat message and return it."""
+    return store.add_chat_message(dict({
+        "id": message_id, "chat_id": chat_id, "user_id": user_id, "content": content or f"text of {message_id}",
+        "created_at": "2024-05-01T12:00:00Z"}, **extra))
+
+
+def test_a_created_chat_has_a_seq_and_its_members_in_the_order_given(store):
+    chat = group(store, "c1", "alice", "bob", "carol")
+    assert chat["seq"] >= 1 and chat["name"] == "c1"
+    assert store.get_chat("c1") == chat
+    assert [m["user_id"] for m in store.members("c1")] == ["alice", "bob", "carol"]
+    assert store.get_member("c1", "bob") == dict(member("bob"), chat_id="c1")
+    assert store.get_member("c1", "dave") is None
+    assert store.get_chat("nope") is None and store.members("nope") == []
+
+
+def test_chats_messages_and_notifications_share_one_rising_seq(store):
+    first = post(store, "m1")
+    chat = group(store, "c1", "alice")
+    said = say(store, "c1", "cm1")
+    notes, _, _ = store.add_notifications([{"id": "n1", "user_id": "bob", "kind": "mention", "read": False}])
+    second = post(store, "m2")
+    assert first < chat["seq"] < said["seq"] < notes[0]["seq"] < second
+    assert store.latest_seq() == second
+
+
+def test_latest_seq_is_zero_for_a_new_store_and_counts_deleted_messages(store):
+    assert store.latest_seq() == 0
+    seq = post(store, "m1")
+    store.delete_message("m1")
+    assert store.latest_seq() == seq
+
+
+def test_direct_chat_is_created_once_and_found_again_from_either_side(store):
+    chat, created = store.direct_chat(make_chat("d1", "direct"), member("bob"), member("alice"))
+    assert created is True and chat["pair"] == ["alice", "bob"] and chat["seq"] >= 1
+    again, created = store.direct_chat(make_chat("d2", "direct"), member("alice"), member("bob"))
+    assert created is False and again == chat
+    assert store.get_chat("d2") is None
+    assert [m["user_id"] for m in store.members("d1")] == ["bob", "alice"]
+    other, created = store.direct_chat(make_chat("d3", "direct"), member("alice"), member("carol"))
+    assert created is True and other["id"] == "d3"
+    assert store.chat_ids("alice") == {"d1", "d3"}
+
+
+def test_concurrent_direct_chats_for_one_pair_make_one_chat(store):
+    for round_number in range(10):
+        threads = 6
+        barrier = threading.Barrier(threads)
+        results = [None] * threads
+
+        def open_chat(slot):
+            barrier.wait()
+            results[slot] = store.direct_chat(make_chat(f"r{round_number}-{slot}", "direct"),
+                                              member(f"a{round_number}"), member(f"b{round_number}"))
+
+        racers = [threading.Thread(target=open_chat, args=(slot,)) for slot in range(threads)]
+        for racer in racers:
+            racer.start()
+        for racer in racers:
+            racer.join()
+        assert sum(created for _, created in results) == 1, results
+        assert len({chat["id"] for chat, _ in results}) == 1
+        assert store.chat_ids(f"a{round_number}") == {results[0][0]["id"]}
+        assert len(store.members(results[0][0]["id"])) == 2
+
+
+def test_update_chat_returns_the_new_record(store):
+    group(store, "c1", "alice")
+    updated = store.update_chat("c1", {"name": "renamed", "description": "about"})
+    assert updated["name"] == "renamed" and updated["description"] == "about" and updated["type"] == "group"
+    assert store.get_chat("c1") == updated
+
+
+def test_user_chats_are_newest_activity_first_and_page_by_chat_id(store):
+    for chat_id in ("c1", "c2", "c3", "c4"):
+        group(store, chat_id, "alice", "bob")
+    group(store, "other", "carol")
+    say(store, "c2", "m1")
+    chats, more = store.user_chats("alice")
+    assert [chat["id"] for chat in chats] == ["c2", "c4", "c3", "c1"] and more is False
+    say(store, "c1", "m2")
+    first, more = store.user_chats("bob", limit=2)
+    assert [chat["id"] for chat in first] == ["c1", "c2"] and more is True
+    rest, more = store.user_chats("bob", limit=2, before="c2")
+    assert [chat["id"] for chat in rest] == ["c4", "c3"] and more is False
+    assert store.user_chats("bob", limit=2, before="unknown")[0] == first
+    assert store.user_chats("dave") == ([], False)
+
+
+def test_delete_chat_removes_its_members_messages_and_search_postings(store):
+    group(store, "c1", "alice", "bob")
+    group(store, "c2", "alice")
+    say(store, "c1", "m1", content="secret plans")
+    say(store, "c2", "m2", content="secret recipes")
+    assert store.delete_chat("c1") is True
+    assert store.get_chat("c1") is None and store.members("c1") == []
+    assert store.get_member("c1", "alice") is None and store.get_chat_message("m1") is None
+    assert store.chat_ids("bob") == set() and store.chat_ids("alice") == {"c2"}
+    assert [m["id"] for m in store.search(["c1", "c2"], ["secret"])[0]] == ["m2"]
+    assert store.chat_history("c1") == Page([], False, False)
+    assert store.delete_chat("c1") is False
+
+
+# ---- members ------------------------------------------------------------------
+
+
+def test_add_member_appends_and_a_second_add_conflicts(store):
+    group(store, "c1", "alice")
+    added = store.add_member(dict(member("bob"), chat_id="c1"))
+    assert added["user_id"] == "bob"
+    with pytest.raises(Conflict):
+        store.add_member(dict(member("bob", "admin"), chat_id="c1"))
+    assert store.get_member("c1", "bob")["role"] == "member"
+    assert [m["user_id"] for m in store.members("c1")] == ["alice", "bob"]
+    assert store.chat_ids("bob") == {"c1"}
+
+
+def test_concurrent_adds_of_one_member_have_exactly_one_winner(store):
+    group(store, "c1", "alice")
+    for round_number in range(10):
+        barrier = threading.Barrier(2)
+        outcomes = [None, None]
+
+        def add(slot):
+            barrier.wait()
+            try:
+                store.add_member(dict(member(f"user{round_number}"), chat_id="c1"))
+                outcomes[slot] = "added"
+            except Conflict:
+                outcomes[slot] = "conflict"
+
+        racers = [threading.Thread(target=add, args=(slot,)) for slot in (0, 1)]
+        for racer in racers:
+            racer.start()
+        for racer in racers:
+            racer.join()
+        assert sorted(outcomes) == ["added", "conflict"]
+    assert len(store.members("c1")) == 11
+
+
+def test_update_members_changes_several_at_once_and_keeps_the_join_order(store):
+    group(store, "c1", "alice", "bob", "carol")
+    records = store.update_members({("c1", "alice"): {"role": "admin"}, ("c1", "bob"): {"role": "owner"}})
+    assert [(r["user_id"], r["role"]) for r in records] == [("alice", "admin"), ("bob", "owner")]
+    assert store.get_member("c1", "bob")["role"] == "owner"
+    assert store.get_member("c1", "bob")["joined_at"] == "2024-05-01T12:00:00Z"
+    assert [m["user_id"] for m in store.members("c1")] == ["alice", "bob", "carol"]
+
+
+def test_remove_member_reports_whether_it_existed_and_a_rejoin_goes_last(store):
+    group(store, "c1", "alice", "bob", "carol")
+    assert store.remove_member("c1", "alice") is True
+    assert store.remove_member("c1", "alice") is False
+    assert store.get_member("c1", "alice") is None and store.chat_ids("alice") == set()
+    store.add_member(dict(member("alice"), chat_id="c1"))
+    assert [m["user_id"] for m in store.members("c1")] == ["bob", "carol", "alice"]
+
+
+# ---- messages in chats --------------------------------------------------------
+
+
+def test_a_chat_message_moves_its_authors_read_and_delivered_pointers(store):
+    group(store, "c1", "alice", "bob")
+    message = say(store, "c1", "m1", "bob")
+    assert store.get_chat_message("m1") == message and message["content"] == "text of m1"
+    author = store.get_member("c1", "bob")
+    assert author["read_seq"] == message["seq"] and author["delivered_seq"] == message["seq"]
+    assert store.get_member("c1", "alice")["read_seq"] == 0
+    assert store.get_chat_message("m2") is None
+
+
+def test_update_chat_message_edits_and_tombstones(store):
+    group(store, "c1", "alice")
+    said = say(store, "c1", "m1")
+    edited = store.update_chat_message("m1", {"content": "new words", "edited_at": "later"})
+    assert edited["content"] == "new words" and edited["seq"] == said["seq"]
+    assert store.get_chat_message("m1") == edited
+    gone = store.update_chat_message("m1", {"deleted": True, "content": None})
+    assert gone["deleted"] is True and store.get_chat_message("m1") == gone
+    assert ids(store.chat_history("c1")) == ["m1"]
+
+
+def test_chat_history_pages_like_visible_messages(store):
+    group(store, "c1", "alice")
+    group(store, "c2", "alice")
+    seqs_of = []
+    for i in range(10):
+        seqs_of.append(say(store, "c1", f"m{i}")["seq"])
+        say(store, "c2", f"other{i}")
+    newest = store.chat_history("c1", limit=4)
+    assert ids(newest) == ["m6", "m7", "m8", "m9"] and (newest.older, newest.newer) == (True, False)
+    middle = store.chat_history("c1", before=seqs_of[6], limit=3)
+    assert ids(middle) == ["m3", "m4", "m5"] and (middle.older, middle.newer) == (True, True)
+    oldest = store.chat_history("c1", after=0, limit=2)
+    assert ids(oldest) == ["m0", "m1"] and (oldest.older, oldest.newer) == (False, True)
+    assert store.chat_history("c1", after=seqs_of[9]) == Page([], True, False)
+    assert store.chat_history("c1", before=seqs_of[0]) == Page([], False, True)
+    assert ids(store.chat_history("c1", limit=1)) == ["m9"]
+    assert store.chat_history("empty") == Page([], False, False)
+
+
+def test_unread_count_is_what_lies_after_the_read_pointer(store):
+    group(store, "c1", "alice", "bob")
+    said = [say(store, "c1", f"m{i}", "alice") for i in range(5)]
+    assert store.unread_count("c1", "bob") == 5
+    assert store.unread_count("c1", "alice") == 0
+    store.update_members({("c1", "bob"): {"read_seq": said[2]["seq"]}})
+    assert store.unread_count("c1", "bob") == 2
+    say(store, "c1", "m5", "bob")
+    assert store.unread_count("c1", "bob") == 0
+    assert store.unread_count("c1", "alice") == 1
+    assert store.unread_count("nope", "bob") == 0
+
+
+def test_chat_messages_after_a_seq_come_in_seq_order_without_other_kinds(store):
+    group(store, "c1", "alice")
+    group(store, "c2", "alice")
+    start = store.latest_seq()
+    say(store, "c1", "m1")
+    post(store, "public")
+    say(store, "c2", "m2")
+    store.add_notifications([{"id": "n1", "user_id": "alice", "kind": "mention", "read": False}])
+    third = say(store, "c1", "m3")
+    assert [m["id"] for m in store.chat_messages_after(start)] == ["m1", "m2", "m3"]
+    assert [m["id"] for m in store.chat_messages_after(start, limit=2)] == ["m1", "m2"]
+    assert store.chat_messages_after(third["seq"]) == []
+
+
+# ---- search -------------------------------------------------------------------
+
+
+def found(result):
+    messages, more = result
+    return [message["id"] for message in messages], more
+
+
+def test_search_finds_messages_holding_every_term_newest_first_in_the_scopes_given(store):
+    # Terms come tokenised by search_terms (case-folded); the text they match is any case.
+    group(store, "c1", "alice")
+    group(store, "c2", "alice")
+    say(store, "c1", "m1", content="Lunch at noon?")
+    say(store, "c2", "m2", content="lunch is at one")
+    say(store, "c1", "m3", content="no LUNCH today")
+    say(store, "c1", "m4", content="dinner at noon")
+    assert found(store.search(["c1", "c2"], ["lunch"])) == (["m3", "m2", "m1"], False)
+    assert found(store.search(["c1"], ["lunch"])) == (["m3", "m1"], False)
+    assert found(store.search(["c1", "c2"], ["noon", "at"])) == (["m4", "m1"], False)
+    assert found(store.search(["c1", "c2"], ["lunch", "dinner"])) == ([], False)
+    assert found(store.search(["c3"], ["lunch"])) == ([], False)
+    assert store.search(["c1"], []) == ([], False)
+
+
+def test_search_pages_with_before_and_says_when_there_is_more(store):
+    group(store, "c1", "alice")
+    said = [say(store, "c1", f"m{i}", content=f"word number {i}") for i in range(5)]
+    assert found(store.search(["c1"], ["word"], limit=2)) == (["m4", "m3"], True)
+    assert found(store.search(["c1"], ["word"], before=said[3]["seq"], limit=2)) == (["m2", "m1"], True)
+    assert found(store.search(["c1"], ["word"], before=said[1]["seq"], limit=2)) == (["m0"], False)
+
+
+def test_search_follows_edits_and_skips_deleted_and_encrypted_messages(store):
+    group(store, "c1", "alice")
+    say(store, "c1", "m1", content="apples and pears")
+    say(store, "c1", "m2", content="apples again")
+    say(store, "c1", "m3", content="apples sealed", encrypted=True)
+    store.update_chat_message("m1", {"content": "oranges and pears"})
+    store.update_chat_message("m2", {"deleted": True})
+    assert found(store.search(["c1"], ["apples"])) == ([], False)
+    assert found(store.search(["c1"], ["oranges"])) == (["m1"], False)
+    assert found(store.search(["c1"], ["pears"])) == (["m1"], False)
+
+
+def test_search_covers_0xc_messages_by_public_and_user_scopes(store):
+    store.add_message(make_message("pub", "alice", content="meeting tomorrow"))
+    store.add_message(make_message("priv", "alice", recipient_id="bob", content="meeting tonight"))
+    store.add_message(make_message("other", "carol", recipient_id="dave", content="meeting never"))
+    assert found(store.search(["public", "user:bob"], ["meeting"])) == (["priv", "pub"], False)
+    assert found(store.search(["public", "user:alice"], ["meeting"])) == (["priv", "pub"], False)
+    assert found(store.search(["user:dave"], ["meeting"])) == (["other"], False)
+    store.delete_message("priv")
+    assert found(store.search(["public", "user:bob"], ["meeting"])) == (["pub"], False)
+
+
+# ---- attachments and blobs ------------------------------------------------------
+
+
+def chunks_of(data, size=7):
+    view = {"offset": 0}
+
+    def read(n):
+        n = min(n, size)
+        chunk = data[view["offset"]:view["offset"] + n]
+        view["offset"] += len(chunk)
+        return chunk
+    return read
+
+
+def attachment(attachment_id, digest, chat_id="c1", thumbnail=None):
+    record = {"id": attachment_id, "chat_id": chat_id, "uploader_id": "alice", "message_id": None,
+              "name": "file.bin", "size": 3, "sha256": digest, "created_at": "2024-05-01T12:00:00Z"}
+    if thumbnail:
+        record["thumbnail_sha256"] = thumbnail
+    return record
+
+
+def test_blobs_are_content_addressed_and_read_back(store):
+    data = b"hello blob " * 100
+    digest, size, head = store.save_blob(chunks_of(data), limit=10_000)
+    assert digest == hashlib.sha256(data).hexdigest() and size == len(data) and head == data[:4096]
+    with store.open_blob(digest) as f:
+        assert f.read() == data
+    assert store.save_blob_bytes(b"thumb") == hashlib.sha256(b"thumb").hexdigest()
+    assert store.open_blob(hashlib.sha256(b"never").hexdigest()) is None
+
+
+def test_a_blob_over_the_limit_is_refused(store):
+    from store import TooLarge
+    with pytest.raises(TooLarge):
+        store.save_blob(chunks_of(b"x" * 100), limit=50)
+
+
+def test_attachments_are_recorded_updated_and_deleted(store):
+    digest = store.save_blob_bytes(b"abc")
+    record = store.add_attachment(attachment("a1", digest))
+    assert store.get_attachment("a1") == record
+    claimed = store.update_attachment("a1", {"message_id": "m1"})
+    assert claimed["message_id"] == "m1" and store.get_attachment("a1") == claimed
+    assert store.delete_attachment("a1") is True
+    assert store.get_attachment("a1") is None
+    assert store.delete_attachment("a1") is False
+
+
+def test_blob_bytes_go_only_when_no_attachment_refers_to_them(store):
+    shared = store.save_blob_bytes(b"shared bytes")
+    thumb = store.save_blob_bytes(b"a thumbnail")
+    store.add_attachment(attachment("a1", shared, thumbnail=thumb))
+    store.add_attachment(attachment("a2", shared))
+    store.add_attachment(attachment("a3", thumb))
+    store.delete_attachment("a1")
+    assert store.open_blob(shared) is not None and store.open_blob(thumb) is not None
+    store.delete_attachment("a2")
+    assert store.open_blob(shared) is None
+    assert store.open_blob(thumb) is not None
+    store.delete_attachment("a3")
+    assert store.open_blob(thumb) is None
+
+
+def test_deleting_a_chat_deletes_its_attachments_and_their_unshared_bytes(store):
+    group(store, "c1", "alice")
+    group(store, "c2", "alice")
+    own = store.save_blob_bytes(b"only in c1")
+    shared = store.save_blob_bytes(b"in both")
+    store.add_attachment(attachment("a1", own))
+    store.add_attachment(attachment("a2", shared))
+    store.add_attachment(attachment("a3", shared, chat_id="c2"))
+    store.delete_chat("c1")
+    assert store.get_attachment("a1") is None and store.get_attachment("a2") is None
+    assert store.open_blob(own) is None
+    with store.open_blob(shared) as f:
+        assert f.read() == b"in both"
+
+
+# ---- public keys and one-time codes ---------------------------------------------
+
+
+def make_key(key_id, user_id, created_at):
+    return {"id": key_id, "user_id": user_id, "device_id": "d1", "algorithm": "x25519",
+            "public_key": "AAAA", "created_at": created_at, "revoked_at": None}
+
+
+def test_keys_are_listed_per_user_oldest_first_revoked_ones_too(store):
+    store.add_key(make_key("k2", "alice", "2024-05-02T00:00:00Z"))
+    store.add_key(make_key("k1", "alice", "2024-05-01T00:00:00Z"))
+    store.add_key(make_key("k3", "alice", "2024-05-03T00:00:00Z"))
+    store.add_key(make_key("kb", "bob", "2024-05-01T00:00:00Z"))
+    revoked = store.update_key("k2", {"revoked_at": "2024-05-03T00:00:00Z"})
+    assert revoked["revoked_at"] == "2024-05-03T00:00:00Z" and store.get_key("k2") == revoked
+    assert [key["id"] for key in store.user_keys("alice")] == ["k1", "k2", "k3"]
+    assert [key["id"] for key in store.user_keys("bob")] == ["kb"]
+    assert store.user_keys("carol") == [] and store.get_key("nope") is None
+
+
+def test_codes_are_stored_replaced_and_deleted(store):
+    code = {"id": "verify:u1", "user_id": "u1", "purpose": "verify", "digest": "d1", "attempts": 0}
+    assert store.put_code(code) == code and store.get_code("verify:u1") == code
+    store.put_code(dict(code, attempts=1))
+    assert store.get_code("verify:u1")["attempts"] == 1
+    assert store.delete_code("verify:u1") is True
+    assert store.get_code("verify:u1") is None
+    assert store.delete_code("verify:u1") is False
+
+
+# ---- notifications, devices and the push queue --------------------------------------
+
+
+def note(note_id, user_id="bob", kind="mention", read=False):
+    return {"id": note_id, "user_id": user_id, "kind": kind, "chat_id": "c1", "read": read,
+            "created_at": "2024-05-01T12:00:00Z"}
+
+
+def job(job_id, due, created_at="2024-05-01T12:00:00Z"):
+    return {"id": job_id, "url": "https://push.example/hook", "payload": {"deliveries": []}, "attempts": 0,
+            "last_error": None, "next_attempt_at": due, "created_at": created_at}
+
+
+def test_add_notifications_assigns_seqs_and_stores_the_mark_in_the_same_write(store):
+    assert store.add_notifications([]) == ([], [], [])
+    assert store.get_meta("notified_seq") is None
+    notes, accepted, refused = store.add_notifications([note("n1"), note("n2", "carol")], mark=41)
+    assert [n["id"] for n in notes] == ["n1", "n2"] and notes[0]["seq"] < notes[1]["seq"]
+    assert accepted == [] and refused == []
+    assert store.get_notification("n1") == notes[0]
+    assert store.get_meta("notified_seq") == 41
+    store.add_notifications([], mark=42)
+    assert store.get_meta("notified_seq") == 42
+    assert store.get_meta("unknown") is None and store.get_notification("nope") is None
+
+
+def test_push_jobs_are_queued_up_to_max_pending_and_the_rest_are_dead_letters(store):
+    _, accepted, refused = store.add_notifications(
+        [note("n1")], [job("j1", 10.0), job("j2", 11.0), job("j3", 12.0)], max_pending=2)
+    assert [(j["id"], j["status"]) for j in accepted] == [("j1", "pending"), ("j2", "pending")]
+    assert [(j["id"], j["status"]) for j in refused] == [("j3", "dead")]
+    assert refused[0]["last_error"] == "the push queue is full"
+    _, accepted, refused = store.add_notifications([], [job("j4", 13.0)], max_pending=2)
+    assert accepted == [] and [j["id"] for j in refused] == ["j4"]
+    _, accepted, _ = store.add_notifications([], [job("j5", 14.0)], max_pending=3)
+    assert [j["id"] for j in accepted] == ["j5"]
+
+
+def test_user_notifications_are_newest_first_with_filters_and_paging(store):
+    notes, _, _ = store.add_notifications([note("n1"), note("n2", kind="direct_message"), note("n3"),
+                                           note("n4", read=True), note("x", "carol")])
+    seq_of = {n["id"]: n["seq"] for n in notes}
+    assert found(store.user_notifications("bob")) == (["n4", "n3", "n2", "n1"], False)
+    assert found(store.user_notifications("bob", limit=2)) == (["n4", "n3"], True)
+    assert found(store.user_notifications("bob", before=seq_of["n3"], limit=2)) == (["n2", "n1"], False)
+    assert found(store.user_notifications("bob", kind="mention")) == (["n4", "n3", "n1"], False)
+    assert found(store.user_notifications("bob", unread_only=True)) == (["n3", "n2", "n1"], False)
+    assert found(store.user_notifications("bob", kind="mention", unread_only=True, limit=1)) == (["n3"], True)
+    assert store.user_notifications("dave") == ([], False)
+
+
+def test_marking_notifications_read_counts_only_unread_ones_of_that_user(store):
+    store.add_notifications([note("n1"), note("n2"), note("n3"), note("x", "carol")])
+    assert store.unread_notification_count("bob") == 3
+    assert store.mark_notifications_read("bob", ["n1", "x", "unknown"]) == 1
+    assert store.get_notification("n1")["read"] is True
+    assert store.get_notification("x")["read"] is False
+    assert store.unread_notification_count("bob") == 2
+    assert store.mark_notifications_read("bob", ["n1"]) == 0
+    assert store.mark_notifications_read("bob") == 2
+    assert store.unread_notification_count("bob") == 0
+    assert store.user_notifications("bob", unread_only=True) == ([], False)
+    assert store.unread_notification_count("carol") == 1
+
+
+def test_devices_are_listed_per_user_in_the_order_they_were_added(store):
+    for device_id, user_id in (("d2", "alice"), ("d1", "alice"), ("d3", "bob")):
+        store.add_device({"id": device_id, "user_id": user_id, "platform": "web", "token": f"t-{device_id}",
+                          "endpoint": None, "created_at": "2024-05-01T12:00:00Z"})
+    assert [d["id"] for d in store.user_devices("alice")] == ["d2", "d1"]
+    assert store.get_device("d3")["token"] == "t-d3"
+    assert store.delete_device("d2") is True and store.delete_device("d2") is False
+    assert store.get_device("d2") is None
+    assert [d["id"] for d in store.user_devices("alice")] == ["d1"] and store.user_devices("carol") == []
+
+
+def test_due_push_jobs_come_earliest_first_and_follow_updates(store):
+    assert store.next_push_time() is None and store.due_push_jobs(100.0) == []
+    store.add_notifications([], [job("j1", 30.0), job("j2", 10.0), job("j3", 20.0), job("j4", 10.0)],
+                            max_pending=10)
+    assert store.next_push_time() == 10.0
+    assert [j["id"] for j in store.due_push_jobs(20.0)] == ["j2", "j4", "j3"]
+    assert [j["id"] for j in store.due_push_jobs(20.0, limit=1)] == ["j2"]
+    retried = store.update_push_job("j2", {"attempts": 1, "last_error": "HTTP 500", "next_attempt_at": 40.0})
+    assert retried["attempts"] == 1 and retried["status"] == "pending"
+    assert [j["id"] for j in store.due_push_jobs(100.0)] == ["j4", "j3", "j1", "j2"]
+    assert store.delete_push_job("j4") is True and store.delete_push_job("j4") is False
+    assert store.next_push_time() == 20.0
+
+
+def test_dead_push_jobs_leave_the_queue_and_are_listed_newest_first(store):
+    store.add_notifications([], [job("j1", 1.0, "2024-05-01T10:00:00Z"), job("j2", 1.0, "2024-05-01T12:00:00Z"),
+                                 job("j3", 1.0, "2024-05-01T11:00:00Z")], max_pending=10)
+    assert store.dead_push_jobs() == []
+    store.update_push_job("j1", {"status": "dead", "last_error": "HTTP 404"})
+    store.update_push_job("j2", {"status": "dead", "last_error": "HTTP 410"})
+    assert [j["id"] for j in store.due_push_jobs(5.0)] == ["j3"]
+    assert [j["id"] for j in store.dead_push_jobs()] == ["j2", "j1"]
+    assert [j["id"] for j in store.dead_push_jobs(limit=1)] == ["j2"]
+    assert store.next_push_time() == 1.0
+
+
+def test_bytes_uploaded_again_survive_the_deletion_of_an_older_copy(store):
+    payload = b"same bytes twice"
+    digest = store.save_blob_bytes(payload)
+    store.add_attachment(attachment("a1", digest))
+    # A second upload of the same bytes is written before its record exists...
+    assert store.save_blob_bytes(payload) == digest
+    # ...and the first attachment is deleted in between: the bytes must stay.
+    store.delete_attachment("a1")
+    store.add_attachment(attachment("a2", digest))
+    with store.open_blob(digest) as f:
+        assert f.read() == payload
+    store.delete_attachment("a2")
+    assert store.open_blob(digest) is None
