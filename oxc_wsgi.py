@@ -35,7 +35,9 @@ from http import HTTPStatus
 
 import middleware
 import oxc_client
-from handlers import accounts, auth, chats, events, messages, notifications, openapi, search, service, users
+from handlers import (accounts, auth, chats, events, keys, media, messages, notifications, openapi, search,
+                      service, users)
+from handlers import web
 from handlers.http import (BadRequest, HTTPError, MethodNotAllowed, NotFound, Response,
                            ServiceUnavailable, UnsupportedMediaType, json_response)
 from handlers.hub import Hub
@@ -44,7 +46,7 @@ from handlers.push import PushWorker
 from handlers.passwords import Passwords
 from handlers.tokens import AccessTokens
 from store import Conflict as StoreConflict
-from store import StoreLocked, StoreUnavailable, open_store
+from store import StoreError, StoreUnavailable, open_store
 
 __version__ = "0.1.0"
 
@@ -188,6 +190,8 @@ VARIABLES = (
     ("bcrypt_rounds", "BCRYPT_ROUNDS", _integer(4, 16), 12),
     ("threads", "THREADS", _integer(1, 1024), 8),
     ("compact_min", "STORE_COMPACT_MIN", _integer(10), 10_000),
+    ("store_url", "STORE_URL", _string, ""),
+    ("db_pool_size", "DB_POOL_SIZE", _integer(1, 1000), 10),
     ("realtime_max_clients", "REALTIME_MAX_CLIENTS", _integer(1, 100_000), 100),
     ("sse_heartbeat", "SSE_HEARTBEAT", _seconds, 15.0),
     ("events_kept", "EVENTS_KEPT", _integer(10, 10_000_000), 10_000),
@@ -206,6 +210,7 @@ VARIABLES = (
     ("push_max_attempts", "PUSH_MAX_ATTEMPTS", _integer(1, 100), 8),
     ("push_queue_max", "PUSH_QUEUE_MAX", _integer(1), 10_000),
     ("push_device_hosts", "PUSH_DEVICE_HOSTS", _names, ()),
+    ("web_enabled", "WEB_UI_ENABLED", _boolean, True),
 )
 
 
@@ -237,6 +242,8 @@ class Settings:
     bcrypt_rounds: int = 12
     threads: int = 8
     compact_min: int = 10_000
+    store_url: str = ""
+    db_pool_size: int = 10
     realtime_max_clients: int = 100
     sse_heartbeat: float = 15.0
     events_kept: int = 10_000
@@ -255,6 +262,7 @@ class Settings:
     push_max_attempts: int = 8
     push_queue_max: int = 10_000
     push_device_hosts: tuple = ()
+    web_enabled: bool = True
 
     @classmethod
     def from_environ(cls, environ=None, env_file=".env"):
@@ -535,6 +543,9 @@ class App:
             return middleware.error_answer(start_response, 500, "Internal server error")
         start_response(STATUS_LINES[answer.status], answer.headers)
         if req.method == "HEAD":
+            close = getattr(answer.body, "close", None)
+            if close is not None:
+                close()
             return []
         return answer.body
 
@@ -558,6 +569,7 @@ def routes(prefix):
     p = prefix
     return [
         Route("GET", "/", service.get_root, False),
+        Route("GET", "/static/{name}", web.get_static, False),
         Route("GET", f"{p}/health", service.get_health, False),
         Route("GET", f"{p}/openapi.json", openapi.get_openapi, False),
         Route("GET", f"{p}/docs", openapi.get_docs, False),
@@ -598,6 +610,16 @@ def routes(prefix):
         Route("GET", f"{p}/events/stream", events.get_event_stream, False),
         Route("POST", f"{p}/events/ticket", events.post_stream_ticket, True),
         # -- media and public keys ---------------------------------------------
+        Route("POST", f"{p}/chats/{{chat_id}}/attachments", media.post_attachment, True),
+        Route("GET", f"{p}/attachments/{{attachment_id}}", media.get_attachment, True),
+        Route("DELETE", f"{p}/attachments/{{attachment_id}}", media.delete_attachment, True),
+        Route("GET", f"{p}/attachments/{{attachment_id}}/content", media.get_attachment_content, True),
+        Route("GET", f"{p}/attachments/{{attachment_id}}/thumbnail", media.get_attachment_thumbnail, True),
+        Route("POST", f"{p}/keys", keys.post_key, True),
+        Route("GET", f"{p}/keys/me", keys.get_my_keys, True),
+        Route("GET", f"{p}/keys/{{key_id}}", keys.get_key, True),
+        Route("DELETE", f"{p}/keys/{{key_id}}", keys.delete_key, True),
+        Route("GET", f"{p}/users/{{user_id}}/keys", keys.get_user_keys, True),
         # -- accounts and notifications ------------------------------------------
         Route("GET", f"{p}/notifications", notifications.get_notifications, True),
         Route("GET", f"{p}/notifications/count", notifications.get_notification_count, True),
@@ -632,13 +654,17 @@ def create_app(settings=None, *, clock=time.time, store=None, **overrides):
     settings.check()
     if store is None:
         data_dir = None if settings.data_dir is None else os.fspath(settings.data_dir)
-        store = open_store(data_dir, compact_min=settings.compact_min)
+        store = open_store(data_dir, compact_min=settings.compact_min, url=settings.store_url or None,
+                           pool_size=settings.db_pool_size)
     ctx = Context(settings, store, clock, __version__)
     router = Router(routes(settings.api_prefix))
     ctx.routes = router.routes
     app = core = App(ctx, router)
     # Innermost first; CORS sits outside every refusal so browsers can read them.
-    app = middleware.BodyLimit(app, settings.max_body_bytes)
+    uploads = re.compile(re.escape(settings.api_prefix) + r"/chats/[^/]+/attachments")
+    app = middleware.BodyLimit(app, settings.max_body_bytes,
+                               larger=((uploads, settings.media_max_bytes + media.UPLOAD_OVERHEAD),))
+    log.log(logging.INFO if media.imaging() else logging.WARNING, "attachments: %s", media.thumbnail_support())
     if settings.secret_key_enabled:
         stream = f"{settings.api_prefix}/events/stream"
         app = middleware.ApiKey(app, [settings.secret_key], exempt_paths=(f"{settings.api_prefix}/health",),
@@ -707,7 +733,7 @@ def waitress_options(settings):
         "channel_request_lookahead": 1,
         "asyncore_use_poll": True,
         "channel_timeout": 30,
-        "max_request_body_size": max(settings.max_body_bytes, settings.media_max_bytes + 64 * 1024),
+        "max_request_body_size": max(settings.max_body_bytes, settings.media_max_bytes + media.UPLOAD_OVERHEAD),
         "clear_untrusted_proxy_headers": True,
         "ident": "oxc",
     }
@@ -723,6 +749,7 @@ def serve(settings):
 
     def stop(signum, frame):
         log.info("received %s: finishing requests in flight", signal.Signals(signum).name)
+        app.core.ctx.events.close()  # open streams end now instead of holding their threads
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
@@ -764,6 +791,10 @@ def admin(args, settings):
 
     data_dir = os.fspath(settings.data_dir)
     action = args.action
+    if settings.store_url and action in ("backup", "restore", "compact"):
+        print(f"oxc: admin {action} acts on a JSON data directory; with STORE_URL use pg_dump "
+              "(or oxc migrate-store)", file=sys.stderr)
+        return 1
     try:
         if action == "backup":
             count = backup.backup(data_dir, args.file, progress=_show_progress)
@@ -776,7 +807,7 @@ def admin(args, settings):
     except (FileExistsError, ValueError) as exc:
         print(f"oxc: {exc}", file=sys.stderr)
         return 1
-    store = open_store(data_dir, compact_min=settings.compact_min)
+    store = open_store(data_dir, compact_min=settings.compact_min, url=settings.store_url or None, pool_size=2)
     try:
         if action == "compact":
             store.compact()
@@ -814,6 +845,30 @@ def admin(args, settings):
         store.close()
 
 
+def migrate(args, settings):
+    """``oxc migrate [--show]`` and ``oxc migrate-store --from SRC --to DST``."""
+    try:
+        from store import postgres, transfer
+    except ImportError as exc:
+        print(f"oxc: PostgreSQL needs psycopg 3: pip install 'oxc[postgres]' ({exc})", file=sys.stderr)
+        return 1
+    if args.command == "migrate-store":
+        blobs = args.blobs or os.path.join(os.fspath(settings.data_dir), "blobs")
+        counts = transfer.copy_store(args.source, args.destination, blob_dir=blobs, progress=_show_progress)
+        print(f"copied {sum(counts.values())} records ({', '.join(f'{n} {t}' for t, n in counts.items() if n)}) "
+              f"to {'the database' if transfer.is_url(args.destination) else args.destination}")
+        return 0
+    if not postgres.is_url(settings.store_url):
+        print("oxc: migrate needs STORE_URL=postgresql://...", file=sys.stderr)
+        return 1
+    if not args.show:
+        for version, name in postgres.migrate(settings.store_url):
+            print(f"applied {version:04d}_{name}")
+    version, newest = postgres.current_version(settings.store_url)
+    print(f"schema version {version} (this oxc's newest: {newest})")
+    return 0
+
+
 def build_parser():
     """The command line: serve, admin actions, and the client commands of oxc_client."""
     parser = argparse.ArgumentParser(prog="oxc", description="oxc chat service and client")
@@ -840,6 +895,16 @@ def build_parser():
     sub.add_argument("--force", action="store_true", help="replace an existing store")
     sub = actions.add_parser("import-0xc", help="import an existing 0xC data directory")
     sub.add_argument("source")
+    migrate_parser = commands.add_parser("migrate", help="create or upgrade the PostgreSQL schema at STORE_URL")
+    migrate_parser.add_argument("--show", action="store_true", help="only show the schema version")
+    move_parser = commands.add_parser("migrate-store", help="copy a whole store between a data directory "
+                                      "and PostgreSQL (either way)")
+    move_parser.add_argument("--from", dest="source", required=True, metavar="SRC",
+                             help="a data directory or a postgresql:// URL")
+    move_parser.add_argument("--to", dest="destination", required=True, metavar="DST",
+                             help="an empty data directory or an empty postgresql:// database")
+    move_parser.add_argument("--blobs", help="where the PostgreSQL side keeps attachment bytes "
+                             "(default: DATA_DIR/blobs)")
     oxc_client.add_client_commands(commands, [oxc_client.client_options(argparse.ArgumentParser(add_help=False))])
     return parser
 
@@ -861,8 +926,10 @@ def main(argv=None):
     try:
         if args.command == "admin":
             return admin(args, settings)
+        if args.command in ("migrate", "migrate-store"):
+            return migrate(args, settings)
         serve(settings)
-    except StoreLocked as exc:
+    except StoreError as exc:
         print(f"oxc: {exc}", file=sys.stderr)
         return 3
     except OSError as exc:

@@ -33,9 +33,14 @@ from store.base import MAX_TERM
 from .auth import MIN_PASSWORD_LENGTH, USERNAME
 from .events import MAX_POLL
 from .http import Response
+from .keys import (ALGORITHMS as KEY_ALGORITHMS, BASE64, BASE64_12, BASE64_32, BASE64_64, DEVICE_ID,
+                   MAX_PUBLIC_KEY, MAX_WRAPPED_KEY, MIN_WRAPPED_KEY, base64_chars,
+                   max_ciphertext_bytes)
+from .media import MAX_NAME, THUMBNAIL_SIZE
 from .passwords import MAX_PASSWORD_BYTES
 from .roles import ROLES
 from .search import MAX_QUERY as MAX_SEARCH
+from .web import STATIC_TYPES
 
 log = logging.getLogger("oxc.openapi")
 
@@ -303,6 +308,11 @@ def _chat_schemas(settings):
             "created_at": string(f"When it was sent: {TIME_NOTE}", WHEN),
             "edited_at": string("When it was last edited.", None, nullable=True),
             "deleted": boolean("True for a tombstone left by a deletion."),
+            "attachment": maybe(ref("Attachment")),
+            "encrypted": boolean("True for an end-to-end encrypted message: content is null, envelope "
+                                 "holds what only the members' devices can read."),
+            "envelope": {"anyOf": [ref("Envelope"), {"type": "null"}], "examples": [None],
+                         "description": "The encrypted message, for encrypted messages; null otherwise."},
         }, description="A message in a chat; a deleted one keeps its place without content."),
         "ChatPaging": paging(50, "before"),
         "Mute": obj({"chat_id": string("The chat's id.", CHAT), "muted": boolean("Whether it is muted.")}),
@@ -431,9 +441,14 @@ def _request_schemas(settings):
         }),
         "MuteChange": obj({"muted": boolean("True to mute the chat for myself, false to unmute.", True)}),
         "NewChatMessage": obj({
-            "content": content_field(settings),
+            "content": content_field(settings, nullable=True),
             "reply_to_id": id_field("The id of a message of this chat to reply to.", nullable=True),
-        }, required=["content"]),
+            "attachment_id": id_field("An attachment uploaded to this chat and not sent yet, to send with "
+                                      "this message.", nullable=True),
+            "encrypted": maybe(ref("Envelope")),
+        }, required=[], **any_given("content", "attachment_id", "encrypted"),
+            **{"not": {"required": ["content", "encrypted"], "properties": {
+                "content": {"type": "string"}, "encrypted": {"type": "object"}}}}),
         "ChatMessageEdit": obj({"content": content_field(settings, "The new text")}),
         "Pointer": obj({"message_id": id_field("The id of a message of this chat.", MESSAGE)}),
         "ProfileChanges": obj({
@@ -570,6 +585,152 @@ def _notification_parameters():
     }
 
 
+ATTACHMENT = "3d6f0a8e-2b1c-4f5e-9a7d-0c8b6e4f2a1d"
+KEY = "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d"
+EXAMPLE_X25519 = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="
+
+
+def _media_schemas(settings):
+    """Attachments, public keys and end-to-end encrypted envelopes."""
+    def b64(description, pattern, example=None, **constraints):
+        return string(description, example, pattern=f"^{pattern}$", **constraints)
+
+    def key_id(description, example=KEY):
+        return string(description, example, minLength=1, maxLength=MAX_ID, pattern=NOT_BLANK)
+
+    pixels = {"anyOf": [integer("Pixels.", 320, minimum=0), {"type": "null"}]}
+    ciphertext_bytes = max_ciphertext_bytes(settings)
+    return {
+        "Thumbnail": obj({
+            "status": one_of(("ready", "none"), "ready: GET /attachments/{id}/thumbnail serves it; none: "
+                                                "there is none, and reason says why."),
+            "reason": string("Why there is no thumbnail: not an image, Pillow not installed on the server, "
+                             "too many pixels, or undecodable.", None, nullable=True),
+            "content_type": string("image/jpeg, or image/png for images with transparency.", "image/jpeg",
+                                   nullable=True),
+            "width": pixels, "height": pixels,
+        }, description=f"A small image (at most {THUMBNAIL_SIZE} px a side) for an image attachment."),
+        "Attachment": obj({
+            "id": string("The attachment's id (a UUID).", ATTACHMENT),
+            "chat_id": string("The chat it belongs to; only its members may see it.", CHAT),
+            "uploader_id": string("Who uploaded it.", ALICE),
+            "message_id": string("The message it was sent with; null until it is sent.", None, nullable=True),
+            "name": string("The file's name as given (for showing and saving; never a path on the server).",
+                           "photo.jpg"),
+            "size": integer("Its size in bytes.", 48213, minimum=1),
+            "content_type": string("Its MIME type, as declared and checked against its first bytes.",
+                                   "image/jpeg"),
+            "kind": one_of(("image", "video", "audio", "document", "other"), "What it is, for showing it."),
+            "sha256": string("The SHA-256 of its bytes (hex); its ETag.", "9f86d081884c7d659a2feaa0c55ad015"
+                             "a3bf4f1b2b0b822cd15d6c15b0f00a08", pattern="^[0-9a-f]{64}$"),
+            "width": pixels, "height": pixels,
+            "thumbnail": ref("Thumbnail"),
+            "created_at": string(f"When it was uploaded: {TIME_NOTE}", WHEN),
+        }, description="An uploaded file: its metadata. The bytes are at /attachments/{id}/content."),
+        "UploadedAttachment": {"allOf": [ref("Attachment"), obj({"message": ref("ChatMessage")}, required=[])],
+                               "description": "The attachment; with content or send=1, also the message sent."},
+        "Upload": obj({
+            "file": {"type": "string", "format": "binary", "description": "The file; the part's Content-Type "
+                     "and filename are its declared type and name."},
+            "content": content_field(settings, "A caption; giving one also sends the message"),
+            "send": {"enum": ["1", "0", "true", "false", ""], "description": "1 or true: send the message "
+                     "carrying the file now, even without a caption."},
+        }, required=["file"], description="A multipart/form-data upload; other parts are ignored."),
+        "NewKey": obj({
+            "device_id": string("Which of my devices the key is for: 1 to 64 letters, digits, '.', '_', "
+                                "':' or '-'.", "laptop", pattern=f"^{DEVICE_ID}$"),
+            "algorithm": one_of(KEY_ALGORITHMS, "x25519 for key agreement, ed25519 for signatures, or "
+                                                "rsa-oaep-sha256 for clients that insist on RSA."),
+            "public_key": string("For x25519 and ed25519: the base64 of the raw 32-byte public key. For "
+                                 "rsa-oaep-sha256: a PEM 'PUBLIC KEY' block or base64 DER "
+                                 "SubjectPublicKeyInfo of 2048 to 16384 bits. Anything that looks like a "
+                                 "private key is refused.", EXAMPLE_X25519, minLength=1, maxLength=MAX_PUBLIC_KEY),
+            "replaces": string("My live key of the same device and algorithm that this one replaces "
+                               "(rotation: that one is revoked).", None, nullable=True, minLength=1,
+                               maxLength=MAX_ID, pattern=NOT_BLANK),
+        }, required=["device_id", "algorithm", "public_key"]),
+        "PublicKey": obj({
+            "id": string("The key's id; name it in envelopes.", KEY),
+            "user_id": string("Whose key it is.", ALICE),
+            "device_id": string("Which of their devices holds the private half.", "laptop"),
+            "algorithm": one_of(KEY_ALGORITHMS, "What it is for."),
+            "public_key": string("Base64: the raw 32 bytes, or DER SubjectPublicKeyInfo for RSA.", EXAMPLE_X25519),
+            "fingerprint": string("SHA-256 of the key's bytes (hex), to compare out of band.",
+                                  "5b1f7c4e6a0d2f3b8c9e1a7d4f6b2c8e0a3d5f7b9c1e3a5d7f9b1c3e5a7d9f1b"),
+            "created_at": string(f"When it was published: {TIME_NOTE}", WHEN),
+            "revoked_at": string("When it was revoked or replaced; null while current.", None, nullable=True),
+            "replaces": string("The key this one replaced.", None, nullable=True),
+            "replaced_by": string("The key that replaced this one.", None, nullable=True),
+        }, description="A public key in the directory."),
+        "Envelope": obj({
+            "v": {"const": 1, "description": "The envelope format (1)."},
+            "sender_key_id": key_id("The sender's live Ed25519 key that signed the envelope."),
+            "ephemeral_key": b64("The sender's one-time X25519 public key (32 bytes), for X25519 wraps.",
+                                 BASE64_32, EXAMPLE_X25519),
+            "nonce": b64("The AES-256-GCM nonce of the ciphertext (12 bytes).", BASE64_12, "AAECAwQFBgcICQoL"),
+            "ciphertext": b64(f"The AES-256-GCM ciphertext with its tag: 16 to {ciphertext_bytes} bytes "
+                              "(4 per MAX_MESSAGE_LENGTH character, plus 1024).", BASE64,
+                              "c2VhbGVkIHdpdGggQUVTLUdDTQ==", minLength=24,
+                              maxLength=base64_chars(ciphertext_bytes)),
+            "recipients": array(obj({
+                "key_id": key_id("The recipient device's X25519 or RSA-OAEP key."),
+                "wrapped_key": b64(f"The content key wrapped for that key: {MIN_WRAPPED_KEY} to "
+                                   f"{MAX_WRAPPED_KEY} bytes.", BASE64, "d3JhcHBlZCBjb250ZW50IGtleQ==",
+                                   minLength=base64_chars(MIN_WRAPPED_KEY),
+                                   maxLength=base64_chars(MAX_WRAPPED_KEY)),
+                "nonce": b64("The AES-256-GCM nonce of an X25519 wrap (12 bytes).", BASE64_12,
+                             "AAECAwQFBgcICQoL"),
+            }, required=["key_id", "wrapped_key"], additionalProperties=False),
+                "One content-key wrap per recipient device key (each key once); as many as fit in "
+                f"MAX_BODY_BYTES ({settings.max_body_bytes}).", minItems=1),
+            "signature": b64("Ed25519 signature (64 bytes) over the envelope and chat id (see oxc_e2e.py).",
+                             BASE64_64, "c2lnbmVk" + "A" * 78 + "=="),
+        }, required=["v", "sender_key_id", "nonce", "ciphertext", "recipients", "signature"],
+            additionalProperties=False,
+            description="An end-to-end encrypted message as its sender's device built it; the server stores "
+                        "and forwards it without reading it."),
+    }
+
+
+def _media_parameters(settings):
+    def header(name, description):
+        return {"name": name, "in": "header", "required": False, "description": description,
+                "schema": {"type": "string"}}
+
+    return {
+        "AttachmentId": {"name": "attachment_id", "in": "path", "required": True,
+                         "description": "The id of an attachment.", "schema": {"type": "string", "format": "uuid"}},
+        "KeyId": {"name": "key_id", "in": "path", "required": True, "description": "The id of a public key.",
+                  "schema": {"type": "string", "format": "uuid"}},
+        "FileName": {"name": "name", "in": "query", "required": False,
+                     "description": f"The file's name (at most {MAX_NAME} characters); for a multipart upload it "
+                                    "wins over the part's filename.",
+                     "schema": {"type": "string", "maxLength": MAX_NAME}},
+        "Caption": {"name": "content", "in": "query", "required": False,
+                    "description": "A caption; giving one also sends the message (a multipart field wins).",
+                    "schema": content_field(settings, "A caption")},
+        "Send": {"name": "send", "in": "query", "required": False,
+                 "description": "1 or true: also send the message carrying the file.",
+                 "schema": {"enum": ["1", "0", "true", "false", ""]}},
+        "Range": header("Range", "One byte range, e.g. bytes=0-1023 or bytes=-500 (206); several ranges or a "
+                                 "malformed one get the whole file (200)."),
+        "IfRange": header("If-Range", "Honour Range only while the ETag is still this one."),
+        "IfNoneMatch": header("If-None-Match", "ETags the client holds; 304 when one is current."),
+    }
+
+
+def _web_parameters():
+    return {
+        "StaticName": {"name": "name", "in": "path", "required": True,
+                       "description": "The name of one of the web page's files.",
+                       "schema": {"enum": sorted(STATIC_TYPES)}},
+        "AssetVersion": {"name": "v", "in": "query", "required": False,
+                         "description": "The files' version as the page links them; when it is current the "
+                                        "answer may be cached for a year.",
+                         "schema": {"type": "string"}},
+    }
+
+
 def _security_schemes(settings):
     return {
         "bearerAuth": {
@@ -596,9 +757,11 @@ def _components(settings):
     """The reusable schemas, parameters and security schemes, sized by ``settings``."""
     schemas = {}
     for part in (_service_schemas, _account_schemas, _message_schemas, _chat_schemas, _event_schemas,
-                 _request_schemas, _notification_schemas):
+                 _request_schemas, _notification_schemas, _media_schemas):
         schemas.update(part(settings))
-    return {"schemas": schemas, "parameters": {**_parameters(), **_notification_parameters()},
+    parameters = {**_parameters(), **_notification_parameters(), **_media_parameters(settings),
+                  **_web_parameters()}
+    return {"schemas": schemas, "parameters": parameters,
             "securitySchemes": _security_schemes(settings)}
 
 
@@ -630,7 +793,9 @@ def refuses(description):
 class Operation:
     """What a handler does, for the document: the parts the route table does not know.
 
-    ``body`` names a component schema sent as JSON; ``parameters`` name
+    ``body`` names a component schema sent as JSON; ``upload`` is the request
+    body's content (media type -> media object) of an operation that takes a
+    file instead; ``parameters`` name
     component parameters; ``writes`` adds 503; ``groups_only`` is what a
     direct chat cannot do (400), as given to ``roles.in_chat``; ``security``
     names alternative schemes for a handler that authenticates by itself.
@@ -643,6 +808,7 @@ class Operation:
     parameters: tuple = ()
     body: str = None
     body_example: dict = None
+    upload: dict = None
     writes: bool = False
     api_key_exempt: bool = False
     groups_only: str = None
@@ -661,7 +827,10 @@ OPERATIONS = {
     # -- service and docs -----------------------------------------------------
     "get_root": Operation(
         "service", "Service name and version",
-        "Answers while the service runs; 0xC answered the same at /.",
+        "Answers while the service runs; 0xC answered the same at /. With WEB_UI_ENABLED=1 (the default), a "
+        "request whose Accept header names text/html and ranks it above application/json (a browser's) gets "
+        "the web chat page instead, as text/html with a strict Content-Security-Policy; the answer varies "
+        "by Accept.",
         {200: returns(envelope(ref("Service"), message="oxc chat API is running"),
                       "The service is running.")}),
     "get_health": Operation(
@@ -846,15 +1015,17 @@ OPERATIONS = {
         "Sends a message, optionally as a reply; members named as @username are listed in mentions.",
         {201: returns(envelope(ref("ChatMessage"), message="Message created successfully"),
                       "The message was sent."),
-         400: refuses("content is missing, blank or too long, or reply_to_id is not a message of "
-                      "this chat.")},
+         400: refuses("content, attachment_id and encrypted are all missing, content is blank or too long, "
+                      "content and encrypted are both given, reply_to_id is not a message of this chat, "
+                      "attachment_id is not an unsent attachment of this chat, or the envelope is malformed "
+                      "or its sender_key_id is not a live Ed25519 key of the caller.")},
         parameters=("ChatId",), body="NewChatMessage", body_example={"content": "Hello, @bob!"},
         writes=True),
     "patch_chat_message": Operation(
         "chats", "Edit a message",
         "Changes the text of the caller's own message and records when (edited_at).",
         {200: returns(envelope(ref("ChatMessage"), message="Message updated"), "The edited message."),
-         400: refuses("content is missing, blank or too long, or the message is deleted."),
+         400: refuses("content is missing, blank or too long, or the message is deleted or encrypted."),
          403: refuses("The caller did not write the message."),
          404: refuses(NOT_IN_CHAT)},
         parameters=("ChatId", "MessageId"), body="ChatMessageEdit", body_example={"content": "Hello!"},
@@ -1061,6 +1232,111 @@ OPERATIONS = {
          400: refuses("'limit' is out of range."),
          403: refuses("I am not one of the server's admins.")},
         parameters=("Limit",)),
+    # -- media and keys --
+    "post_attachment": Operation(
+        "media", "Upload an attachment",
+        "Uploads a file into the chat. The body is the file itself, with its Content-Type (and ?name=), or "
+        "multipart/form-data with a 'file' part (its Content-Type and filename count) and optional 'content' "
+        "and 'send' fields. The file's first bytes must agree with the declared type, and the type must be "
+        "allowed (MEDIA_ALLOWED_TYPES). A caption (content) or send=1 also sends the message carrying the "
+        "file; otherwise send it later with attachment_id. Images get a thumbnail when the server has Pillow.",
+        {201: returns(envelope(ref("UploadedAttachment"), message="Attachment uploaded"), "Stored."),
+         400: refuses("The file is empty or missing, the multipart body is malformed, content is blank or too "
+                      "long, send is not 1/0/true/false, or Content-Length is invalid."),
+         413: refuses("The file is over MEDIA_MAX_BYTES."),
+         415: refuses("The file's type is not allowed (MEDIA_ALLOWED_TYPES), or its bytes do not match the "
+                      "declared type (the message names both).")},
+        parameters=("ChatId", "FileName", "Caption", "Send"), writes=True,
+        upload={"application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                "multipart/form-data": {"schema": ref("Upload"),
+                                        "encoding": {"file": {"contentType": "application/octet-stream"}}}}),
+    "get_attachment": Operation(
+        "media", "An attachment's metadata",
+        "Name, size, type, kind, image size and thumbnail state. Only for members of its chat.",
+        {200: returns(envelope(ref("Attachment")), "The metadata."),
+         403: refuses("The caller is not a member of the attachment's chat."),
+         404: refuses("No such attachment.")},
+        parameters=("AttachmentId",)),
+    "delete_attachment": Operation(
+        "media", "Delete an attachment",
+        "Deletes an attachment (its uploader, or an admin or the owner of its chat). The message it was sent "
+        "with loses it (and becomes a tombstone if nothing else was in it); the bytes go once nothing refers "
+        "to them.",
+        {200: returns(envelope(message=f"Attachment with ID {ATTACHMENT} deleted successfully"), "Deleted."),
+         403: refuses("The caller is not a member of the chat, or neither uploaded it nor moderates the chat."),
+         404: refuses("No such attachment.")},
+        parameters=("AttachmentId",), writes=True),
+    "get_attachment_content": Operation(
+        "media", "Download an attachment",
+        "The file's bytes with its Content-Type, Content-Length, Content-Disposition and ETag (its SHA-256). "
+        "If-None-Match answers 304; one byte Range answers 206 (audio and video players seek with it).",
+        {200: Reply("The whole file.", {"type": "string", "format": "binary"}, "*/*"),
+         206: Reply("The range asked for (Content-Range says which).", {"type": "string", "format": "binary"},
+                    "*/*"),
+         304: Reply("The client's copy (If-None-Match) is current; no body."),
+         403: refuses("The caller is not a member of the attachment's chat."),
+         404: refuses("No such attachment."),
+         416: refuses("The range starts past the end (Content-Range: bytes */size).")},
+        parameters=("AttachmentId", "Range", "IfRange", "IfNoneMatch")),
+    "get_attachment_thumbnail": Operation(
+        "media", "An attachment's thumbnail",
+        f"A JPEG (or PNG, with transparency) of at most {THUMBNAIL_SIZE} px a side, for images; ETag, "
+        "If-None-Match and Range as for the content.",
+        {200: Reply("The thumbnail.", {"type": "string", "format": "binary"}, "image/*"),
+         206: Reply("The range asked for.", {"type": "string", "format": "binary"}, "image/*"),
+         304: Reply("The client's copy (If-None-Match) is current; no body."),
+         403: refuses("The caller is not a member of the attachment's chat."),
+         404: refuses("No such attachment, or it has no thumbnail (the message says why)."),
+         416: refuses("The range starts past the end.")},
+        parameters=("AttachmentId", "Range", "IfRange", "IfNoneMatch")),
+    "post_key": Operation(
+        "keys", "Publish a public key",
+        "Publishes one public key of one of my devices. A device has one live key per algorithm: to rotate, "
+        "publish the new one with replaces (the old one is revoked). The server never takes private keys.",
+        {201: returns(envelope(ref("PublicKey"), message="Key published"), "Published."),
+         400: refuses("A field is invalid: the device id, the algorithm, a key of the wrong length or "
+                      "format, not on the curve, low-order, RSA under 2048 bits, something that looks like a "
+                      "private key, or replaces naming no live key of mine for the same device and algorithm."),
+         409: refuses("The key is already published, the device already has a live key of that algorithm "
+                      "(rotate with replaces), or I have too many live keys.")},
+        body="NewKey", body_example={"device_id": "laptop", "algorithm": "x25519", "public_key": EXAMPLE_X25519},
+        writes=True),
+    "get_my_keys": Operation(
+        "keys", "My keys",
+        "Every key I published, revoked ones included (with revoked_at), oldest first.",
+        {200: returns(envelope(array(ref("PublicKey"))), "My keys.")}),
+    "get_key": Operation(
+        "keys", "A key by id",
+        "Any user's key, current or revoked: to verify the signature of an older message.",
+        {200: returns(envelope(ref("PublicKey")), "The key."),
+         404: refuses("No such key.")},
+        parameters=("KeyId",)),
+    "delete_key": Operation(
+        "keys", "Revoke a key",
+        "Revokes one of my keys: it is no longer listed as current, but stays readable by id.",
+        {200: returns(envelope(ref("PublicKey"), message="Key revoked"), "Revoked."),
+         400: refuses("The key is already revoked."),
+         403: refuses("The key is someone else's."),
+         404: refuses("No such key.")},
+        parameters=("KeyId",), writes=True),
+    "get_user_keys": Operation(
+        "keys", "A user's current keys",
+        "The keys a user's devices hold now (not revoked): encrypt to their X25519 (or RSA-OAEP) keys, "
+        "verify with their Ed25519 keys.",
+        {200: returns(envelope(array(ref("PublicKey"))), "The current keys."),
+         404: refuses("No such user.")},
+        parameters=("UserId",)),
+    # -- web page --
+    "get_static": Operation(
+        "web", "A file of the web chat page",
+        "The web chat page's script, style sheet and icon (the page itself is GET / for browsers), with "
+        "Content-Type, ETag and Cache-Control: immutable for a year when v is current, revalidated "
+        "otherwise. If-None-Match naming the current ETag answers 304. Only these names exist: there is no "
+        "other path to the server's files. 404 when WEB_UI_ENABLED=0.",
+        {200: Reply("The file.", {"type": "string"}, "*/*"),
+         304: Reply("The client's copy is current (no body)."),
+         404: refuses("No such file, or the web page is turned off.")},
+        parameters=("StaticName", "AssetVersion", "IfNoneMatch")),
 }
 
 TAGS = {
@@ -1074,6 +1350,9 @@ TAGS = {
     "users": "Profiles and the user directory.",
     "accounts": "E-mail verification and password reset with mailed codes.",
     "notifications": "The notification feed and push devices.",
+    "media": "Attachments: upload, metadata, download, thumbnails.",
+    "keys": "The public-key directory for end-to-end encryption (the server never sees a private key).",
+    "web": "The web chat page's files.",
 }
 ROLE_NAMES = {"member": "a member of the chat", "admin": "an admin or the owner of the chat",
               "owner": "the owner of the chat"}
@@ -1167,6 +1446,8 @@ def _operation(route, entry, settings, components):
         if entry.body_example is not None:
             media["example"] = entry.body_example
         operation["requestBody"] = {"required": True, "content": {"application/json": media}}
+    elif entry.upload:
+        operation["requestBody"] = {"required": True, "content": entry.upload}
     replies = _replies(route, entry, settings, components["parameters"])
     operation["responses"] = {str(status): _response(status, replies[status]) for status in sorted(replies)}
     return operation
@@ -1367,10 +1648,14 @@ def _render_operation(method, path, operation, components):
         parts.append("<h4>Parameters</h4><table><tr><th>Name</th><th>In</th><th>Type</th><th></th>"
                      f"<th>Notes</th></tr>{rows}</table>")
     if "requestBody" in operation:
-        media = operation["requestBody"]["content"]["application/json"]
-        parts.append("<h4>Request body <span class=\"muted\">application/json</span></h4>")
-        parts.append(_fields_table(media["schema"], components))
-        parts.append(_pretty(media.get("example", example_of(media["schema"], components))))
+        content = operation["requestBody"]["content"]
+        parts.append(f"<h4>Request body <span class=\"muted\">{_e(' or '.join(content))}</span></h4>")
+        for media in content.values():
+            if "properties" in _resolve(media["schema"], components):
+                parts.append(_fields_table(media["schema"], components))
+        if "application/json" in content:
+            media = content["application/json"]
+            parts.append(_pretty(media.get("example", example_of(media["schema"], components))))
     parts.append("<h4>Responses</h4><table><tr><th>Status</th><th>When</th><th>Body</th></tr>")
     for status, response in operation["responses"].items():
         content = response.get("content", {})

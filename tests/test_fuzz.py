@@ -40,13 +40,22 @@ STATE_DEPENDENT_400 = ["post_register", "post_message", "get_messages", "get_my_
                        "post_chat_message", "get_search", "patch_member", "delete_member",
                        "post_verification", "post_password_reset", "post_device", "get_notifications",
                        "get_mentions"]
+#: Operations that answer 400 to input the schema cannot judge: a public key that
+#: must be a point on the curve or an RSA structure, an uploaded file that is empty.
+FORMAT_400 = ["post_key", "post_attachment"]
 POSITIVE_STATUSES = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx"]
+#: A 1x1 PNG, so that the attachment the fuzzer reads is an image with a thumbnail.
+PIXEL = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+                      "1f15c4890000000d49444154789c6360f8cfc0f01f0005000201b5e2f0ea0000000049454e44ae426082")
 
 
-def fuzz_config(max_examples, chat_id=None):
+def fuzz_config(max_examples, chat_id=None, attachment_id=None):
     operations = [
-        {"include-operation-id": STATE_DEPENDENT_400,
+        {"include-operation-id": STATE_DEPENDENT_400 + FORMAT_400,
          "checks": {"positive_data_acceptance": {"expected-statuses": POSITIVE_STATUSES + ["400"]}}},
+        # A Range past the end of the file is unsatisfiable (416), as documented.
+        {"include-operation-id": ["get_attachment_content", "get_attachment_thumbnail"],
+         "checks": {"positive_data_acceptance": {"expected-statuses": POSITIVE_STATUSES + ["416"]}}},
         # A cursor the server did not hand out is "gone" (410): resync, as documented.
         {"include-operation-id": "get_events", "parameters": {"timeout": 0},
          "checks": {"positive_data_acceptance": {"expected-statuses": POSITIVE_STATUSES + ["410"]}}},
@@ -56,6 +65,10 @@ def fuzz_config(max_examples, chat_id=None):
     if chat_id is not None:
         operations.append({"include-path-regex": r"^/api/chats/\{chat_id\}",
                            "exclude-operation-id": "delete_chat", "parameters": {"chat_id": chat_id}})
+    if attachment_id is not None:
+        operations.append({"include-path-regex": r"^/api/attachments/\{attachment_id\}",
+                           "exclude-operation-id": "delete_attachment",
+                           "parameters": {"attachment_id": attachment_id}})
     return SchemathesisConfig.from_dict({
         "seed": 3012,
         "generation": {
@@ -106,9 +119,18 @@ def chat_id(app, auth_headers):
 
 
 @pytest.fixture(scope="module")
-def api_schema(app, chat_id):
+def attachment_id(app, auth_headers, chat_id):
+    """An image uploaded to the fuzzer's group, for the attachment operations to read."""
+    client = TestApp(app)
+    headers = {**auth_headers, "Content-Type": "image/png"}
+    return client.post(f"{PREFIX}/chats/{chat_id}/attachments?name=pixel.png", PIXEL, headers=headers,
+                       status=201).json["data"]["id"]
+
+
+@pytest.fixture(scope="module")
+def api_schema(app, chat_id, attachment_id):
     return schemathesis.openapi.from_wsgi(f"{PREFIX}/openapi.json", app,
-                                          config=fuzz_config(60, chat_id=chat_id))
+                                          config=fuzz_config(60, chat_id=chat_id, attachment_id=attachment_id))
 
 
 @pytest.fixture(scope="module")
