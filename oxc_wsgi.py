@@ -464,19 +464,37 @@ class Router:
     def __init__(self, routes):
         self.routes = list(routes)
         # Most paths are literal; a dict finds them without trying every regex.
+        # The others are filed by their number of segments and the literal
+        # segments they start with, so a request tries only a few regexes.
         self._literal = {}
-        self._patterns = []
+        self._patterns = {}
         for route in self.routes:
             if "{" in route.template:
-                self._patterns.append(route)
+                self._patterns.setdefault(self._shape(route.template), []).append(route)
             else:
                 self._literal.setdefault(route.template, []).append(route)
+
+    @staticmethod
+    def _shape(template):
+        segments = template.split("/")
+        head = []
+        for segment in segments[:3]:
+            if "{" in segment:
+                break
+            head.append(segment)
+        return len(segments), tuple(head)
+
+    def _pattern_candidates(self, path):
+        count = path.count("/") + 1
+        segments = path.split("/", 3)[:3]
+        for depth in range(len(segments), -1, -1):
+            yield from self._patterns.get((count, tuple(segments[:depth])), ())
 
     def match(self, method, path):
         """The route and URL parameters; NotFound or MethodNotAllowed otherwise."""
         candidates = [(route, {}) for route in self._literal.get(path, ())]
         if not candidates:
-            for route in self._patterns:
+            for route in self._pattern_candidates(path):
                 found = route.pattern.match(path)
                 if found:
                     candidates.append((route, found.groupdict()))

@@ -85,6 +85,8 @@ class _Exchange:
         if self._logged:
             return
         self._logged = True
+        if not self._access_log.logger.isEnabledFor(logging.INFO):
+            return  # formatting the line costs more than the rest of a cheap request
         duration_ms = (self._access_log.clock() - self._started_at) * 1000
         method, path = self.describe()
         status = "-" if self.status_code is None else self.status_code

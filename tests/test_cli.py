@@ -146,3 +146,21 @@ def test_admin_imports_a_0xc_data_directory(tmp_path):
         assert server.request("GET", "/api/messages", token=token)[1]["messages"][0]["content"] == "from 0xC"
     finally:
         server.stop()
+
+
+def test_upload_and_download_show_progress_for_large_files(env, tmp_path):
+    logged_in(env, "bob")
+    logged_in(env, "alice")
+    chat_id = json.loads(oxc("send", "file coming", "--to", "bob", "--json", env=env).stdout)["chat_id"]
+    source = tmp_path / "blob.bin"
+    source.write_bytes(os.urandom(1_500_000))
+    uploaded = oxc("upload", chat_id, str(source), "--message", "here it is", "--json", env=env)
+    assert uploaded.returncode == 0, uploaded.stderr
+    attachment = json.loads(uploaded.stdout)
+    assert attachment["size"] == 1_500_000 and "100%" in uploaded.stderr
+    target = tmp_path / "copy.bin"
+    downloaded = oxc("download", attachment["id"], "-o", str(target), env=env)
+    assert downloaded.returncode == 0, downloaded.stderr
+    assert target.read_bytes() == source.read_bytes() and "100%" in downloaded.stderr
+    missing = oxc("download", "no-such-attachment", "-o", str(tmp_path / "x"), env=env)
+    assert missing.returncode == 1 and "HTTP 404" in missing.stderr
