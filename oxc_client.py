@@ -300,15 +300,20 @@ class Client:
 
     # -- paging ------------------------------------------------------------------------
 
-    def _pages(self, path, key, query, cursor="before"):
+    def _pages(self, path, key, query, oldest_first=False):
+        """Every item of a list, following ``paging.before``, newest first.
+
+        ``oldest_first`` says that each page comes oldest first (message
+        histories), so it is turned around.
+        """
         query = dict(query)
         while True:
             answer = self.call("GET", path, query=query)
-            yield from (reversed(answer[key]) if cursor == "before" and key == "messages" else answer[key])
-            following = answer.get("paging", {}).get(cursor)
+            yield from (reversed(answer[key]) if oldest_first else answer[key])
+            following = answer.get("paging", {}).get("before")
             if not following:
                 return
-            query[cursor] = following
+            query["before"] = following
 
     # -- 0xC messages -------------------------------------------------------------------
 
@@ -325,7 +330,7 @@ class Client:
 
     def iter_messages(self, limit=200):
         """Every message I may see, newest first."""
-        return self._pages("/messages", "messages", {"limit": limit})
+        return self._pages("/messages", "messages", {"limit": limit}, oldest_first=True)
 
     def my_messages(self, limit=None, before=None, after=None):
         """One page of the messages I sent."""
@@ -345,13 +350,7 @@ class Client:
 
     def iter_chats(self, limit=200):
         """All my chats, newest activity first."""
-        query = {"limit": limit}
-        while True:
-            answer = self.call("GET", "/chats", query=query)
-            yield from answer["chats"]
-            if not answer["paging"]["before"]:
-                return
-            query["before"] = answer["paging"]["before"]
+        return self._pages("/chats", "chats", {"limit": limit})
 
     def create_group(self, name, members=(), description=None):
         body = {"name": name, "members": list(members)}
@@ -400,7 +399,7 @@ class Client:
 
     def iter_history(self, chat_id, limit=200):
         """A chat's messages, newest first."""
-        return self._pages(f"/chats/{_q(chat_id)}/messages", "messages", {"limit": limit})
+        return self._pages(f"/chats/{_q(chat_id)}/messages", "messages", {"limit": limit}, oldest_first=True)
 
     def send(self, chat_id, content=None, reply_to_id=None, **extra):
         """Send a message to a chat."""
@@ -452,13 +451,7 @@ class Client:
         return self.call("GET", "/search", query={"q": text, "chat_id": chat_id, "limit": limit, "before": before})
 
     def iter_search(self, text, chat_id=None, limit=100):
-        query = {"q": text, "chat_id": chat_id, "limit": limit}
-        while True:
-            answer = self.call("GET", "/search", query=query)
-            yield from answer["messages"]
-            if not answer["paging"]["before"]:
-                return
-            query["before"] = answer["paging"]["before"]
+        return self._pages("/search", "messages", {"q": text, "chat_id": chat_id, "limit": limit})
 
     # -- accounts and notifications -------------------------------------------------------------
 

@@ -822,6 +822,11 @@ NOT_VISIBLE = "No such message, or the user may not see it."
 NOT_IN_CHAT = "No such message in this chat."
 EXAMPLE_REFRESH = {"refresh_token": "Qm9vdHN0cmFw.d2l0aC1hLXJhbmRvbS10YWls"}
 NO_USER = "the user named is not found"
+FEED_ANSWERS = {
+    200: returns(envelope(notifications=array(ref("Notification")), unread_count=integer("How many are unread.", 3),
+                          paging=ref("NotificationPaging")), "One page."),
+    400: refuses("'limit' or 'unread' is invalid, or 'before' is not one of my notifications."),
+}
 
 OPERATIONS = {
     # -- service and docs -----------------------------------------------------
@@ -1179,19 +1184,11 @@ OPERATIONS = {
     "get_notifications": Operation(
         "notifications", "My notifications",
         "Mentions, direct messages, additions to groups and role changes, newest first.",
-        {200: returns(envelope(notifications=array(ref("Notification")),
-                               unread_count=integer("How many are unread.", 3),
-                               paging=ref("NotificationPaging")), "One page."),
-         400: refuses("'limit' or 'unread' is invalid, or 'before' is not one of my notifications.")},
-        parameters=("Limit", "NotificationBefore", "Unread")),
+        FEED_ANSWERS, parameters=("Limit", "NotificationBefore", "Unread")),
     "get_mentions": Operation(
         "notifications", "My mentions",
         "Only the notifications for mentions of me, newest first.",
-        {200: returns(envelope(notifications=array(ref("Notification")),
-                               unread_count=integer("How many are unread.", 3),
-                               paging=ref("NotificationPaging")), "One page."),
-         400: refuses("'limit' or 'unread' is invalid, or 'before' is not one of my notifications.")},
-        parameters=("Limit", "NotificationBefore", "Unread")),
+        FEED_ANSWERS, parameters=("Limit", "NotificationBefore", "Unread")),
     "get_notification_count": Operation(
         "notifications", "How many notifications are unread",
         "The number of my unread notifications.",
