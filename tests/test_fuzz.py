@@ -151,8 +151,25 @@ def locked_schema(locked_app):
                                           headers={"X-API-Key": API_KEY})
 
 
+@pytest.fixture(scope="module")
+def stream_schema(app):
+    """The event stream, fuzzed without credentials so that every case is answered at once (401).
+
+    With a valid token the stream never ends (tests/test_events.py and
+    tests/test_realtime_server.py cover it); without one, random tickets,
+    cursors and Last-Event-ID values must still be refused cleanly, as documented.
+    """
+    config = SchemathesisConfig.from_dict({
+        "seed": 3012,
+        "generation": {"max-examples": 40, "deterministic": True, "database": "none",
+                       "allow-extra-parameters": False},
+    })
+    return schemathesis.openapi.from_wsgi(f"{PREFIX}/openapi.json", app, config=config)
+
+
 schema = schemathesis.pytest.from_fixture("api_schema")
 locked = schemathesis.pytest.from_fixture("locked_schema")
+stream = schemathesis.pytest.from_fixture("stream_schema").include(operation_id="get_event_stream")
 
 
 @schema.parametrize()
@@ -163,3 +180,13 @@ def test_every_operation_keeps_its_documented_contract(case, auth_headers):
 @locked.parametrize()
 def test_with_api_key_and_rate_limit_every_operation_keeps_its_contract(case, locked_headers):
     case.call_and_validate(headers=locked_headers)
+
+
+@stream.parametrize()
+def test_the_event_stream_refuses_every_unauthenticated_request_at_once(case):
+    response = case.call(headers={})
+    # The coverage phase also tries other methods on the path: those must get 405.
+    expected = 401 if case.method.upper() in ("GET", "HEAD") else 405
+    assert response.status_code == expected, (case.method, response.text)
+    if case.method.upper() != "HEAD":
+        assert response.json()["status"] == "error"
