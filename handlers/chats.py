@@ -403,27 +403,38 @@ def delete_chat_message(req, chat, me, message_id):
     return success(message=f"Message with ID {message_id} deleted successfully")
 
 
-def _advance(req, chat, me, pointer):
+#: What each kind of receipt moves: reading a message also means it was delivered.
+POINTERS = {"read": ("read_seq", "delivered_seq"), "delivered": ("delivered_seq",)}
+
+
+def advance_pointer(ctx, chat_id, member, message, kind):
+    """Move a member's ``kind`` pointer up to ``message`` (never back) and tell the chat."""
+    fields = POINTERS[kind]
+    changes = {name: max(member.get(name, 0), message["seq"]) for name in fields}
+    if changes == {name: member.get(name, 0) for name in fields}:
+        return
+    ctx.store.update_members({(chat_id, member["user_id"]): changes})
+    ctx.events.publish(f"message.{kind}", {"chat_id": chat_id, "user_id": member["user_id"],
+                                           "message_id": message["id"]},
+                       ctx.events.chat_audience(chat_id), chat_id=chat_id)
+
+
+def _advance(req, chat, me, kind):
     message = _message_in(req, chat, text(req.json, "message_id", max_length=64))
-    fields = ("read_seq", "delivered_seq") if pointer == "read_seq" else ("delivered_seq",)
-    changes = {name: max(me.get(name, 0), message["seq"]) for name in fields}
-    if changes != {name: me.get(name, 0) for name in fields}:
-        req.ctx.store.update_members({(chat["id"], me["user_id"]): changes})
-        _tell(req, chat["id"], "message.read" if pointer == "read_seq" else "message.delivered",
-              {"chat_id": chat["id"], "user_id": me["user_id"], "message_id": message["id"]})
+    advance_pointer(req.ctx, chat["id"], me, message, kind)
     return success({"chat_id": chat["id"], "unread_count": req.ctx.store.unread_count(chat["id"], me["user_id"])})
 
 
 @in_chat()
 def post_read(req, chat, me):
     """Mark the chat read up to a message (the pointer never moves back)."""
-    return _advance(req, chat, me, "read_seq")
+    return _advance(req, chat, me, "read")
 
 
 @in_chat()
 def post_delivered(req, chat, me):
     """Record that messages up to this one reached my device."""
-    return _advance(req, chat, me, "delivered_seq")
+    return _advance(req, chat, me, "delivered")
 
 
 @in_chat()

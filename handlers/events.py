@@ -21,6 +21,7 @@ import time
 from .auth import authenticate
 from .http import BadRequest, HTTPError, Response, ServiceUnavailable, Unauthorized, success
 from .hub import Busy, CursorGone
+from .chats import advance_pointer
 from .roles import in_chat
 from .views import iso_time
 
@@ -69,11 +70,8 @@ def mark_delivered(ctx, user_id, events):
     for chat_id, message in latest.items():
         member = ctx.store.get_member(chat_id, user_id)
         stored = ctx.store.get_chat_message(message["id"])
-        if member is None or stored is None or member.get("delivered_seq", 0) >= stored["seq"]:
-            continue
-        ctx.store.update_members({(chat_id, user_id): {"delivered_seq": stored["seq"]}})
-        ctx.events.publish("message.delivered", {"chat_id": chat_id, "user_id": user_id, "message_id": message["id"]},
-                           ctx.events.chat_audience(chat_id), chat_id=chat_id)
+        if member is not None and stored is not None:
+            advance_pointer(ctx, chat_id, member, stored, "delivered")
 
 
 def get_events(req):
