@@ -14,22 +14,18 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import uuid
 
-from common import ROOT, login, oxc_server, table, wrk
+from common import bench_user, in_parallel, login, oxc_server, table, wrk
 
 CHATS = 1_000
 
 
 def seed(data_dir, messages):
-    import bcrypt
     from store import open_store
     store = open_store(data_dir)
     try:
-        user = store.create_user({"id": str(uuid.uuid4()), "username": "bench", "email": None,
-                                  "password_hash": bcrypt.hashpw(b"benchmark-password", bcrypt.gensalt(4)).decode(),
-                                  "created_at": "2026-01-01T00:00:00+00:00"})
+        user = bench_user(store, "bench")
         member = {"user_id": user["id"], "role": "owner", "joined_at": "2026-01-01T00:00:00+00:00",
                   "muted": False, "read_seq": 0, "delivered_seq": 0}
         chats = [store.create_chat({"id": str(uuid.uuid4()), "type": "group", "name": f"chat {n}",
@@ -39,19 +35,14 @@ def seed(data_dir, messages):
         big = chats[0]["id"]
         words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
 
-        def write(worker):
-            for number in range(worker, messages, 16):
-                store.add_chat_message({
-                    "id": str(uuid.uuid4()), "chat_id": big, "user_id": user["id"], "username": "bench",
-                    "content": f"{words[number % 8]} {words[(number // 8) % 8]} message {number}",
-                    "reply_to_id": None, "mentions": [], "created_at": "2026-01-01T00:00:00+00:00",
-                    "edited_at": None, "deleted": False})
+        def write(number):
+            store.add_chat_message({
+                "id": str(uuid.uuid4()), "chat_id": big, "user_id": user["id"], "username": "bench",
+                "content": f"{words[number % 8]} {words[(number // 8) % 8]} message {number}",
+                "reply_to_id": None, "mentions": [], "created_at": "2026-01-01T00:00:00+00:00",
+                "edited_at": None, "deleted": False})
 
-        threads = [threading.Thread(target=write, args=(n,)) for n in range(16)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        in_parallel(write, messages)
         store.compact()
         return big
     finally:

@@ -22,20 +22,16 @@ import sys
 import tempfile
 import uuid
 
-from common import ROOT, Served, oxc_server, table, wrk
+from common import ROOT, Served, bench_user, oxc_server, table, wrk
 
 MEMBERS = 50
 
 
 def seed(data_dir):
-    import bcrypt
     from store import open_store
     store = open_store(data_dir)
-    hashed = bcrypt.hashpw(b"benchmark-password", bcrypt.gensalt(4)).decode()
     try:
-        people = [store.create_user({"id": str(uuid.uuid4()), "username": name, "email": None,
-                                     "password_hash": hashed, "created_at": "2026-01-01T00:00:00+00:00"})
-                  for name in ["bench"] + [f"member{n:02d}" for n in range(MEMBERS)]]
+        people = [bench_user(store, name) for name in ["bench"] + [f"member{n:02d}" for n in range(MEMBERS)]]
         chat = store.create_chat({"id": str(uuid.uuid4()), "type": "group", "name": "everyone", "description": None,
                                   "created_by": people[0]["id"], "created_at": "2026-01-01T00:00:00+00:00"},
                                  [{"user_id": p["id"], "role": "owner" if i == 0 else "member",

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import uuid
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,37 +91,47 @@ def login(server, username="bench", password="benchmark-password"):
     return client.tokens
 
 
-def seed_store(data_dir, count, username="bench", password_hash=None):
+def seed_store(data_dir, count, username="bench"):
     """Put ``count`` public messages by a user ``username`` straight into a stopped store.
 
     Writers in 16 threads share journal flushes, so 100,000 take seconds.
     """
-    import uuid
     from store import open_store
     store = open_store(data_dir)
     try:
-        user = store.find_user(username)
-        if user is None:
-            import bcrypt
-            hashed = password_hash or bcrypt.hashpw(b"benchmark-password", bcrypt.gensalt(4)).decode()
-            user = store.create_user({"id": str(uuid.uuid4()), "username": username, "email": None,
-                                      "password_hash": hashed, "created_at": "2026-01-01T00:00:00+00:00"})
-        per_thread = count // 16
+        user = store.find_user(username) or bench_user(store, username)
 
-        def write(worker):
-            for number in range(per_thread + (count % 16 if worker == 0 else 0)):
-                store.add_message({"id": str(uuid.uuid4()), "user_id": user["id"], "username": username,
-                                   "content": f"seed {worker}-{number}", "timestamp": "2026-01-01T00:00:00+00:00",
-                                   "recipient_id": None})
+        def write(number):
+            store.add_message({"id": str(uuid.uuid4()), "user_id": user["id"], "username": username,
+                               "content": f"seed {number}", "timestamp": "2026-01-01T00:00:00+00:00",
+                               "recipient_id": None})
 
-        threads = [threading.Thread(target=write, args=(n,)) for n in range(16)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        in_parallel(write, count)
         store.compact()
     finally:
         store.close()
+
+
+BENCH_HASH = []
+
+
+def bench_user(store, username, password=b"benchmark-password"):
+    """Create ``username`` in a stopped store (bcrypt at the cheapest cost, hashed once per run)."""
+    import bcrypt
+    if not BENCH_HASH:
+        BENCH_HASH.append(bcrypt.hashpw(password, bcrypt.gensalt(4)).decode())
+    return store.create_user({"id": str(uuid.uuid4()), "username": username, "email": None,
+                              "password_hash": BENCH_HASH[0], "created_at": "2026-01-01T00:00:00+00:00"})
+
+
+def in_parallel(write, count, threads=16):
+    """Call ``write(n)`` for n in range(count) from ``threads`` threads, which share journal flushes."""
+    workers = [threading.Thread(target=lambda first=first: [write(n) for n in range(first, count, threads)])
+               for first in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
 
 
 WRK_POST = """

@@ -366,7 +366,7 @@ def post_chat_message(req, chat, me):
     if reply_to_id is not None:
         replied = req.ctx.store.get_chat_message(reply_to_id)
         if replied is None or replied["chat_id"] != chat["id"]:
-            raise BadRequest(f"Field 'reply_to_id' is not a message of this chat")
+            raise BadRequest("Field 'reply_to_id' is not a message of this chat")
     message = _send(req, chat, me, content, reply_to_id, attachment=attachment, envelope=envelope)
     return success(views.chat_message(message), "Message created successfully", status=201)
 
