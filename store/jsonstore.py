@@ -12,7 +12,8 @@ The indexes make every query cost O(log n + page), never a scan:
 - ``_sent[user]``: seqs of every message a user sent;
 - ``_by_seq`` (0xC and chat messages share one rising seq), ``_by_username``,
   ``_by_email``, ``_session_by_hash``, ``_usernames`` (sorted, for prefixes);
-- ``_chat_seqs[chat]``: seqs of a chat's messages; ``_members_of[chat]`` and
+- ``_chat_seqs[chat]``: seqs of a chat's messages (``_all_chat_seqs``: of all
+  of them, for the notifier); ``_members_of[chat]`` and
   ``_chats_of[user]``; ``_direct[pair]``: the direct chat of two users;
 - ``_postings[(scope, term)]``: seqs of the messages in a scope (a chat,
   ``public`` or ``user:<id>``) holding a word, so search reads only the
@@ -108,6 +109,7 @@ class JsonStore(Store):
         self._session_by_hash = {}
         self._usernames = []
         self._chat_seqs = {}
+        self._all_chat_seqs = []
         self._members_of = {}
         self._chats_of = {}
         self._direct = {}
@@ -323,12 +325,14 @@ class JsonStore(Store):
         if old is not None:
             self._by_seq.pop(old["seq"], None)
             _remove_sorted(self._chat_seqs.get(old["chat_id"], []), old["seq"])
+            _remove_sorted(self._all_chat_seqs, old["seq"])
             self._index_terms((old["chat_id"],), self._searchable(old), old["seq"], _remove_sorted)
         if new is not None:
             seq = new["seq"]
             self._by_seq[seq] = new
             self._next_seq = max(self._next_seq, seq + 1)
             _insert_sorted(self._chat_seqs.setdefault(new["chat_id"], []), seq)
+            _insert_sorted(self._all_chat_seqs, seq)
             self._index_terms((new["chat_id"],), self._searchable(new), seq, _insert_sorted)
 
     def _index_attachments(self, old, new):
@@ -856,15 +860,8 @@ class JsonStore(Store):
 
     def chat_messages_after(self, seq, limit=100):
         with self._lock:
-            found = []
-            messages = self._tables["chat_messages"]
-            for number in range(seq + 1, self._next_seq):
-                record = self._by_seq.get(number)
-                if record is not None and messages.get(record["id"]) is record:
-                    found.append(record)
-                    if len(found) >= limit:
-                        break
-            return found
+            start = bisect.bisect_right(self._all_chat_seqs, seq)
+            return [self._by_seq[number] for number in self._all_chat_seqs[start:start + limit]]
 
     def get_notification(self, notification_id):
         return self._tables["notifications"].get(notification_id)
