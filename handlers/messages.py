@@ -14,7 +14,8 @@ from .paging import page_answer
 from .views import iso_time, public_message
 
 
-def _visible(message, user_id):
+def visible_to(message, user_id):
+    """True when ``user_id`` may see the 0xC ``message``: public, or sent by or to them."""
     return message is not None and (
         message.get("recipient_id") is None
         or user_id in (message["user_id"], message["recipient_id"]))
@@ -39,7 +40,7 @@ def get_messages(req):
     """Messages the current user may see: public, and private to or from them."""
     user_id, store = req.user["id"], req.ctx.store
     return page_answer(req, lambda **kw: store.visible_messages(user_id, **kw),
-                       lambda message_id: _listed(store.get_message(message_id), _visible, user_id),
+                       lambda message_id: _listed(store.get_message(message_id), visible_to, user_id),
                        public_message)
 
 
@@ -72,7 +73,7 @@ def post_message(req):
 
 def _visible_message(req, message_id):
     message = req.ctx.store.get_message(message_id)
-    if not _visible(message, req.user["id"]):
+    if not visible_to(message, req.user["id"]):
         raise NotFound(f"Message with ID {message_id} not found")
     return message
 

@@ -8,6 +8,7 @@ postings of the scopes the caller may see, never every message.
 from store import search_terms
 
 from . import views
+from .messages import visible_to
 from .fields import limit as read_limit
 from .http import BadRequest, Forbidden, NotFound, success
 
@@ -48,7 +49,7 @@ def get_search(req):
         scopes = sorted(store.chat_ids(user_id)) + ["public", f"user:{user_id}"]
     before = None
     if "before" in query:
-        found = _visible(store, scopes, query["before"])
+        found = _searchable(store, scopes, user_id, query["before"])
         if found is None:
             raise BadRequest("Query parameter 'before' is not a message you can search")
         before = found["seq"]
@@ -57,14 +58,11 @@ def get_search(req):
     return success(messages=shown, paging={"limit": size, "before": shown[-1]["id"] if more else None})
 
 
-def _visible(store, scopes, message_id):
+def _searchable(store, scopes, user_id, message_id):
+    """The message a cursor names, if it lies within the scopes searched."""
     message = store.get_chat_message(message_id)
     if message is not None:
         return message if message["chat_id"] in scopes else None
     message = store.get_message(message_id)
-    if message is None:
-        return None
-    recipient = message.get("recipient_id")
-    if recipient is None:
-        return message if "public" in scopes else None
-    return message if {f"user:{message['user_id']}", f"user:{recipient}"} & set(scopes) else None
+    # 0xC messages are searched only across everything ("public" among the scopes).
+    return message if "public" in scopes and visible_to(message, user_id) else None

@@ -60,3 +60,13 @@ def test_edits_change_what_search_finds(client, world):
 def test_bad_searches_are_refused(client, world, query, status, message):
     alice = world[0]
     assert_error(client.get("/api/search", query, headers=alice.headers, status=status), status, message)
+
+
+def test_a_cursor_must_be_a_message_the_searcher_may_see(client, world):
+    alice, bob, carol, chat_id = world
+    private = search(client, bob, q="private")["messages"][0]
+    assert_error(client.get("/api/search", {"q": "rocket", "before": private["id"]}, headers=alice.headers,
+                            status=400), 400, "before")
+    search(client, carol, q="rocket", before=private["id"])
+    assert_error(client.get("/api/search", {"q": "rocket", "chat_id": chat_id, "before": private["id"]},
+                            headers=alice.headers, status=400), 400, "before")
