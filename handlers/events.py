@@ -148,7 +148,7 @@ def _stream_user(req):
     if ticket is None:
         user = authenticate(req)
         return user, req.claims["exp"]
-    redeemed = req.ctx.events.redeem_ticket(ticket)
+    redeemed = req.ctx.tokens.redeem_ticket(ticket)
     if redeemed is None:
         raise Unauthorized("Invalid or expired stream ticket")
     user_id, session_id, ends_at = redeemed
@@ -173,7 +173,7 @@ def get_event_stream(req):
 
 def post_stream_ticket(req):
     """A ticket for EventSource: opens the event stream only, for a minute."""
-    ticket, ttl = req.ctx.events.issue_ticket(req.user["id"], req.claims.get("sid"), req.claims["exp"])
+    ticket, ttl = req.ctx.tokens.issue_ticket(req.user["id"], req.claims.get("sid"), req.claims["exp"])
     return success({"ticket": ticket, "expires_in": ttl}, status=201)
 
 

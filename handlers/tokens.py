@@ -7,6 +7,11 @@ checks ``typ`` (PyJWT does not) and checks expiry against the injected clock.
 Verified tokens are remembered in a small bounded cache: signature checking
 costs ~55 us, which is a large share of a cheap GET.
 
+A stream ticket (``POST /events/ticket``, for EventSource, which cannot send
+headers) is a JWT too, with header ``typ: oxc-ticket+jwt``, signed with a key
+derived from the secret, valid for a minute and only for the event stream.
+Being self-contained, it opens a stream on any process sharing the secret.
+
 A refresh token is ``<session id>.<32 random bytes, urlsafe>``; the store
 keeps only its SHA-256, in the session (the token family). Each refresh
 rotates it; the session id inside the token lets a replayed, already-rotated
@@ -14,11 +19,14 @@ token be recognised and its whole family revoked (RFC 9700, 4.14.2).
 """
 
 import hashlib
+import hmac
 import secrets
 
 import jwt
 
 ACCESS_TYPE = "at+jwt"
+TICKET_TYPE = "oxc-ticket+jwt"
+TICKET_TTL = 60  # seconds
 LEEWAY = 10  # seconds of clock skew tolerated on exp and iat
 CACHE_SIZE = 4096
 
@@ -48,6 +56,8 @@ class AccessTokens:
 
     def __init__(self, secret, lifetime, refresh_after, clock):
         self._secret = secret
+        key = secret if isinstance(secret, bytes) else secret.encode("utf-8")
+        self._ticket_key = hmac.new(key, b"oxc stream tickets", hashlib.sha256).digest()
         self.lifetime = lifetime
         self.refresh_after = refresh_after
         self._clock = clock
@@ -80,6 +90,27 @@ class AccessTokens:
         if claims["iat"] - LEEWAY > now:
             raise InvalidToken("Token is not valid yet")
         return claims
+
+    def issue_ticket(self, user_id, session_id, expires_at):
+        """A ticket that opens the event stream for a minute: (ticket, seconds it lasts)."""
+        now = int(self._clock())
+        claims = {"sub": user_id, "sid": session_id, "exp": min(now + TICKET_TTL, expires_at),
+                  "end": expires_at, "jti": secrets.token_urlsafe(8)}
+        return jwt.encode(claims, self._ticket_key, algorithm="HS256", headers={"typ": TICKET_TYPE}), TICKET_TTL
+
+    def redeem_ticket(self, ticket):
+        """(user id, session id, when the stream must end) for a valid, live ticket, or None."""
+        try:
+            decoded = jwt.decode_complete(ticket, self._ticket_key, algorithms=["HS256"],
+                                          options={"require": ["exp", "sub", "end"], "verify_exp": False})
+        except jwt.PyJWTError:
+            return None
+        claims = decoded["payload"]
+        if decoded["header"].get("typ") != TICKET_TYPE or not isinstance(claims["exp"], int) \
+                or not isinstance(claims["end"], int) or not isinstance(claims["sub"], str) \
+                or claims["exp"] < self._clock():
+            return None
+        return claims["sub"], claims.get("sid"), claims["end"]
 
     def _decode(self, token):
         try:
