@@ -22,6 +22,10 @@ def search_terms(text):
     return {term for term in WORD.findall(text.casefold()) if len(term) <= MAX_TERM}
 
 
+#: ``add_notifications(expected=...)`` left out: the mark is written whatever it was.
+UNCHECKED = object()
+
+
 class Page(NamedTuple):
     """One page of a list: ``items`` oldest first, and whether more lie beyond."""
 
@@ -292,12 +296,15 @@ class Store:
 
     # -- notifications ----------------------------------------------------------------
 
-    def add_notifications(self, notifications, push_jobs=(), max_pending=0, mark=None):
+    def add_notifications(self, notifications, push_jobs=(), max_pending=0, mark=None, expected=UNCHECKED):
         """Store notifications (each gets a ``seq``) and their push jobs in one write.
 
         Jobs are queued while fewer than ``max_pending`` wait; the rest are kept as
         dead letters. ``mark``, when given, is stored as meta ``notified_seq`` in the
-        same write. Returns (notifications, accepted jobs, refused jobs).
+        same write. With ``expected`` (a seq, or None for no mark yet) the write
+        happens only if ``notified_seq`` still holds it, else Conflict and nothing
+        is written: of several processes notifying from one mark, one wins.
+        Returns (notifications, accepted jobs, refused jobs).
         """
         raise NotImplementedError
 
@@ -351,6 +358,15 @@ class Store:
         """Pending jobs whose ``next_attempt_at`` has come, earliest first."""
         raise NotImplementedError
 
+    def claim_push_jobs(self, now, lease, limit=50):
+        """Due pending jobs, earliest first, each moved ``lease`` seconds ahead in the same write.
+
+        A claimed job is not due again until its lease ends, so of several
+        processes draining one queue only one delivers it; if that one dies,
+        the job comes due again when the lease runs out.
+        """
+        raise NotImplementedError
+
     def next_push_time(self):
         """When the earliest pending job is due, or None."""
         raise NotImplementedError
@@ -366,3 +382,14 @@ class Store:
     def dead_push_jobs(self, limit=100):
         """Jobs that gave up, newest first."""
         raise NotImplementedError
+
+    # -- real time --------------------------------------------------------------------
+
+    def event_log(self):
+        """A log of real-time events shared by every process on this store, or None.
+
+        None (the JSON store, which one process owns) keeps events in the
+        process (``handlers/hub.py``). A shared log has ``epoch``, ``append``,
+        ``after``, ``recent``, ``prune`` and ``follow``, as ``PostgresEventLog``.
+        """
+        return None

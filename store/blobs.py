@@ -46,13 +46,13 @@ class Blobs:
             raise ValueError("not a SHA-256 hex digest")
         return os.path.join(self.directory, digest[:2], digest)
 
-    def put(self, read, limit, lock=None, on_installed=None):
+    def put(self, read, limit, guard=None):
         """Store what ``read(n)`` yields, at most ``limit`` bytes; returns (digest, size, head).
 
         ``head`` is the first 4 kB, for sniffing the type. The file is renamed
-        into place while holding ``lock``, and ``on_installed(digest)`` is called
-        under it too, so an owner deleting blobs under the same lock never
-        removes one that was just written but is not referred to yet.
+        into place inside the context manager ``guard(digest)``, with which an
+        owner that deletes blobs under the same guard records the new blob as
+        pending, so that it never removes one just written but not referred to yet.
         """
         hasher = hashlib.sha256()
         size, head = 0, b""
@@ -75,17 +75,15 @@ class Blobs:
             digest = hasher.hexdigest()
             final = self.path(digest)
             os.makedirs(os.path.dirname(final), exist_ok=True)
-            with lock or contextlib.nullcontext():
+            with guard(digest) if guard else contextlib.nullcontext():
                 os.replace(temp, final)
                 fsync_directory(os.path.dirname(final))
-                if on_installed is not None:
-                    on_installed(digest)
             return digest, size, head
         finally:
             if os.path.exists(temp):
                 os.unlink(temp)
 
-    def put_bytes(self, data, lock=None, on_installed=None):
+    def put_bytes(self, data, guard=None):
         """Store ``data`` (small, e.g. a thumbnail); returns its digest."""
         view = memoryview(data)
         offset = [0]
@@ -95,7 +93,7 @@ class Blobs:
             offset[0] += len(chunk)
             return bytes(chunk)
 
-        return self.put(read, len(data), lock, on_installed)[0]
+        return self.put(read, len(data), guard)[0]
 
     def open(self, digest):
         """The blob opened for reading (binary), or None if it is gone."""

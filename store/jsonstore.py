@@ -25,6 +25,7 @@ tests); otherwise see ``journal.py`` for what reaches the disk and when.
 
 import bisect
 import collections
+import contextlib
 import heapq
 import itertools
 import logging
@@ -32,7 +33,7 @@ import os
 import threading
 import time
 
-from .base import Page, Store, search_terms
+from .base import UNCHECKED, Page, Store, search_terms
 from .errors import Conflict, StoreUnavailable
 from .blobs import Blobs
 from .journal import SNAPSHOT, Journal
@@ -630,8 +631,11 @@ class JsonStore(Store):
                 if self._unused(digest):
                     self.blobs.delete(digest)
 
-    def _installed(self, digest):
-        self._pending_blobs[digest] += 1
+    @contextlib.contextmanager
+    def _installing(self, digest):
+        with self._lock:
+            yield
+            self._pending_blobs[digest] += 1
 
     def _claim_blobs(self, record):
         """The record now refers to its blobs: they are no longer merely pending (under the lock)."""
@@ -754,10 +758,10 @@ class JsonStore(Store):
     # -- attachments and blobs --------------------------------------------------
 
     def save_blob(self, read, limit):
-        return self.blobs.put(read, limit, self._lock, self._installed)
+        return self.blobs.put(read, limit, self._installing)
 
     def save_blob_bytes(self, data):
-        return self.blobs.put_bytes(data, self._lock, self._installed)
+        return self.blobs.put_bytes(data, self._installing)
 
     def open_blob(self, digest):
         return self.blobs.open(digest)
@@ -834,10 +838,12 @@ class JsonStore(Store):
 
     # -- notifications --------------------------------------------------------------------
 
-    def add_notifications(self, notifications, push_jobs=(), max_pending=0, mark=None):
+    def add_notifications(self, notifications, push_jobs=(), max_pending=0, mark=None, expected=UNCHECKED):
         if not notifications and not push_jobs and mark is None:
             return [], [], []
         with self._lock:
+            if expected is not UNCHECKED and self.get_meta("notified_seq") != expected:
+                raise Conflict("The notification mark has moved")
             records = [dict(note, seq=self._new_seq()) for note in notifications]
             room = max(0, max_pending - len(self._pending_push))
             accepted = [dict(job, status="pending") for job in push_jobs[:room]]
@@ -926,6 +932,17 @@ class JsonStore(Store):
                     break
                 due.append(self._tables["push_jobs"][job_id])
             return due
+
+    def claim_push_jobs(self, now, lease, limit=50):
+        with self._lock:
+            due = itertools.takewhile(lambda entry: entry[0] <= now, self._pending_push)
+            claimed = [dict(self._tables["push_jobs"][job_id], next_attempt_at=now + lease)
+                       for _, job_id in itertools.islice(due, limit)]
+            if not claimed:
+                return []
+            ticket = self._write([("put", "push_jobs", job["id"], job) for job in claimed])
+        self._wait(ticket)
+        return claimed
 
     def next_push_time(self):
         with self._lock:

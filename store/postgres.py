@@ -21,25 +21,29 @@ the database cannot be reached, or does not answer within the timeouts, a call
 raises ``StoreUnavailable`` (the app answers 503 with Retry-After) instead of
 hanging; the connection pool reconnects by itself when the server is back.
 Attachment bytes stay on the filesystem under ``blob_dir``, as with the JSON
-store. The schema is created and migrated at open (``migrate``), forward only.
+store; processes sharing one database share that directory too (on one
+machine, or a shared filesystem). A blob written but not yet referred to is
+pinned in ``blob_pins``, so a delete in another process never removes it.
+Real-time events live in the ``events`` table (``PostgresEventLog``). The
+schema is created and migrated at open (``migrate``), forward only.
 """
 
-import collections
 import contextlib
 import functools
 import logging
 import os
 import re
+import select
 import threading
 import time
 
 import psycopg
-from psycopg import errors
+from psycopg import errors, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Json
 from psycopg_pool import ConnectionPool
 
-from .base import Page, Store, search_terms
+from .base import UNCHECKED, Page, Store, search_terms
 from .blobs import Blobs
 from .errors import Conflict, StoreError, StoreUnavailable
 
@@ -52,6 +56,9 @@ MIGRATION_FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
 # installations in one database never wait for each other.
 SEQ_LOCK = "SELECT pg_advisory_xact_lock(3166, hashtext(current_schema()))"
 MIGRATION_LOCK = 3167
+BLOB_LOCK = "SELECT pg_advisory_xact_lock(3168, hashtext(current_schema() || ':' || %s))"
+#: Seconds a pin keeps a blob file from deletion (a pin outlives its upload only after a crash).
+PIN_LIFETIME = 3600
 
 NO_CURSOR = 2 ** 63 - 1
 
@@ -149,8 +156,24 @@ def conninfo(url, connect_timeout=5):
     # answering, where the server-side statement_timeout cannot help.
     defaults = {"connect_timeout": connect_timeout, "application_name": "oxc", "keepalives": 1,
                 "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
-                "tcp_user_timeout": 20_000}
+                "tcp_user_timeout": 10_000}
     return make_conninfo(url, **{name: value for name, value in defaults.items() if name not in given})
+
+
+def _idle_and_open(conn):
+    """The pool's check before it lends a connection: is it still open? Without a round trip.
+
+    A round trip (psycopg_pool's own check) to a host that went silent waits
+    for the TCP timeout, on top of the request's own wait. An idle connection
+    has nothing to read, so one that is readable was closed by the server
+    (a restart, a terminated backend) or broke; the pool then replaces it.
+    """
+    if conn.closed or conn.broken:
+        raise psycopg.OperationalError("the connection is closed")
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    if readable:
+        conn.close()  # so that the pool discards it rather than lending it again
+        raise psycopg.OperationalError("the server closed the connection")
 
 
 def _connect(url, connect_timeout=5):
@@ -265,17 +288,14 @@ class PostgresStore(Store):
                 raise StoreUnavailable(f"the database failed while migrating: {_reason(exc)}") from exc
         self._pool = ConnectionPool(
             conninfo(url, connect_timeout), min_size=min(2, pool_size), max_size=pool_size,
-            kwargs={"autocommit": True}, configure=self._configure, check=ConnectionPool.check_connection,
+            kwargs={"autocommit": True}, configure=self._configure, check=_idle_and_open,
             timeout=timeout, reconnect_timeout=max(10.0, 2 * timeout), name="oxc", open=False)
         self._pool.open(wait=False)
         # Unlike the JSON store, no sweep of unreferenced blob files at open: the
         # directory may be shared with another process, or still hold a JSON
         # store's bytes that ``oxc migrate-store`` has yet to bring over.
         self.blobs = Blobs(blob_dir)
-        # Blobs written but not yet referred to by a committed attachment (in
-        # this process), so a concurrent delete of an older copy keeps them.
-        self._blob_lock = threading.Lock()
-        self._pending_blobs = collections.Counter()
+        self._events = None
 
     def _configure(self, conn):
         conn.execute("SELECT set_config('statement_timeout', %s, false), "
@@ -418,28 +438,32 @@ class PostgresStore(Store):
     def _unlink(self, digests):
         # Only after the commit: a crash in between leaves an orphan file
         # (wasted space), never a record without its bytes. Checked again
-        # under the blob lock: the same bytes may have been uploaded anew.
-        if not digests:
-            return
-        with self._blob_lock:
-            unused = [digest for digest in digests if not self._pending_blobs[digest]]
-            if unused:
-                with self._cursor() as cur:
-                    unused = [row[0] for row in self._execute(cur, ORPHANS, (unused,)).fetchall()]
-            for digest in unused:
-                self.blobs.delete(digest)
+        # under the digest's lock: the same bytes may have been uploaded anew,
+        # here or in another process, and be pinned.
+        for digest in digests:
+            def work(cur, digest=digest):
+                self._execute(cur, BLOB_LOCK, (digest,))
+                pinned = self._execute(cur, "SELECT 1 FROM blob_pins WHERE digest = %s AND created_at > %s LIMIT 1",
+                                       (digest, time.time() - PIN_LIFETIME)).fetchone()
+                if not pinned and self._execute(cur, ORPHANS, ([digest],)).fetchone():
+                    self.blobs.delete(digest)  # under the lock, before the commit releases it
+                self._execute(cur, "DELETE FROM blob_pins WHERE digest = %s AND created_at <= %s",
+                              (digest, time.time() - PIN_LIFETIME))
+            self._write(work)
 
-    def _installed(self, digest):
-        self._pending_blobs[digest] += 1
+    @contextlib.contextmanager
+    def _pinning(self, digest):
+        """Install the blob ``digest`` (the body of the with) and pin it, under the digest's lock."""
+        with self._cursor() as cur, cur.connection.transaction():
+            self._execute(cur, BLOB_LOCK, (digest,))
+            yield
+            self._execute(cur, "INSERT INTO blob_pins (digest, created_at) VALUES (%s, %s)", (digest, time.time()))
 
-    def _claim_blobs(self, record):
-        """After the commit of ``record``: its blobs are referred to, no longer merely pending."""
-        with self._blob_lock:
-            for digest in filter(None, (record.get("sha256"), record.get("thumbnail_sha256"))):
-                if self._pending_blobs[digest] > 0:
-                    self._pending_blobs[digest] -= 1
-                if not self._pending_blobs[digest]:
-                    del self._pending_blobs[digest]
+    def _unpin(self, cur, record):
+        """In the transaction that commits ``record``: its blobs are referred to, no longer merely pinned."""
+        for digest in filter(None, (record.get("sha256"), record.get("thumbnail_sha256"))):
+            self._execute(cur, "DELETE FROM blob_pins WHERE id = "
+                               "(SELECT id FROM blob_pins WHERE digest = %s ORDER BY created_at LIMIT 1)", (digest,))
 
     # -- pages ---------------------------------------------------------------------
 
@@ -820,17 +844,19 @@ class PostgresStore(Store):
     # -- attachments and blobs ----------------------------------------------------------------------
 
     def save_blob(self, read, limit):
-        return self.blobs.put(read, limit, self._blob_lock, self._installed)
+        return self.blobs.put(read, limit, self._pinning)
 
     def save_blob_bytes(self, data):
-        return self.blobs.put_bytes(data, self._blob_lock, self._installed)
+        return self.blobs.put_bytes(data, self._pinning)
 
     def open_blob(self, digest):
         return self.blobs.open(digest)
 
     def add_attachment(self, attachment):
-        self._write(lambda cur: self._put(cur, "attachments", attachment))
-        self._claim_blobs(attachment)
+        def work(cur):
+            self._put(cur, "attachments", attachment)
+            self._unpin(cur, attachment)
+        self._write(work)
         return attachment
 
     @_absent_if_nul(lambda: None)
@@ -838,9 +864,12 @@ class PostgresStore(Store):
         return self._record("SELECT data FROM attachments WHERE id = %s", (attachment_id,))
 
     def update_attachment(self, attachment_id, changes):
-        record = self._change("attachments", attachment_id, changes)
-        self._claim_blobs({"thumbnail_sha256": changes.get("thumbnail_sha256")})
-        return record
+        def work(cur):
+            record = dict(self._locked(cur, "attachments", attachment_id), **changes)
+            self._put(cur, "attachments", record)
+            self._unpin(cur, {"thumbnail_sha256": changes.get("thumbnail_sha256")})
+            return record
+        return self._write(work)
 
     @_absent_if_nul(lambda: False)
     def delete_attachment(self, attachment_id):
@@ -889,12 +918,16 @@ class PostgresStore(Store):
 
     # -- notifications ---------------------------------------------------------------------------------------
 
-    def add_notifications(self, notifications, push_jobs=(), max_pending=0, mark=None):
+    def add_notifications(self, notifications, push_jobs=(), max_pending=0, mark=None, expected=UNCHECKED):
         if not notifications and not push_jobs and mark is None:
             return [], [], []
         push_jobs = list(push_jobs)
 
         def work(cur):
+            if expected is not UNCHECKED:  # under the seq lock, which every writer of the mark holds
+                row = self._execute(cur, "SELECT value FROM meta WHERE key = 'notified_seq'").fetchone()
+                if (row[0] if row else None) != expected:
+                    raise Conflict("The notification mark has moved")
             seqs = self._seqs(cur, len(notifications))
             records = [dict(note, seq=seq) for note, seq in zip(notifications, seqs)]
             pending = self._execute(cur, "SELECT count(*) FROM push_jobs WHERE status = 'pending'").fetchone()[0]
@@ -984,6 +1017,17 @@ class PostgresStore(Store):
             "SELECT data FROM push_jobs WHERE status = 'pending' AND next_attempt_at <= %s "
             "ORDER BY next_attempt_at, id LIMIT %s", (now, limit))]
 
+    def claim_push_jobs(self, now, lease, limit=50):
+        def work(cur):
+            # SKIP LOCKED: a job another process is claiming right now is left to it.
+            due = [row[0] for row in self._execute(
+                cur, "SELECT data FROM push_jobs WHERE status = 'pending' AND next_attempt_at <= %s "
+                     "ORDER BY next_attempt_at, id LIMIT %s FOR UPDATE SKIP LOCKED", (now, limit)).fetchall()]
+            claimed = [dict(job, next_attempt_at=now + lease) for job in due]
+            self._put_many(cur, "push_jobs", claimed)
+            return claimed
+        return self._write(work)
+
     def next_push_time(self):
         job = self._record("SELECT data FROM push_jobs WHERE status = 'pending' "
                            "ORDER BY next_attempt_at, id LIMIT 1")
@@ -1000,6 +1044,13 @@ class PostgresStore(Store):
         return [row[0] for row in self._rows(
             "SELECT data FROM push_jobs WHERE status = 'dead' ORDER BY created_at DESC, position LIMIT %s",
             (limit,))]
+
+    # -- real time -------------------------------------------------------------------------------------
+
+    def event_log(self):
+        if self._events is None:
+            self._events = PostgresEventLog(self)
+        return self._events
 
     # -- moving whole stores (``oxc migrate-store``) ---------------------------------------------------
 
@@ -1077,3 +1128,70 @@ def _conflict_message(exc):
     if "username" in constraint:
         return "Username already exists"
     return "Already exists"
+
+
+class PostgresEventLog:
+    """The real-time event log in the ``events`` table, shared by every process on the database.
+
+    ``append`` takes the next id under the row lock of ``event_log`` and
+    announces it with NOTIFY in the same transaction; ``follow`` (one thread
+    per process) LISTENs and calls ``wake`` on every announcement, and at
+    least once a second in case one was missed while reconnecting. A row is
+    ``(id, type, data, audience, chat_id, at)``.
+    """
+
+    COLUMNS = "id, type, data, audience, chat_id, at"
+
+    def __init__(self, store):
+        self._store = store
+        rows = store._rows("SELECT epoch, current_schema() FROM event_log")
+        self.epoch, schema = rows[0]
+        self.channel = f"oxc_events_{schema}"[:63]
+
+    def append(self, type, data, audience, chat_id, at):
+        """Add an event; its id once committed."""
+        def work(cur):
+            event_id = cur.execute("UPDATE event_log SET last_id = last_id + 1 RETURNING last_id").fetchone()[0]
+            cur.execute(f"INSERT INTO events ({self.COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
+                        (event_id, type, Json(data), None if audience is None else sorted(audience), chat_id, at))
+            cur.execute("SELECT pg_notify(%s, %s)", (self.channel, str(event_id)))
+            return event_id
+        # Events are not records: one lost in a crash is one a listener did not get either.
+        return self._store._write(work, durable=False)
+
+    def newest(self):
+        """The id of the newest event (0: none yet)."""
+        return self._store._rows("SELECT last_id FROM event_log")[0][0]
+
+    def after(self, event_id, limit):
+        """Rows with ids above ``event_id``, oldest first."""
+        return self._store._rows(f"SELECT {self.COLUMNS} FROM events WHERE id > %s ORDER BY id LIMIT %s",
+                                 (event_id, limit))
+
+    def recent(self, limit):
+        """The newest ``limit`` rows, oldest first."""
+        return self._store._rows(f"SELECT * FROM (SELECT {self.COLUMNS} FROM events ORDER BY id DESC LIMIT %s) "
+                                 "AS newest ORDER BY id", (limit,))
+
+    def prune(self, keep):
+        """Drop all but the newest ``keep`` events; returns how many went."""
+        def work(cur):
+            return cur.execute("DELETE FROM events WHERE id <= (SELECT last_id FROM event_log) - %s",
+                               (keep,)).rowcount
+        return self._store._write(work, durable=False)
+
+    def follow(self, wake, stopped):
+        """Call ``wake()`` whenever events are appended, until ``stopped()``; reconnects by itself."""
+        while not stopped():
+            try:
+                with _connect(self._store.url) as conn:
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                    wake()  # whatever came while not listening
+                    while not stopped():
+                        for _ in conn.notifies(timeout=1.0):
+                            break
+                        wake()
+            except (psycopg.Error, StoreError) as exc:
+                if not stopped():
+                    log.warning("events: following the event log failed, retrying: %s", _reason(exc))
+                    time.sleep(1.0)

@@ -280,6 +280,7 @@ def test_an_outage_is_store_unavailable_within_the_timeout_and_the_store_recover
         store.close()
 
 
+@pytest.mark.backends("postgres")
 def test_during_an_outage_the_app_answers_503_with_retry_after_and_recovers(proxy, make_client):
     running, url = proxy
     client = make_client(store_url=url)
@@ -306,16 +307,22 @@ def test_during_an_outage_the_app_answers_503_with_retry_after_and_recovers(prox
 # ---- migrations -------------------------------------------------------------------------------
 
 
+#: (version, name) of every migration file oxc ships, in order.
+SHIPPED = [(version, name) for version, name, _ in postgres.migration_files()]
+NEWEST = SHIPPED[-1][0]
+
+
 def test_opening_migrates_once_and_again_is_a_no_op(schema, tmp_path):
     url = schema[0]
-    assert postgres.current_version(url) == (0, 1)
+    assert SHIPPED[:2] == [(1, "initial"), (2, "scale_out")]
+    assert postgres.current_version(url) == (0, NEWEST)
     open_store(tmp_path / "data", url=url).close()
-    assert postgres.current_version(url) == (1, 1)
+    assert postgres.current_version(url) == (NEWEST, NEWEST)
     assert postgres.migrate(url) == []
     open_store(tmp_path / "data", url=url).close()
     with admin_connection() as conn:
-        rows = conn.execute(f'SELECT version, name FROM "{schema[1]}".schema_migrations').fetchall()
-    assert rows == [(1, "initial")]
+        rows = conn.execute(f'SELECT version, name FROM "{schema[1]}".schema_migrations ORDER BY version').fetchall()
+    assert rows == SHIPPED
 
 
 def test_later_migration_files_apply_in_order_and_a_newer_schema_is_refused(schema, tmp_path):
@@ -366,7 +373,7 @@ def test_two_processes_starting_at_once_migrate_once(schema, tmp_path):
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(map(repr, outcomes)) == sorted(map(repr, [[(1, "initial")], [], [], []]))
+    assert sorted(map(repr, outcomes)) == sorted(map(repr, [SHIPPED, [], [], []]))
 
 
 def test_oxc_migrate_shows_and_applies_the_schema_version(schema, tmp_path):
@@ -375,12 +382,13 @@ def test_oxc_migrate_shows_and_applies_the_schema_version(schema, tmp_path):
     shown = subprocess.run([*run, "migrate", "--show"], env=env, capture_output=True, text=True, timeout=60,
                            cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
-    assert "schema version 0 (this oxc's newest: 1)" in shown.stdout
+    assert f"schema version 0 (this oxc's newest: {NEWEST})" in shown.stdout
     applied = subprocess.run([*run, "migrate"], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert applied.returncode == 0, applied.stderr
-    assert "applied 0001_initial" in applied.stdout and "schema version 1" in applied.stdout
+    assert "applied 0001_initial" in applied.stdout and "applied 0002_scale_out" in applied.stdout
+    assert f"schema version {NEWEST}" in applied.stdout
     again = subprocess.run([*run, "migrate"], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    assert "applied" not in again.stdout and "schema version 1" in again.stdout
+    assert "applied" not in again.stdout and f"schema version {NEWEST}" in again.stdout
 
 
 # ---- moving a store -----------------------------------------------------------------------------

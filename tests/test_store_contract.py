@@ -944,6 +944,19 @@ def test_add_notifications_assigns_seqs_and_stores_the_mark_in_the_same_write(st
     assert store.get_meta("unknown") is None and store.get_notification("nope") is None
 
 
+def test_a_mark_expected_elsewhere_refuses_the_whole_write(store):
+    store.add_notifications([], mark=10, expected=None)
+    with pytest.raises(Conflict):
+        store.add_notifications([note("n1")], [job("j1", 1.0)], max_pending=5, mark=20, expected=None)
+    with pytest.raises(Conflict):
+        store.add_notifications([note("n2")], mark=20, expected=15)
+    assert store.get_meta("notified_seq") == 10
+    assert store.get_notification("n1") is None and store.get_notification("n2") is None
+    assert store.due_push_jobs(100.0) == []
+    notes, _, _ = store.add_notifications([note("n3")], mark=20, expected=10)
+    assert store.get_meta("notified_seq") == 20 and store.get_notification("n3") == notes[0]
+
+
 def test_push_jobs_are_queued_up_to_max_pending_and_the_rest_are_dead_letters(store):
     _, accepted, refused = store.add_notifications(
         [note("n1")], [job("j1", 10.0), job("j2", 11.0), job("j3", 12.0)], max_pending=2)
@@ -1006,6 +1019,17 @@ def test_due_push_jobs_come_earliest_first_and_follow_updates(store):
     assert [j["id"] for j in store.due_push_jobs(100.0)] == ["j4", "j3", "j1", "j2"]
     assert store.delete_push_job("j4") is True and store.delete_push_job("j4") is False
     assert store.next_push_time() == 20.0
+
+
+def test_claimed_push_jobs_are_not_due_again_until_their_lease_ends(store):
+    store.add_notifications([], [job("j1", 10.0), job("j2", 20.0), job("j3", 50.0)], max_pending=10)
+    claimed = store.claim_push_jobs(25.0, lease=10.0)
+    assert [(j["id"], j["next_attempt_at"]) for j in claimed] == [("j1", 35.0), ("j2", 35.0)]
+    assert store.claim_push_jobs(30.0, lease=10.0) == []
+    assert [j["id"] for j in store.due_push_jobs(30.0)] == []
+    assert [j["id"] for j in store.claim_push_jobs(36.0, lease=10.0, limit=1)] == ["j1"]
+    assert store.next_push_time() == 35.0
+    assert [j["id"] for j in store.claim_push_jobs(60.0, lease=10.0)] == ["j2", "j1", "j3"]  # 35, 46, 50
 
 
 def test_dead_push_jobs_leave_the_queue_and_are_listed_newest_first(store):
