@@ -1,11 +1,16 @@
-"""The real-time core: one event log per process that every listener waits on.
+"""The real-time core: the event log that every listener waits on.
 
 Handlers ``publish`` an event with its audience once their write is durable.
 Listeners (long-poll requests and SSE streams) ``wait`` for events after their
-cursor. A cursor is ``<run>-<seq>``: ``run`` is random per process start, so a
-cursor from an earlier run is recognised, as is one older than the events
-still kept (the last ``capacity``); both raise ``CursorGone`` and the client
-resyncs through the list endpoints.
+cursor. A cursor is ``<run>-<seq>``. With the JSON store the log lives in the
+process and ``run`` is random per process start, so a cursor from an earlier
+run is recognised. With a store that shares its log (PostgreSQL, see
+``Store.event_log``) every process appends to the one log and keeps a copy of
+its newest ``capacity`` events, filled by a thread that follows the log;
+``run`` is the log's epoch and ``seq`` its event id, so a cursor resumes on
+whichever process a client reconnects to. A cursor from another run, or older
+than the events still kept (the last ``capacity``), raises ``CursorGone`` and
+the client resyncs through the list endpoints.
 
 Who sees an event is decided twice: its audience (a set of user ids, or
 everyone) is fixed when it is published, and events about a chat are checked
@@ -18,7 +23,10 @@ Retry-After), leaving threads for the requests that publish. A listener also
 makes its user "online"; when the last one of a user has been gone for
 ``offline_after`` seconds, the user is "offline" and ``last_seen`` is written.
 Typing notices expire by themselves after ``typing_ttl`` seconds. One daemon
-thread (started on first use) runs both timers.
+thread (started on first use) runs both timers. Presence and typing are kept
+per process: with several processes, a user listening on two of them is
+announced online by each, and typing notices are best kept on one process by
+routing a user's requests to it.
 """
 
 import collections
@@ -58,19 +66,26 @@ class Event:
         self.at = at
 
 
+def _from_row(row):
+    """An Event from a shared log's row (id, type, data, audience, chat_id, at)."""
+    event_id, type, data, audience, chat_id, at = row
+    return Event(event_id, type, data, None if audience is None else frozenset(audience), chat_id, at)
+
+
 class Hub:
-    """Publish events, wait for them, and track presence, typing and tickets."""
+    """Publish events, wait for them, and track presence and typing."""
+
+    PULL = 500  # events read from a shared log per query
+    PRUNE_EVERY = 60.0  # seconds
 
     def __init__(self, store, clock=time.time, capacity=10_000, max_listeners=100,
-                 typing_ttl=6.0, offline_after=10.0, ticket_ttl=60):
+                 typing_ttl=6.0, offline_after=10.0):
         self.store = store
         self.clock = clock
-        self.run = secrets.token_hex(4)
         self.capacity = capacity
         self.max_listeners = max_listeners
         self.typing_ttl = typing_ttl
         self.offline_after = offline_after
-        self.ticket_ttl = ticket_ttl
         self._events = collections.deque(maxlen=capacity)
         self._seq = 0
         self._changed = threading.Condition()
@@ -78,10 +93,20 @@ class Hub:
         self._listening = collections.Counter()
         self._going_offline = {}
         self._typing = {}
-        self._tickets = {}
         self._timer = None
         self._closed = False
         self._subscribers = []
+        self._shared = store.event_log()
+        self._pull_lock = threading.Lock()
+        self._follower = None
+        self._pruned_at = time.monotonic()
+        if self._shared is None:
+            self.run = secrets.token_hex(4)
+        else:
+            self.run = self._shared.epoch
+            self._seq = self._shared.newest()
+            self._events.extend(map(_from_row, self._shared.recent(capacity)))
+            self._seq = max(self._seq, self._events[-1].seq if self._events else 0)
 
     @property
     def closed(self):
@@ -96,11 +121,17 @@ class Hub:
     def position(self, cursor):
         """The seq a cursor stands for; CursorGone if it cannot be resumed."""
         if cursor is None or cursor == "":
+            if self._shared is not None:
+                self._pull()  # "now" is the shared log's newest, not what this process last copied
             return self._seq
         run, _, seq = cursor.rpartition("-")
-        if run != self.run or not (seq.isascii() and seq.isdigit()) or int(seq) > self._seq:
+        if run != self.run or not (seq.isascii() and seq.isdigit()):
             raise CursorGone("This cursor is from an earlier run of the server; resync and start again")
         seq = int(seq)
+        if seq > self._seq and self._shared is not None:
+            self._pull()  # a cursor handed out by another process a moment ago
+        if seq > self._seq:
+            raise CursorGone("This cursor is from an earlier run of the server; resync and start again")
         with self._changed:
             oldest = self._events[0].seq if self._events else self._seq + 1
         if seq < oldest - 1:
@@ -114,16 +145,56 @@ class Hub:
         self._subscribers.append(callback)
 
     def publish(self, type, data, audience=EVERYONE, chat_id=None):
-        """Add an event for ``audience`` (user ids; None: everyone) and wake listeners."""
-        with self._changed:
-            self._seq += 1
-            event = Event(self._seq, type, data, None if audience is None else frozenset(audience),
-                          chat_id, self.clock())
-            self._events.append(event)
-            self._changed.notify_all()
+        """Add an event for ``audience`` (user ids; None: everyone) and wake listeners.
+
+        Subscribers hear the events published in this process only.
+        """
+        audience = None if audience is None else frozenset(audience)
+        if self._shared is None:
+            with self._changed:
+                self._seq += 1
+                event = Event(self._seq, type, data, audience, chat_id, self.clock())
+                self._events.append(event)
+                self._changed.notify_all()
+        else:
+            at = self.clock()
+            event = Event(self._shared.append(type, data, audience, chat_id, at), type, data, audience, chat_id, at)
+            self._start_follower()
+            self._pull()  # so that this process's listeners have it at once
         for callback in self._subscribers:
             callback(event)
         return event
+
+    def _pull(self):
+        """Copy the shared log's new events into this process and wake listeners."""
+        with self._pull_lock:
+            while True:
+                rows = self._shared.after(self._seq, self.PULL)
+                if rows:
+                    with self._changed:
+                        if rows[0][0] != self._seq + 1:
+                            self._events.clear()  # pruned while this process lagged: cursors before are gone
+                        self._events.extend(map(_from_row, rows))
+                        self._seq = rows[-1][0]
+                        self._changed.notify_all()
+                if len(rows) < self.PULL:
+                    return
+
+    def _start_follower(self):
+        if self._shared is not None and self._follower is None:
+            with self._pull_lock:
+                if self._follower is None:
+                    self._follower = threading.Thread(target=self._follow, name="oxc-events-follow", daemon=True)
+                    self._follower.start()
+
+    def _follow(self):
+        def wake():
+            try:
+                self._pull()
+            except StoreError as exc:
+                if not self._closed:
+                    log.warning("events: could not read the shared event log: %s", exc)
+        self._shared.follow(wake, lambda: self._closed)
 
     def chat_audience(self, chat_id):
         """The user ids of a chat's members now."""
@@ -178,6 +249,7 @@ class Hub:
         if self._slots is not None and not self._slots.acquire(blocking=False):
             raise Busy()
         self._start_timer()
+        self._start_follower()
         with self._changed:
             self._listening[user_id] += 1
             came_online = self._listening[user_id] == 1 and self._going_offline.pop(user_id, None) is None
@@ -216,24 +288,6 @@ class Hub:
                      {"chat_id": chat_id, "user_id": user_id, "username": username},
                      self.chat_audience(chat_id), chat_id=chat_id)
 
-    # -- stream tickets -------------------------------------------------------------
-
-    def issue_ticket(self, user_id, session_id, expires_at):
-        """A short-lived ticket that can only open an event stream (for EventSource)."""
-        ticket = secrets.token_urlsafe(24)
-        now = self.clock()
-        with self._changed:
-            self._tickets = {k: v for k, v in self._tickets.items() if v[2] > now}
-            self._tickets[ticket] = (user_id, session_id, min(now + self.ticket_ttl, expires_at), expires_at)
-        return ticket, self.ticket_ttl
-
-    def redeem_ticket(self, ticket):
-        """(user_id, session_id, stream end) for a live ticket, or None."""
-        entry = self._tickets.get(ticket)
-        if entry is None or entry[2] < self.clock():
-            return None
-        return entry[0], entry[1], entry[3]
-
     # -- timers -----------------------------------------------------------------------
 
     def _start_timer(self):
@@ -248,6 +302,9 @@ class Hub:
             time.sleep(0.25)
             try:
                 self.expire()
+                if self._shared is not None and time.monotonic() - self._pruned_at > self.PRUNE_EVERY:
+                    self._pruned_at = time.monotonic()
+                    self._shared.prune(self.capacity)
             except Exception:
                 log.exception("events: expiring typing and presence failed")
 

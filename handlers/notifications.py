@@ -22,6 +22,8 @@ import time
 import urllib.parse
 import uuid
 
+from store import Conflict
+
 from . import views
 from .fields import limit as read_limit
 from .fields import text
@@ -59,8 +61,11 @@ class Notifier:
         store = ctx.store
         if store.get_meta("notified_seq") is None:
             # A new store, or one from before notifications: history notifies nobody.
-            store.add_notifications([], mark=store.latest_seq())
-        elif self.pending():
+            try:
+                store.add_notifications([], mark=store.latest_seq(), expected=None)
+            except Conflict:
+                pass  # another process set it first
+        if self.pending():
             self._start()
 
     def __call__(self, event):
@@ -102,16 +107,25 @@ class Notifier:
             self._wake.clear()
 
     def catch_up(self):
-        """Make the notifications of every chat message after the mark, in batches."""
+        """Make the notifications of every chat message after the mark, in batches.
+
+        Several processes on one store may each run a notifier: a batch is
+        stored only if the mark has not moved since it was read, so one of
+        them makes each notification and the others go on from the new mark.
+        """
         store = self.ctx.store
         while not self._stop:
-            messages = store.chat_messages_after(store.get_meta("notified_seq") or 0, self.BATCH)
+            mark = store.get_meta("notified_seq")
+            messages = store.chat_messages_after(mark or 0, self.BATCH)
             if not messages:
                 return
             notes = []
             for message in messages:
                 notes += self._message_notes(message)
-            self._deliver(notes, mark=messages[-1]["seq"])
+            try:
+                self._deliver(notes, mark=messages[-1]["seq"], expected=mark)
+            except Conflict:
+                continue  # another process stored this batch first
 
     def close(self):
         """Stop the thread; what it had not reached is picked up at the next start."""
@@ -167,11 +181,11 @@ class Notifier:
         return [dict(common, id=f"{batch}-{number}", user_id=user_id, kind=kind)
                 for number, (user_id, kind) in enumerate(targets)]
 
-    def _deliver(self, notes, mark=None):
+    def _deliver(self, notes, **mark):
         ctx = self.ctx
         views_of = [shown(note) for note in notes]
         notes, accepted, refused = ctx.store.add_notifications(notes, self._jobs(notes, views_of),
-                                                               ctx.settings.push_queue_max, mark=mark)
+                                                               ctx.settings.push_queue_max, **mark)
         for note, view in zip(notes, views_of):
             ctx.events.publish("notification.created", view, {note["user_id"]})
         if refused:

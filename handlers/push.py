@@ -14,6 +14,9 @@ A 2xx answer removes the job. Anything else (or no answer) is retried after
 becomes a dead letter, which admins can list. Jobs live in the store, so
 nothing queued is lost across a restart; a receiver should use X-Oxc-Delivery
 to ignore the rare repeat of a delivery that succeeded just before a crash.
+Several processes on one store share the queue: each worker claims due jobs
+for twice the send timeout, so each job is sent by one of them (or again by
+another once the lease runs out, if its sender died).
 """
 
 import hashlib
@@ -21,7 +24,6 @@ import hmac
 import json
 import logging
 import threading
-import time
 import urllib.error
 import urllib.request
 
@@ -74,7 +76,8 @@ class PushWorker:
     def _run(self):
         while not self._stop:
             try:
-                for job in self.store.due_push_jobs(self.clock()):
+                # Claimed for a while, so that no other process delivers it meanwhile.
+                for job in self.store.claim_push_jobs(self.clock(), lease=2 * TIMEOUT):
                     if self._stop:
                         return
                     self._deliver(job)

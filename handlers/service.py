@@ -24,7 +24,8 @@ def get_health(req):
         "store": "ok" if healthy else "refusing writes",
         "uptime_seconds": round(ctx.clock() - ctx.started_at, 3),
         "version": ctx.version,
-        "notifications_pending": ctx.notifier.pending(),
+        # Not asked of a store that is down: the answer must come at once.
+        "notifications_pending": ctx.notifier.pending() if healthy else None,
     }
     if healthy:
         return success(data)
