@@ -1,6 +1,14 @@
-"""Shared fixtures: a fresh app per test over a temp data dir, and users in it."""
+"""Shared fixtures: a fresh app per test, and users in it.
+
+Every test that builds an app through ``make_client`` (or ``client``) runs
+once per storage backend: ``[json]`` over a temp data dir, ``[postgres]`` over
+a fresh schema of the database at OXC_TEST_POSTGRES_URL (skipped, saying why,
+without a server). A test or module about one backend's own workings says so
+with ``@pytest.mark.backends("json")``.
+"""
 
 import dataclasses
+import os
 import time
 from wsgiref.validate import validator
 
@@ -8,6 +16,7 @@ import pytest
 from webtest import TestApp
 
 from oxc_wsgi import Settings, create_app
+from pgtest import fresh_schema
 
 PASSWORD = "correct horse battery"
 
@@ -57,18 +66,41 @@ class Client(TestApp):
         return User(data["user"]["id"], username, data["access_token"], data["refresh_token"])
 
 
+BACKENDS = ("json", "postgres")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "backends(*names): run only against these storage backends")
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("backends")
+        metafunc.parametrize("backend", marker.args if marker else BACKENDS, indirect=True)
+
+
+@pytest.fixture
+def backend(request):
+    """The storage backend's settings: {} (the JSON store) or {"store_url": <fresh schema>}."""
+    if request.param == "postgres":
+        with fresh_schema() as (url, _):
+            yield {"store_url": url}
+    else:
+        yield {}
+
+
 @pytest.fixture
 def clock():
     return Clock()
 
 
 @pytest.fixture
-def make_client(tmp_path, clock):
+def make_client(tmp_path, clock, backend):
     """Build a Client over a fresh app; keyword arguments override settings."""
     made = []
 
     def make(**overrides):
-        options = dict(data_dir=tmp_path / "data", bcrypt_rounds=4)
+        options = dict(data_dir=tmp_path / "data", bcrypt_rounds=4, **backend)
         options.update(overrides)
         wsgi = create_app(Settings(), clock=clock, **options)
         made.append(wsgi)
@@ -95,3 +127,22 @@ def assert_error(response, status, contains=None):
     assert isinstance(response.json["message"], str) and response.json["message"]
     if contains is not None:
         assert contains.lower() in response.json["message"].lower(), response.json["message"]
+
+
+def stored_bytes(client, data_dir):
+    """Everything the service keeps at rest: the data directory's files and, on PostgreSQL, every row."""
+    stored = b""
+    for root, _, names in os.walk(data_dir):
+        for name in names:
+            with open(os.path.join(root, name), "rb") as f:
+                stored += f.read()
+    url = client.wsgi.core.ctx.settings.store_url
+    if url:
+        import psycopg
+        with psycopg.connect(url) as conn:
+            tables = [row[0] for row in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")]
+            for table in tables:
+                for (row,) in conn.execute(f'SELECT t::text FROM "{table}" AS t'):
+                    stored += row.encode("utf-8")
+    return stored

@@ -17,6 +17,7 @@ pytest.importorskip("cryptography", reason="oxc_e2e needs the 'cryptography' pac
 
 import oxc_e2e  # noqa: E402
 from oxc_e2e import Api, DecryptionError, Device  # noqa: E402
+from conftest import stored_bytes  # noqa: E402
 from server import Server  # noqa: E402
 
 SECRET = "the eagle lands at noon \N{EAGLE}"
@@ -68,7 +69,7 @@ def test_members_read_each_others_encrypted_messages_on_every_device(client, wor
     assert apis["alice"].read(reply, devices["alice"][0]) == "copy that"
 
 
-def test_the_data_directory_holds_no_plaintext_and_no_private_key(client, world, tmp_path):
+def test_nothing_stored_holds_plaintext_or_a_private_key(client, world, tmp_path):
     users, apis, devices, chat = world
     apis["alice"].send(chat["id"], SECRET, devices["alice"][0])
     apis["carol"].send(chat["id"], "second secret, in reply", devices["carol"][0])
@@ -76,11 +77,7 @@ def test_the_data_directory_holds_no_plaintext_and_no_private_key(client, world,
     private = [base64.b64decode(value) for owned in devices.values() for device in owned
                for name, value in device.private_bytes().items() if name in ("x25519", "ed25519", "rsa")]
     needles = [SECRET.encode(), b"eagle", b"second secret"] + private + [base64.b64encode(p) for p in private]
-    stored = b""
-    for root, _, names in os.walk(tmp_path / "data"):
-        for name in names:
-            with open(os.path.join(root, name), "rb") as f:
-                stored += f.read()
+    stored = stored_bytes(client, tmp_path / "data")
     assert b"sender_key_id" in stored  # the envelopes are there...
     for needle in needles:  # ...and nothing they hide
         assert needle not in stored and needle not in answer
