@@ -76,7 +76,6 @@ class Hub:
     """Publish events, wait for them, and track presence and typing."""
 
     PULL = 500  # events read from a shared log per query
-    PRUNE_EVERY = 60.0  # seconds
 
     def __init__(self, store, clock=time.time, capacity=10_000, max_listeners=100,
                  typing_ttl=6.0, offline_after=10.0):
@@ -99,7 +98,6 @@ class Hub:
         self._shared = store.event_log()
         self._pull_lock = threading.Lock()
         self._follower = None
-        self._pruned_at = time.monotonic()
         if self._shared is None:
             self.run = secrets.token_hex(4)
         else:
@@ -161,6 +159,8 @@ class Hub:
             event = Event(self._shared.append(type, data, audience, chat_id, at), type, data, audience, chat_id, at)
             self._start_follower()
             self._pull()  # so that this process's listeners have it at once
+            if event.seq % self.capacity == 0:
+                self._shared.prune(self.capacity)  # the log stays bounded though no one listens
         for callback in self._subscribers:
             callback(event)
         return event
@@ -302,9 +302,6 @@ class Hub:
             time.sleep(0.25)
             try:
                 self.expire()
-                if self._shared is not None and time.monotonic() - self._pruned_at > self.PRUNE_EVERY:
-                    self._pruned_at = time.monotonic()
-                    self._shared.prune(self.capacity)
             except Exception:
                 log.exception("events: expiring typing and presence failed")
 

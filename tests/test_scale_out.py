@@ -16,6 +16,7 @@ import time
 import pytest
 
 from store import open_store
+from conftest import assert_error
 from test_events import open_stream, poll
 from test_notifications import Receiver
 from server import wait_until
@@ -150,3 +151,20 @@ def test_bytes_uploaded_in_one_process_survive_a_delete_of_their_last_copy_in_an
     finally:
         first.close()
         second.close()
+
+
+def test_the_shared_log_keeps_the_newest_events_and_an_older_cursor_is_gone_everywhere(make_client):
+    first = make_client(events_kept=10)
+    alice, bob = first.user("alice"), first.user("bob")
+    chat_id = group(first, alice, bob)
+    old = poll(first, bob).json["next"]
+    for number in range(25):
+        first.post_json(f"/api/chats/{chat_id}/messages", {"content": f"m{number}"}, headers=alice.headers)
+    recent = poll(first, bob).json["next"]
+    later = make_client(events_kept=10)  # a process started after the log was pruned
+    for app in (first, later):
+        assert_error(poll(app, bob, since=old, status=410), 410, "resync")
+    first.post_json(f"/api/chats/{chat_id}/messages", {"content": "newest"}, headers=alice.headers)
+    for app in (first, later):
+        events = poll(app, bob, since=recent).json["events"]
+        assert [e["data"]["content"] for e in events if e["type"] == "chat.message.created"] == ["newest"]
