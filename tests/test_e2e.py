@@ -8,7 +8,6 @@ key. Needs the ``cryptography`` package (the ``e2e`` extra).
 
 import base64
 import copy
-import os
 import sys
 
 import pytest
