@@ -1,7 +1,7 @@
 """Real-time delivery over plain HTTP: long-poll, Server-Sent Events, typing.
 
-Both ways read the same per-process log (``hub.py``) with the same cursor, so
-a client may switch between them. An event on the wire::
+Both ways read the same log (``hub.py``: in the process, or shared by every
+process on PostgreSQL) with the same cursor, so a client may switch between them. An event on the wire::
 
     {"id": "<cursor>", "type": "chat.message.created", "at": "...", "data": {...}}
 
