@@ -101,28 +101,30 @@ class AccessTokens:
     def redeem_ticket(self, ticket):
         """(user id, session id, when the stream must end) for a valid, live ticket, or None."""
         try:
-            decoded = jwt.decode_complete(ticket, self._ticket_key, algorithms=["HS256"],
-                                          options={"require": ["exp", "sub", "end"], "verify_exp": False})
-        except jwt.PyJWTError:
+            claims = _claims(ticket, self._ticket_key, TICKET_TYPE, ("exp", "end"))
+        except InvalidToken:
             return None
-        claims = decoded["payload"]
-        if decoded["header"].get("typ") != TICKET_TYPE or not isinstance(claims["exp"], int) \
-                or not isinstance(claims["end"], int) or not isinstance(claims["sub"], str) \
-                or claims["exp"] < self._clock():
+        if claims["exp"] < self._clock():
             return None
         return claims["sub"], claims.get("sid"), claims["end"]
 
     def _decode(self, token):
-        try:
-            decoded = jwt.decode_complete(
-                token, self._secret, algorithms=["HS256"],
-                options={"require": ["exp", "iat", "sub"], "verify_exp": False, "verify_iat": False})
-        except jwt.PyJWTError:
-            raise InvalidToken("Invalid token") from None
-        claims = decoded["payload"]
-        if decoded["header"].get("typ") != ACCESS_TYPE:
-            raise InvalidToken("Invalid token")
-        if not all(isinstance(claims.get(name), int) for name in ("exp", "iat")) or \
-                not isinstance(claims.get("sub"), str):
-            raise InvalidToken("Invalid token")
-        return claims
+        return _claims(token, self._secret, ACCESS_TYPE, ("exp", "iat"))
+
+
+def _claims(token, key, kind, times):
+    """The claims of an HS256 JWT of header ``typ`` ``kind``, with integer ``times`` and a string ``sub``.
+
+    Expiry is left to the caller (it has the injected clock); InvalidToken otherwise.
+    """
+    try:
+        decoded = jwt.decode_complete(token, key, algorithms=["HS256"],
+                                      options={"require": [*times, "sub"], "verify_exp": False,
+                                               "verify_iat": False})
+    except jwt.PyJWTError:
+        raise InvalidToken("Invalid token") from None
+    claims = decoded["payload"]
+    if decoded["header"].get("typ") != kind or not isinstance(claims.get("sub"), str) or \
+            not all(isinstance(claims.get(name), int) for name in times):
+        raise InvalidToken("Invalid token")
+    return claims
