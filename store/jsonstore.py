@@ -924,20 +924,18 @@ class JsonStore(Store):
         self._wait(ticket)
         return True
 
+    def _due(self, now, limit):
+        """Pending jobs due at ``now``, earliest first, at most ``limit`` (under the lock)."""
+        due = itertools.takewhile(lambda entry: entry[0] <= now, self._pending_push)
+        return [self._tables["push_jobs"][job_id] for _, job_id in itertools.islice(due, limit)]
+
     def due_push_jobs(self, now, limit=50):
         with self._lock:
-            due = []
-            for when, job_id in self._pending_push:
-                if when > now or len(due) >= limit:
-                    break
-                due.append(self._tables["push_jobs"][job_id])
-            return due
+            return self._due(now, limit)
 
     def claim_push_jobs(self, now, lease, limit=50):
         with self._lock:
-            due = itertools.takewhile(lambda entry: entry[0] <= now, self._pending_push)
-            claimed = [dict(self._tables["push_jobs"][job_id], next_attempt_at=now + lease)
-                       for _, job_id in itertools.islice(due, limit)]
+            claimed = [dict(job, next_attempt_at=now + lease) for job in self._due(now, limit)]
             if not claimed:
                 return []
             ticket = self._write([("put", "push_jobs", job["id"], job) for job in claimed])
