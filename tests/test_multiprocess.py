@@ -17,6 +17,7 @@ import pytest
 
 from oxc_client import Client
 from server import ROOT, Server, wait_until
+from test_crash import Ledger, write_messages
 
 pytestmark = pytest.mark.backends("postgres")
 
@@ -73,24 +74,12 @@ def test_a_message_posted_to_one_process_reaches_a_stream_on_the_other_within_a_
 def test_a_kill_9_of_one_process_loses_nothing_it_acknowledged(servers):
     first, second = servers
     token = first.user("alice")["access_token"]
-    acknowledged, stop = [], threading.Event()
-
-    def write(worker):
-        number = 0
-        while not stop.is_set():
-            content = f"w{worker}-{number}"
-            number += 1
-            try:
-                status, _ = first.request("POST", "/api/messages", {"content": content}, token, timeout=5)
-            except OSError:
-                return  # the process is gone
-            if status == 201:
-                acknowledged.append(content)
-
-    writers = [threading.Thread(target=write, args=(worker,)) for worker in range(4)]
+    ledger, stop = Ledger(), threading.Event()
+    writers = [threading.Thread(target=write_messages, args=(first, "alice", token, ledger, stop))
+               for _ in range(4)]
     for writer in writers:
         writer.start()
-    assert wait_until(lambda: len(acknowledged) >= 50, timeout=20)
+    assert wait_until(lambda: len(ledger.messages) >= 50, timeout=20)
     first.kill()
     stop.set()
     for writer in writers:
@@ -99,7 +88,7 @@ def test_a_kill_9_of_one_process_loses_nothing_it_acknowledged(servers):
     reader = second.client()
     reader.login("alice", "password123")
     stored = {message["content"] for message in reader.iter_messages()}
-    missing = set(acknowledged) - stored
+    missing = set(ledger.messages) - stored
     assert not missing, f"{len(missing)} acknowledged messages lost"
 
 
