@@ -12,23 +12,34 @@ backend: the embedded JSON store under a data directory, or PostgreSQL when a
 import os
 
 from . import backup
-from .base import Page, Store, search_terms
+from .base import ChatChange, Page, Store, search_terms
 from .blobs import TooLarge
-from .errors import Conflict, StoreError, StoreLocked, StoreUnavailable
+from .errors import (Conflict, DamagedBlob, Missing, OutOfSpace, QuotaExceeded, StoreCorrupt, StoreError,
+                     StoreLocked, StoreUnavailable)
 from .jsonstore import JsonStore
 from .legacy import has_legacy_data, read_legacy
 
 
-def open_store(data_dir, compact_min=10_000, url=None, pool_size=10):
+#: Uploads leave this many reserves free: a full disk of attachments still lets text messages
+#: through (the journal stops only at the reserve itself).
+UPLOAD_RESERVE_FACTOR = 2
+
+
+def open_store(data_dir, compact_min=10_000, url=None, pool_size=10, reserve=0):
     """The store for ``data_dir`` (None: in memory); imports 0xC data if found there.
 
     With a ``postgresql://`` ``url`` the store is that database (needs the
     ``postgres`` extra); ``data_dir`` then only holds attachment bytes.
+    ``reserve`` is the free space (bytes) below which the JSON store refuses writes;
+    attachment uploads stop at ``UPLOAD_RESERVE_FACTOR`` times as much.
     """
     if url:
-        return _open_postgres(url, data_dir, pool_size)
-    legacy = read_legacy if data_dir is not None and has_legacy_data(data_dir) else None
-    return JsonStore(data_dir, compact_min=compact_min, legacy_import=legacy)
+        store = _open_postgres(url, data_dir, pool_size)
+    else:
+        legacy = read_legacy if data_dir is not None and has_legacy_data(data_dir) else None
+        store = JsonStore(data_dir, compact_min=compact_min, legacy_import=legacy, reserve=reserve)
+    store.blobs.reserve = UPLOAD_RESERVE_FACTOR * reserve
+    return store
 
 
 def _open_postgres(url, data_dir, pool_size):
@@ -43,6 +54,7 @@ def _open_postgres(url, data_dir, pool_size):
 
 
 __all__ = [
-    "Conflict", "JsonStore", "TooLarge", "Page", "Store", "StoreError", "StoreLocked",
-    "StoreUnavailable", "has_legacy_data", "open_store", "read_legacy", "search_terms",
+    "ChatChange", "Conflict", "DamagedBlob", "JsonStore", "Missing", "OutOfSpace", "QuotaExceeded", "TooLarge",
+    "Page", "Store", "StoreCorrupt", "StoreError",
+    "StoreLocked", "StoreUnavailable", "has_legacy_data", "open_store", "read_legacy", "search_terms",
 ]

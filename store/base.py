@@ -34,11 +34,59 @@ class Page(NamedTuple):
     newer: bool
 
 
+class ChatChange(NamedTuple):
+    """What a ``change_chat`` decision writes, all of it or nothing.
+
+    The store calls ``decide(chat, members, count)`` inside its atomic operation
+    with the chat as it is now (None once deleted), ``{user id: membership record
+    or None}`` for the user ids asked about, and the chat's member count; rule code
+    answers a ChatChange, None to write nothing, or raises (then nothing is
+    written). ``decide`` must not call the store and may run more than once.
+
+    ``members`` maps some of those user ids to their new record, or to None to end
+    the membership; ``chat`` holds changes to the chat record; ``delete`` removes
+    the chat with its members, messages and attachments. A chat the change leaves
+    without members is deleted too.
+    """
+
+    members: dict = None
+    chat: dict = None
+    delete: bool = False
+
+
+def member_updates(change, user_ids):
+    """A ChatChange's ``{user id: record or None}``; ValueError for a user the decision did not see."""
+    updates = change.members or {}
+    unseen = set(updates) - set(user_ids)
+    if unseen:
+        raise ValueError(f"a chat change may only touch the members it read, not {sorted(unseen)}")
+    return updates
+
+
+def dropped_attachment(old, new):
+    """The id of the attachment message ``old`` named and ``new`` (a tombstone, or without it) no longer has."""
+    attachment_id = old.get("attachment_id")
+    if attachment_id and (new.get("deleted") or new.get("attachment_id") != attachment_id):
+        return attachment_id
+    return None
+
+
 class Store:
     """Users, messages and refresh-token sessions, with the queries the API needs."""
 
     #: False once the backend refuses writes (health checks read this).
     writable = True
+
+    def problem(self):
+        """Why the store refuses writes, for people; None while it accepts them."""
+        return None if self.writable else "the database refuses writes"
+
+    def sync(self):
+        """Return once every write readers can see is durable; StoreUnavailable if one was lost.
+
+        The app calls it before every answer. A backend whose writes become
+        visible only when durable (a database's commit) has nothing to do.
+        """
 
     def close(self):
         """Flush and release everything; the store is unusable afterwards."""
@@ -66,8 +114,12 @@ class Store:
         """The user with this e-mail address (case-insensitive), or None."""
         raise NotImplementedError
 
-    def update_user(self, user_id, changes):
-        """Apply ``changes`` to a user and return the new record; Conflict if taken."""
+    def update_user(self, user_id, changes, expected=None):
+        """Apply ``changes`` to a user and return the new record; Conflict if taken.
+
+        With ``expected`` ({field: value}) the change happens only while the user
+        still holds those values, checked in the same atomic step; else None.
+        """
         raise NotImplementedError
 
     # -- messages ---------------------------------------------------------
@@ -98,8 +150,13 @@ class Store:
 
     # -- refresh-token sessions ---------------------------------------------
 
-    def add_session(self, session):
-        """Start a session (a refresh-token family) holding ``token_hash``."""
+    def add_session(self, session, password_hash=None):
+        """Start a session (a refresh-token family) holding ``token_hash``.
+
+        With ``password_hash``, only while the user's password hash still is
+        that one (else None): a login racing a password change or reset never
+        leaves a session behind it.
+        """
         raise NotImplementedError
 
     def get_session(self, session_id):
@@ -165,6 +222,10 @@ class Store:
         """Remove a chat with its members and messages."""
         raise NotImplementedError
 
+    def change_chat(self, chat_id, user_ids, decide):
+        """Atomically write what ``decide`` makes of the chat and members now (see ChatChange); (chat, members)."""
+        raise NotImplementedError
+
     def chat_ids(self, user_id):
         """The ids of every chat the user belongs to."""
         raise NotImplementedError
@@ -201,7 +262,14 @@ class Store:
     # -- messages in chats ----------------------------------------------------
 
     def add_chat_message(self, message):
-        """Store a chat message (assigning ``seq``) and move the author's read pointer to it."""
+        """Store a chat message (assigning ``seq``) and move the author's read pointer to it.
+
+        Missing (nothing written) unless the author is a member of the chat now.
+        A message with ``attachment_id`` claims that attachment in the same write
+        (its ``message_id`` becomes the message's id); Conflict, and nothing
+        written, unless it is an unclaimed attachment of the same chat, so an
+        attachment joins one message only.
+        """
         raise NotImplementedError
 
     def get_chat_message(self, message_id):
@@ -210,6 +278,17 @@ class Store:
 
     def update_chat_message(self, message_id, changes):
         """Apply ``changes`` (an edit, a tombstone) to a chat message; returns it."""
+        raise NotImplementedError
+
+    def change_chat_message(self, message_id, user_id, decide):
+        """Atomically apply ``decide(message, member)``'s changes (None: none) to the fresh message; returns it.
+
+        ``member`` is ``user_id``'s membership of the message's chat now (or
+        None); ``message`` is None once gone. ``decide`` may raise (nothing is
+        written), must not call the store and may run more than once. A message
+        that becomes a tombstone (``deleted``) or stops naming its attachment
+        takes that attachment record with it in the same write.
+        """
         raise NotImplementedError
 
     def chat_history(self, chat_id, before=None, after=None, limit=50):
@@ -234,7 +313,9 @@ class Store:
     def save_blob(self, read, limit):
         """Stream ``read(n)`` into a durable content-addressed blob of at most ``limit`` bytes.
 
-        Returns (sha256 hex, size, first 4 kB). Raises ``TooLarge`` past the limit.
+        Returns (sha256 hex, size, first 4 kB). Raises ``TooLarge`` past the
+        limit and ``OutOfSpace`` (a StoreUnavailable) when the disk is full or
+        the blob would eat into the free-space reserve; nothing is left behind.
         """
         raise NotImplementedError
 
@@ -242,12 +323,26 @@ class Store:
         """Store a small blob (a thumbnail); returns its sha256 hex."""
         raise NotImplementedError
 
-    def open_blob(self, digest):
-        """A binary file object of the blob, or None."""
+    def discard_blob(self, digest):
+        """Give up a blob saved for a record that will not be written: it goes unless something refers to it."""
         raise NotImplementedError
 
-    def add_attachment(self, attachment):
-        """Record an attachment (``id``, ``chat_id``, ``sha256``, optional ``thumbnail_sha256``...)."""
+    def open_blob(self, digest):
+        """A binary file object of the blob, or None; ``DamagedBlob`` if its bytes no longer match its digest."""
+        raise NotImplementedError
+
+    def add_attachment(self, attachment, quota=0):
+        """Record an attachment (``id``, ``chat_id``, ``sha256``, optional ``thumbnail_sha256``...).
+
+        With a ``quota`` (bytes; 0: none), atomically: ``QuotaExceeded`` and
+        nothing written if the uploader's attachments (their ``size``, not
+        thumbnails) would then hold more, so of concurrent uploads no two both
+        pass on the same room.
+        """
+        raise NotImplementedError
+
+    def attachment_usage(self, user_id):
+        """Bytes the user's attachments hold (the sum of their ``size``; thumbnails are not counted)."""
         raise NotImplementedError
 
     def get_attachment(self, attachment_id):
@@ -258,8 +353,8 @@ class Store:
         """Apply ``changes`` to an attachment (e.g. the message it belongs to)."""
         raise NotImplementedError
 
-    def delete_attachment(self, attachment_id):
-        """Remove an attachment, and its bytes once no attachment refers to them."""
+    def delete_attachment(self, attachment_id, unsent_only=False):
+        """Remove an attachment (with ``unsent_only``, only if no message claimed it); True if removed."""
         raise NotImplementedError
 
     # -- public keys ------------------------------------------------------------------
@@ -276,6 +371,10 @@ class Store:
         """Every key a user published (revoked ones too), oldest first."""
         raise NotImplementedError
 
+    def change_user_keys(self, user_id, decide):
+        """Atomically write ``decide(keys)``'s (new keys, {key id: changes}) for the user's fresh keys; returns them."""
+        raise NotImplementedError
+
     def update_key(self, key_id, changes):
         """Apply ``changes`` to a key (e.g. ``revoked_at``)."""
         raise NotImplementedError
@@ -290,8 +389,26 @@ class Store:
         """The code record, or None."""
         raise NotImplementedError
 
-    def delete_code(self, code_id):
-        """Forget a code; returns True if it existed."""
+    def delete_code(self, code_id, code_hash=None):
+        """Forget a code (with ``code_hash``: only if it is still that code); True for the one call that did."""
+        raise NotImplementedError
+
+    def spend_code(self, code_id, now, max_attempts):
+        """Count one guess against a live code and return it; None (and the code is gone) once expired or spent."""
+        raise NotImplementedError
+
+    # -- attempts counted in a window (failed logins, code requests) ------------------
+
+    def count_attempt(self, key, now, window):
+        """Count one attempt at ``key``: (attempts in its window, when the window ends); the first starts one."""
+        raise NotImplementedError
+
+    def take_back_attempt(self, key):
+        """Uncount one attempt at ``key`` (one that was refused before it checked anything)."""
+        raise NotImplementedError
+
+    def clear_attempts(self, key):
+        """Forget every attempt counted at ``key``."""
         raise NotImplementedError
 
     # -- notifications ----------------------------------------------------------------
@@ -338,8 +455,8 @@ class Store:
 
     # -- push devices and the delivery queue ---------------------------------------------
 
-    def add_device(self, device):
-        """Register a device (``id``, ``user_id``, ``endpoint`` or ``token``)."""
+    def add_device(self, device, limit=None):
+        """Register a device (``id``, ``user_id``, ``endpoint`` or ``token``); Conflict if the user has ``limit``."""
         raise NotImplementedError
 
     def get_device(self, device_id):

@@ -33,13 +33,15 @@ import os
 import threading
 import time
 
-from .base import UNCHECKED, Page, Store, search_terms
-from .errors import Conflict, StoreUnavailable
+from .base import UNCHECKED, Page, Store, dropped_attachment, member_updates, search_terms
+from .errors import Conflict, Missing, QuotaExceeded, StoreUnavailable
 from .blobs import Blobs
 from .journal import SNAPSHOT, Journal
 
 log = logging.getLogger("oxc.store")
 
+#: Undo records are dropped once durable, checked in bulk when this many are kept.
+UNDO_PRUNE_AT = 64
 TABLES = ("users", "messages", "sessions", "chats", "members", "chat_messages", "attachments", "keys",
           "codes", "notifications", "devices", "push_jobs", "meta")
 def member_key(chat_id, user_id):
@@ -96,7 +98,7 @@ def _fold(text):
 class JsonStore(Store):
     """The JSON-file backend; see the module docstring."""
 
-    def __init__(self, data_dir=None, compact_min=10_000, legacy_import=None):
+    def __init__(self, data_dir=None, compact_min=10_000, legacy_import=None, reserve=0, disk=None):
         self._lock = threading.Lock()
         self._compaction_lock = threading.Lock()
         self._tables = {name: {} for name in TABLES}
@@ -123,12 +125,16 @@ class JsonStore(Store):
         self._unread_notes = {}
         self._devices_of = {}
         self._pending_push = []
+        self._attachment_bytes = collections.Counter()  # per uploader; thumbnails not counted
+        self._attempts = {}  # key -> (count, window end) of the login lockout and code cool-downs
         self._journal = None
+        self._undo = collections.deque()
+        self._rearming = None
         self._closed = False
         if data_dir is None:
             self.blobs = Blobs(None)
             return
-        journal = Journal(data_dir, compact_min=compact_min)
+        journal = Journal(data_dir, compact_min=compact_min, reserve=reserve, disk=disk)
         try:
             journal.recover(self._load_snapshot, self._apply)
         except BaseException:
@@ -143,7 +149,13 @@ class JsonStore(Store):
 
     @property
     def writable(self):
-        return not self._closed and (self._journal is None or self._journal.failed is None)
+        return not self._closed and (self._journal is None or self._journal.problem() is None)
+
+    def problem(self):
+        """Why the store refuses writes, for people (health checks); None while it accepts them."""
+        if self._closed:
+            return "the store is closed"
+        return None if self._journal is None else self._journal.problem()
 
     def close(self):
         with self._compaction_lock, self._lock:
@@ -164,8 +176,15 @@ class JsonStore(Store):
             self._apply(ops)
             return None
         ticket = self._journal.append(ops)
+        if len(self._undo) >= UNDO_PRUNE_AT:
+            while self._undo and self._journal.is_durable(self._undo[0][0]):
+                self._undo.popleft()
+        # What each op replaces, so that a write whose flush fails can be taken back.
+        tables = self._tables
+        self._undo.append((ticket, [(table, key, tables[table].get(key)) for _, table, key, _ in ops]))
         self._apply(ops)
-        if self._journal.wants_compaction(self._live_records()):
+        # Counting the live records costs a pass over the tables: only once a compaction may be due.
+        if self._journal.may_compact() and self._journal.wants_compaction(self._live_records()):
             self._journal.claim_compaction()
             threading.Thread(target=self.compact, name="oxc-compaction", daemon=True).start()
         return ticket
@@ -173,7 +192,79 @@ class JsonStore(Store):
     def _wait(self, ticket):
         """Return once the write behind ``ticket`` is durable; call without the lock."""
         if ticket is not None:
-            self._journal.wait_durable(ticket)
+            try:
+                self._journal.wait_durable(ticket)
+            except StoreUnavailable:
+                self._roll_back()
+                raise
+
+    def sync(self):
+        """Return once every write that readers can see is durable; StoreUnavailable if one was lost.
+
+        The app calls this before answering, so no answer ever shows a write
+        that a disk error then took back.
+        """
+        if self._journal is not None and not self._journal.all_durable():
+            self._wait(self._journal.latest())
+
+    def _roll_back(self):
+        """After a failed flush: take back every write that is not durable and start re-arming."""
+        with self._lock:
+            if self._journal.failed is None:
+                return
+            self._take_back()
+            if self._rearming is None:
+                self._rearming = threading.Thread(target=self._rearm_loop, name="oxc-rearm", daemon=True)
+                self._rearming.start()
+
+    def _take_back(self):
+        """Undo, newest first, every write the journal lost; call under the lock."""
+        durable = self._journal.discard()
+        undone = 0
+        while self._undo and self._undo[-1][0][1] > durable:
+            _, replaced = self._undo.pop()
+            self._apply([("put", table, key, old) if old is not None else ("del", table, key, None)
+                         for table, key, old in reversed(replaced)])
+            undone += 1
+        self._undo.clear()  # what is left is durable
+        if undone:
+            log.warning("store: took back %d writes that never reached the disk", undone)
+
+    def _rearm_loop(self):
+        while not self._closed and not self.rearm():
+            time.sleep(1)
+        self._rearming = None
+
+    def rearm(self):
+        """Accept writes again once the disk allows; True when the store accepts writes.
+
+        Called every second after a failure; tests and operators may call it at
+        once. After a failed write that was cut back cleanly the journal simply
+        goes on; after a failed flush a fresh snapshot starts a new journal.
+        """
+        with self._compaction_lock:
+            with self._lock:
+                if self._closed or self._journal is None or self._journal.failed is None:
+                    return True
+                self._take_back()
+                if not self._journal.room_to_rearm():
+                    return False
+                if not self._journal.doubtful:
+                    self._journal.resume()
+                    return True
+                try:
+                    generation = self._journal.restart()
+                except OSError as exc:
+                    log.error("store: still cannot write to %s: %s", self._journal.directory, exc)
+                    return False
+                snapshot = {"next_seq": self._next_seq,
+                            "tables": {name: dict(rows) for name, rows in self._tables.items()}}
+            try:
+                self._journal.write_snapshot(generation, snapshot, rearm=True)
+            except OSError as exc:
+                log.error("store: still cannot write a snapshot to %s: %s", self._journal.directory, exc)
+                return False
+            return True
 
     def _apply(self, ops):
         for kind, table, key, value in ops:
@@ -211,9 +302,15 @@ class JsonStore(Store):
         # Two snapshots written at once could land out of order.
         with self._compaction_lock:
             with self._lock:
-                if self._closed:
+                if self._closed or self._journal.failed is not None:
                     return
-                generation = self._journal.rotate()
+                try:
+                    generation = self._journal.rotate()
+                except StoreUnavailable:
+                    return  # the failed flush is rolled back and re-armed by its waiters
+                except OSError as exc:
+                    log.error("store: could not start a new journal for compaction: %s", exc)
+                    return
                 snapshot = {
                     "next_seq": self._next_seq,
                     "tables": {name: dict(rows) for name, rows in self._tables.items()},
@@ -337,7 +434,7 @@ class JsonStore(Store):
             self._index_terms((new["chat_id"],), self._searchable(new), seq, _insert_sorted)
 
     def _index_attachments(self, old, new):
-        for record, change in ((old, "discard"), (new, "add")):
+        for record, change, sign in ((old, "discard", -1), (new, "add", 1)):
             if record is None:
                 continue
             for digest in filter(None, (record["sha256"], record.get("thumbnail_sha256"))):
@@ -346,6 +443,11 @@ class JsonStore(Store):
                 if not users:
                     del self._blob_users[digest]
             getattr(self._chat_attachments.setdefault(record["chat_id"], set()), change)(record["id"])
+            uploader = record.get("uploader_id")
+            if uploader is not None:
+                self._attachment_bytes[uploader] += sign * (record.get("size") or 0)
+                if not self._attachment_bytes[uploader]:
+                    del self._attachment_bytes[uploader]
 
     def _index_keys(self, old, new):
         if old is not None:
@@ -424,9 +526,12 @@ class JsonStore(Store):
         user_id = self._by_email.get(_fold(address))
         return None if user_id is None else self._tables["users"].get(user_id)
 
-    def update_user(self, user_id, changes):
+    def update_user(self, user_id, changes, expected=None):
         with self._lock:
-            user = dict(self._tables["users"][user_id], **changes)
+            user = self._tables["users"][user_id]
+            if expected and any(user.get(name) != value for name, value in expected.items()):
+                return None
+            user = dict(user, **changes)
             self._check_unique(user, user_id)
             ticket = self._write([("put", "users", user_id, user)])
         self._wait(ticket)
@@ -487,8 +592,12 @@ class JsonStore(Store):
 
     # -- sessions -------------------------------------------------------------
 
-    def add_session(self, session):
+    def add_session(self, session, password_hash=None):
         with self._lock:
+            if password_hash is not None:
+                user = self._tables["users"].get(session["user_id"])
+                if user is None or user.get("password_hash") != password_hash:
+                    return None
             ticket = self._write([("put", "sessions", session["id"], session)])
         self._wait(ticket)
         return session
@@ -599,18 +708,57 @@ class JsonStore(Store):
         with self._lock:
             if chat_id not in self._tables["chats"]:
                 return False
-            ops = [("del", "chat_messages", self._by_seq[seq]["id"], None)
-                   for seq in self._chat_seqs.get(chat_id, ())]
-            ops += [("del", "members", member_key(chat_id, user_id), None)
-                    for user_id in self._members_of.get(chat_id, {})]
-            attachments = [self._tables["attachments"][key] for key in self._chat_attachments.get(chat_id, ())]
-            ops += [("del", "attachments", record["id"], None) for record in attachments]
-            ops.append(("del", "chats", chat_id, None))
+            ops, attachments = self._chat_removal(chat_id)
             ticket = self._write(ops)
             orphans = self._orphaned(attachments)
         self._wait(ticket)
         self._unlink(orphans)
         return True
+
+    def _chat_removal(self, chat_id):
+        """(ops, attachment records) that remove a chat with everything in it (under the lock)."""
+        ops = [("del", "chat_messages", self._by_seq[seq]["id"], None) for seq in self._chat_seqs.get(chat_id, ())]
+        ops += [("del", "members", member_key(chat_id, user_id), None) for user_id in self._members_of.get(chat_id, {})]
+        attachments = [self._tables["attachments"][key] for key in self._chat_attachments.get(chat_id, ())]
+        ops += [("del", "attachments", record["id"], None) for record in attachments]
+        ops.append(("del", "chats", chat_id, None))
+        return ops, attachments
+
+    def change_chat(self, chat_id, user_ids, decide):
+        user_ids = list(dict.fromkeys(user_ids))
+        with self._lock:
+            chat = self._tables["chats"].get(chat_id)
+            members = self._members_of.get(chat_id, {}) if chat is not None else {}
+            current = {user_id: members.get(user_id) for user_id in user_ids}
+            change = decide(chat, dict(current), len(members))
+            if change is None:
+                return chat, current
+            if chat is None:
+                raise Missing(f"chat {chat_id} is gone")
+            updates = member_updates(change, user_ids)
+            after = {user_id: members.get(user_id) for user_id in user_ids}
+            ops = []
+            for user_id, record in updates.items():
+                if record is not None:
+                    record = after[user_id] = dict(record, chat_id=chat_id, user_id=user_id)
+                    ops.append(("put", "members", member_key(chat_id, user_id), record))
+                elif user_id in members:
+                    after[user_id] = None
+                    ops.append(("del", "members", member_key(chat_id, user_id), None))
+            remaining = {uid for uid in {*members, *updates} if updates.get(uid, members.get(uid)) is not None}
+            if change.delete or (updates and not remaining):
+                ops, attachments = self._chat_removal(chat_id)
+                chat, after = None, dict.fromkeys(user_ids)
+            else:
+                attachments = []
+                if change.chat:
+                    chat = dict(chat, **change.chat)
+                    ops.append(("put", "chats", chat_id, chat))
+            ticket = self._write(ops) if ops else None
+            orphans = self._orphaned(attachments)
+        self._wait(ticket)
+        self._unlink(orphans)
+        return chat, after
 
     def _orphaned(self, removed):
         """Digests of ``removed`` attachments that nothing refers to any more (under the lock)."""
@@ -698,14 +846,22 @@ class JsonStore(Store):
     # -- messages in chats ----------------------------------------------------
 
     def add_chat_message(self, message):
+        chat_id, attachment_id = message["chat_id"], message.get("attachment_id")
         with self._lock:
+            author = self._members_of.get(chat_id, {}).get(message["user_id"])
+            if author is None:
+                raise Missing(f"{message['user_id']} is not a member of chat {chat_id}")
+            attachment = self._tables["attachments"].get(attachment_id) if attachment_id else None
+            if attachment_id and (attachment is None or attachment["chat_id"] != chat_id
+                                  or attachment.get("message_id") is not None):
+                raise Conflict(f"attachment {attachment_id} is not an unsent attachment of chat {chat_id}")
             message = dict(message, seq=self._new_seq())
             ops = [("put", "chat_messages", message["id"], message)]
-            author = self._members_of.get(message["chat_id"], {}).get(message["user_id"])
-            if author is not None:
-                ops.append(("put", "members", member_key(message["chat_id"], message["user_id"]),
-                            dict(author, read_seq=message["seq"],
-                                 delivered_seq=max(author.get("delivered_seq", 0), message["seq"]))))
+            if attachment is not None:
+                ops.append(("put", "attachments", attachment_id, dict(attachment, message_id=message["id"])))
+            ops.append(("put", "members", member_key(chat_id, message["user_id"]),
+                        dict(author, read_seq=message["seq"],
+                             delivered_seq=max(author.get("delivered_seq", 0), message["seq"]))))
             ticket = self._write(ops)
         self._wait(ticket)
         return message
@@ -718,6 +874,26 @@ class JsonStore(Store):
             message = dict(self._tables["chat_messages"][message_id], **changes)
             ticket = self._write([("put", "chat_messages", message_id, message)])
         self._wait(ticket)
+        return message
+
+    def change_chat_message(self, message_id, user_id, decide):
+        with self._lock:
+            old = self._tables["chat_messages"].get(message_id)
+            member = self._members_of.get(old["chat_id"], {}).get(user_id) if old is not None else None
+            changes = decide(old, member)
+            if not changes:
+                return old
+            if old is None:
+                raise Missing(f"chat message {message_id} is gone")
+            message = dict(old, **changes)
+            ops = [("put", "chat_messages", message_id, message)]
+            dropped = self._tables["attachments"].get(dropped_attachment(old, message))
+            if dropped is not None:
+                ops.append(("del", "attachments", dropped["id"], None))
+            ticket = self._write(ops)
+            orphans = self._orphaned([dropped] if dropped is not None else [])
+        self._wait(ticket)
+        self._unlink(orphans)
         return message
 
     def chat_history(self, chat_id, before=None, after=None, limit=50):
@@ -763,15 +939,33 @@ class JsonStore(Store):
     def save_blob_bytes(self, data):
         return self.blobs.put_bytes(data, self._installing)
 
+    def discard_blob(self, digest):
+        with self._lock:
+            if self._pending_blobs[digest] > 0:
+                self._pending_blobs[digest] -= 1
+            if self._unused(digest):
+                self.blobs.delete(digest)
+
     def open_blob(self, digest):
         return self.blobs.open(digest)
 
-    def add_attachment(self, attachment):
+    def add_attachment(self, attachment, quota=0):
         with self._lock:
+            if quota:
+                used = self._attachment_bytes[attachment.get("uploader_id")]
+                if used + (attachment.get("size") or 0) > quota:
+                    raise QuotaExceeded(used, quota)
             ticket = self._write([("put", "attachments", attachment["id"], attachment)])
-            self._claim_blobs(attachment)
         self._wait(ticket)
+        # Claimed only once durable: a write taken back after a failed flush leaves its
+        # blobs pending, for the uploader to discard.
+        with self._lock:
+            self._claim_blobs(attachment)
         return attachment
+
+    def attachment_usage(self, user_id):
+        with self._lock:
+            return self._attachment_bytes[user_id]
 
     def get_attachment(self, attachment_id):
         return self._tables["attachments"].get(attachment_id)
@@ -784,10 +978,10 @@ class JsonStore(Store):
         self._wait(ticket)
         return record
 
-    def delete_attachment(self, attachment_id):
+    def delete_attachment(self, attachment_id, unsent_only=False):
         with self._lock:
             record = self._tables["attachments"].get(attachment_id)
-            if record is None:
+            if record is None or (unsent_only and record.get("message_id") is not None):
                 return False
             ticket = self._write([("del", "attachments", attachment_id, None)])
             orphans = self._orphaned([record])
@@ -810,6 +1004,16 @@ class JsonStore(Store):
         with self._lock:
             return sorted(self._user_keys.get(user_id, {}).values(), key=lambda key: key["created_at"])
 
+    def change_user_keys(self, user_id, decide):
+        with self._lock:
+            own = self._user_keys.get(user_id, {})
+            added, changes = decide(sorted(own.values(), key=lambda key: key["created_at"]))
+            changed = [dict(own[key_id], **change) for key_id, change in changes.items()]
+            ops = [("put", "keys", key["id"], key) for key in [*added, *changed]]
+            ticket = self._write(ops) if ops else None
+        self._wait(ticket)
+        return added, changed
+
     def update_key(self, key_id, changes):
         with self._lock:
             key = dict(self._tables["keys"][key_id], **changes)
@@ -828,13 +1032,54 @@ class JsonStore(Store):
     def get_code(self, code_id):
         return self._tables["codes"].get(code_id)
 
-    def delete_code(self, code_id):
+    def delete_code(self, code_id, code_hash=None):
         with self._lock:
-            if code_id not in self._tables["codes"]:
+            code = self._tables["codes"].get(code_id)
+            if code is None or (code_hash is not None and code["code_hash"] != code_hash):
                 return False
             ticket = self._write([("del", "codes", code_id, None)])
         self._wait(ticket)
         return True
+
+    def spend_code(self, code_id, now, max_attempts):
+        with self._lock:
+            code = self._tables["codes"].get(code_id)
+            if code is None:
+                return None
+            if code["expires_at"] < now or code["attempts"] >= max_attempts:
+                ticket = self._write([("del", "codes", code_id, None)])
+                code = None
+            else:
+                code = dict(code, attempts=code["attempts"] + 1)
+                ticket = self._write([("put", "codes", code_id, code)])
+        self._wait(ticket)
+        return code
+
+    # -- attempts ---------------------------------------------------------------------------
+    # In memory, not journaled: they hold one process's lockouts for minutes, and a
+    # journal record (and fsync) per failed login would buy only that a restart,
+    # which takes the operator, does not lift them.
+
+    def count_attempt(self, key, now, window):
+        with self._lock:
+            if len(self._attempts) > 10_000:
+                for stale in [name for name, (_, ends) in self._attempts.items() if ends <= now]:
+                    del self._attempts[stale]
+            count, ends = self._attempts.get(key, (0, now))
+            if ends <= now:
+                count, ends = 0, now + window
+            self._attempts[key] = (count + 1, ends)
+            return count + 1, ends
+
+    def take_back_attempt(self, key):
+        with self._lock:
+            count, ends = self._attempts.get(key, (0, 0))
+            if count > 0:
+                self._attempts[key] = (count - 1, ends)
+
+    def clear_attempts(self, key):
+        with self._lock:
+            self._attempts.pop(key, None)
 
     # -- notifications --------------------------------------------------------------------
 
@@ -903,8 +1148,10 @@ class JsonStore(Store):
 
     # -- devices and push jobs --------------------------------------------------------------
 
-    def add_device(self, device):
+    def add_device(self, device, limit=None):
         with self._lock:
+            if limit is not None and len(self._devices_of.get(device["user_id"], {})) >= limit:
+                raise Conflict(f"user {device['user_id']} already has {limit} devices")
             ticket = self._write([("put", "devices", device["id"], device)])
         self._wait(ticket)
         return device

@@ -32,6 +32,7 @@ import contextlib
 import functools
 import logging
 import os
+import random
 import re
 import select
 import threading
@@ -43,9 +44,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Json
 from psycopg_pool import ConnectionPool
 
-from .base import UNCHECKED, Page, Store, search_terms
+from .base import UNCHECKED, Page, Store, dropped_attachment, member_updates, search_terms
 from .blobs import Blobs
-from .errors import Conflict, StoreError, StoreUnavailable
+from .errors import Conflict, Missing, QuotaExceeded, StoreError, StoreUnavailable
 
 log = logging.getLogger("oxc.store")
 
@@ -74,8 +75,9 @@ TABLES = {
                          _pair_key(*r["pair"]) if r["type"] == "direct" else None, r["seq"])),
     "members": (("chat_id", "user_id"), ("chat_id", "user_id"), lambda r: (r["chat_id"], r["user_id"])),
     "chat_messages": (("id",), ("id", "chat_id", "seq"), lambda r: (r["id"], r["chat_id"], r["seq"])),
-    "attachments": (("id",), ("id", "chat_id", "sha256", "thumbnail_sha256"),
-                    lambda r: (r["id"], r["chat_id"], r["sha256"], r.get("thumbnail_sha256"))),
+    "attachments": (("id",), ("id", "chat_id", "sha256", "thumbnail_sha256", "uploader_id", "size"),
+                    lambda r: (r["id"], r["chat_id"], r["sha256"], r.get("thumbnail_sha256"), r.get("uploader_id"),
+                               r.get("size") or 0)),
     "keys": (("id",), ("id", "user_id"), lambda r: (r["id"], r["user_id"])),
     "codes": (("id",), ("id",), lambda r: (r["id"],)),
     "notifications": (("id",), ("id", "user_id", "seq", "kind", "is_read"),
@@ -101,6 +103,15 @@ def _upsert_sql(table):
 
 
 UPSERT = {table: _upsert_sql(table) for table in TABLES}
+
+#: Params: key, 1, the window's end if one starts now, now, now.
+COUNT_ATTEMPT = """
+    INSERT INTO attempts AS a (key, count, window_ends) VALUES (%s, %s, %s)
+    ON CONFLICT (key) DO UPDATE SET
+        count = CASE WHEN a.window_ends <= %s THEN 1 ELSE a.count + 1 END,
+        window_ends = CASE WHEN a.window_ends <= %s THEN EXCLUDED.window_ends ELSE a.window_ends END
+    RETURNING count, window_ends
+"""
 
 UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, errors.ReadOnlySqlTransaction)
 RETRIED = (errors.DeadlockDetected, errors.SerializationFailure)
@@ -293,8 +304,9 @@ class PostgresStore(Store):
         self._pool.open(wait=False)
         # Unlike the JSON store, no sweep of unreferenced blob files at open: the
         # directory may be shared with another process, or still hold a JSON
-        # store's bytes that ``oxc migrate-store`` has yet to bring over.
-        self.blobs = Blobs(blob_dir)
+        # store's bytes that ``oxc migrate-store`` has yet to bring over; and only
+        # stale temp files, not the uploads another process has in flight.
+        self.blobs = Blobs(blob_dir, shared=True)
         self._events = None
 
     def _configure(self, conn):
@@ -554,9 +566,12 @@ class PostgresStore(Store):
             return None
         return self._record("SELECT data FROM users WHERE email_key = %s", (_fold(address),))
 
-    def update_user(self, user_id, changes):
+    def update_user(self, user_id, changes, expected=None):
         def work(cur):
-            user = dict(self._locked(cur, "users", user_id), **changes)
+            user = self._locked(cur, "users", user_id)
+            if expected and any(user.get(name) != value for name, value in expected.items()):
+                return None
+            user = dict(user, **changes)
             self._put_user(cur, user)
             return user
         return self._write(work)
@@ -598,9 +613,17 @@ class PostgresStore(Store):
 
     # -- sessions ----------------------------------------------------------------------------
 
-    def add_session(self, session):
-        self._write(lambda cur: self._put(cur, "sessions", session))
-        return session
+    def add_session(self, session, password_hash=None):
+        def work(cur):
+            if password_hash is not None:
+                # FOR SHARE: a password change (FOR UPDATE) waits for this commit, or this sees it.
+                row = self._execute(cur, "SELECT data->>'password_hash' FROM users WHERE id = %s FOR SHARE",
+                                    (session["user_id"],)).fetchone()
+                if row is None or row[0] != password_hash:
+                    return None
+            self._put(cur, "sessions", session)
+            return session
+        return self._write(work)
 
     @_absent_if_nul(lambda: None)
     def get_session(self, session_id):
@@ -703,18 +726,66 @@ class PostgresStore(Store):
         def work(cur):
             if self._execute(cur, "SELECT 1 FROM chats WHERE id = %s FOR UPDATE", (chat_id,)).fetchone() is None:
                 return None
-            self._execute(cur, "DELETE FROM chat_messages WHERE chat_id = %s", (chat_id,))
-            self._execute(cur, "DELETE FROM postings WHERE scope = %s", (chat_id,))
-            self._execute(cur, "DELETE FROM members WHERE chat_id = %s", (chat_id,))
-            removed = self._execute(cur, "DELETE FROM attachments WHERE chat_id = %s RETURNING data",
-                                    (chat_id,)).fetchall()
-            self._execute(cur, "DELETE FROM chats WHERE id = %s", (chat_id,))
-            return self._orphans(cur, [row[0] for row in removed])
+            return self._remove_chat(cur, chat_id)
         orphans = self._write(work)
         if orphans is None:
             return False
         self._unlink(orphans)
         return True
+
+    def _remove_chat(self, cur, chat_id):
+        """Delete a chat with everything in it; returns the digests no attachment refers to any more."""
+        self._execute(cur, "DELETE FROM chat_messages WHERE chat_id = %s", (chat_id,))
+        self._execute(cur, "DELETE FROM postings WHERE scope = %s", (chat_id,))
+        self._execute(cur, "DELETE FROM members WHERE chat_id = %s", (chat_id,))
+        removed = self._execute(cur, "DELETE FROM attachments WHERE chat_id = %s RETURNING data",
+                                (chat_id,)).fetchall()
+        self._execute(cur, "DELETE FROM chats WHERE id = %s", (chat_id,))
+        return self._orphans(cur, [row[0] for row in removed])
+
+    def change_chat(self, chat_id, user_ids, decide):
+        user_ids = list(dict.fromkeys(user_ids))
+        readable = [user_id for user_id in user_ids if "\x00" not in user_id]  # no record has a NUL in its id
+
+        def work(cur):
+            # Every operation that changes members locks the chat's row first, so they take
+            # turns on one chat and each decides on what the one before it wrote.
+            row = None if "\x00" in chat_id else self._execute(
+                cur, "SELECT data FROM chats WHERE id = %s FOR UPDATE", (chat_id,)).fetchone()
+            chat = row[0] if row else None
+            current, count = dict.fromkeys(user_ids), 0
+            if chat is not None:
+                for user_id, data in self._execute(
+                        cur, "SELECT user_id, data FROM members WHERE chat_id = %s AND user_id = ANY(%s::text[]) "
+                             "ORDER BY user_id FOR UPDATE", (chat_id, readable)).fetchall():
+                    current[user_id] = data
+                count = self._execute(cur, "SELECT count(*) FROM members WHERE chat_id = %s",
+                                      (chat_id,)).fetchone()[0]
+            change = decide(chat, dict(current), count)
+            if change is None:
+                return chat, current, []
+            if chat is None:
+                raise Missing(f"chat {chat_id} is gone")
+            updates = member_updates(change, user_ids)
+            after = dict(current)
+            for user_id, record in updates.items():
+                after[user_id] = None if record is None else dict(record, chat_id=chat_id, user_id=user_id)
+            gone = [user_id for user_id, record in updates.items() if record is None and current[user_id]]
+            put = [after[user_id] for user_id, record in updates.items() if record is not None]
+            joined = sum(1 for record in put if current[record["user_id"]] is None)
+            if change.delete or (updates and count - len(gone) + joined == 0):
+                return None, dict.fromkeys(user_ids), self._remove_chat(cur, chat_id)
+            if gone:
+                self._execute(cur, "DELETE FROM members WHERE chat_id = %s AND user_id = ANY(%s::text[])",
+                              (chat_id, gone))
+            self._put_many(cur, "members", put)
+            if change.chat:
+                chat = dict(chat, **change.chat)
+                self._put(cur, "chats", chat)
+            return chat, after, []
+        chat, after, orphans = self._write(work)
+        self._unlink(orphans)
+        return chat, after
 
     @_absent_if_nul(lambda: set())
     def chat_ids(self, user_id):
@@ -777,19 +848,34 @@ class PostgresStore(Store):
     # -- messages in chats -------------------------------------------------------------------------
 
     def add_chat_message(self, message):
+        chat_id, user_id, attachment_id = message["chat_id"], message["user_id"], message.get("attachment_id")
+
         def work(cur):
             record = dict(message, seq=self._seqs(cur, 1)[0])
-            seq, chat_id = record["seq"], record["chat_id"]
-            self._put(cur, "chat_messages", record)
-            self._index_terms(cur, [chat_id], _searchable(record), seq)
+            seq = record["seq"]
+            # Locks in the order every chat operation takes them: the chat, its members, then the rest.
             self._execute(cur, "UPDATE chats SET activity = GREATEST(activity, %s) WHERE id = %s", (seq, chat_id))
             row = self._execute(cur, "SELECT data FROM members WHERE chat_id = %s AND user_id = %s FOR UPDATE",
-                                (chat_id, record["user_id"])).fetchone()
-            if row is not None:
-                author = row[0]
-                self._put(cur, "members", dict(author, read_seq=seq,
-                                               delivered_seq=max(author.get("delivered_seq", 0), seq)))
+                                (chat_id, user_id)).fetchone()
+            if row is None:
+                raise Missing(f"{user_id} is not a member of chat {chat_id}")
+            author = row[0]
+            if attachment_id:
+                found = self._execute(cur, "SELECT data FROM attachments WHERE id = %s FOR UPDATE",
+                                      (attachment_id,)).fetchone()
+                attachment = found[0] if found else None
+                if attachment is None or attachment["chat_id"] != chat_id or attachment.get("message_id") is not None:
+                    raise Conflict(f"attachment {attachment_id} is not an unsent attachment of chat {chat_id}")
+                self._put(cur, "attachments", dict(attachment, message_id=record["id"]))
+            self._put(cur, "chat_messages", record)
+            self._index_terms(cur, [chat_id], _searchable(record), seq)
+            self._put(cur, "members", dict(author, read_seq=seq,
+                                           delivered_seq=max(author.get("delivered_seq", 0), seq)))
             return record
+        if "\x00" in chat_id or "\x00" in user_id:  # no record has a NUL in its id
+            raise Missing(f"{user_id!r} is not a member of chat {chat_id!r}")
+        if attachment_id and "\x00" in attachment_id:
+            raise Conflict(f"attachment {attachment_id!r} is not an unsent attachment of chat {chat_id!r}")
         return self._write(work, seq_lock=True)
 
     @_absent_if_nul(lambda: None)
@@ -799,14 +885,48 @@ class PostgresStore(Store):
     def update_chat_message(self, message_id, changes):
         def work(cur):
             old = self._locked(cur, "chat_messages", message_id)
-            message = dict(old, **changes)
-            before, after = _searchable(old), _searchable(message)
-            if before != after:
-                self._index_terms(cur, [old["chat_id"]], before, old["seq"], add=False)
-                self._index_terms(cur, [message["chat_id"]], after, message["seq"])
-            self._put(cur, "chat_messages", message)
-            return message
+            return self._rewrite_chat_message(cur, old, dict(old, **changes))
         return self._write(work)
+
+    def _rewrite_chat_message(self, cur, old, message):
+        """Store ``message`` in place of ``old``, moving its search postings if its text changed."""
+        before, after = _searchable(old), _searchable(message)
+        if before != after:
+            self._index_terms(cur, [old["chat_id"]], before, old["seq"], add=False)
+            self._index_terms(cur, [message["chat_id"]], after, message["seq"])
+        self._put(cur, "chat_messages", message)
+        return message
+
+    def change_chat_message(self, message_id, user_id, decide):
+        def work(cur):
+            row = self._execute(cur, "SELECT chat_id FROM chat_messages WHERE id = %s", (message_id,)).fetchone()
+            old = member = None
+            # A key-share lock on the chat: membership changes (which lock it for update) wait, messages do not.
+            if row is not None and self._execute(cur, "SELECT 1 FROM chats WHERE id = %s FOR KEY SHARE",
+                                                 (row[0],)).fetchone():
+                found = self._execute(cur, "SELECT data FROM members WHERE chat_id = %s AND user_id = %s",
+                                      (row[0], user_id)).fetchone()
+                member = found[0] if found else None
+                found = self._execute(cur, "SELECT data FROM chat_messages WHERE id = %s FOR UPDATE",
+                                      (message_id,)).fetchone()
+                old = found[0] if found else None
+            changes = decide(old, member)
+            if not changes:
+                return old, []
+            if old is None:
+                raise Missing(f"chat message {message_id} is gone")
+            message = self._rewrite_chat_message(cur, old, dict(old, **changes))
+            dropped = dropped_attachment(old, message)
+            removed = dropped and self._execute(cur, "DELETE FROM attachments WHERE id = %s RETURNING data",
+                                                (dropped,)).fetchone()
+            return message, self._orphans(cur, [removed[0]]) if removed else []
+        if "\x00" in message_id or "\x00" in user_id:
+            if decide(None, None):
+                raise Missing(f"chat message {message_id!r} is gone")
+            return None
+        message, orphans = self._write(work)
+        self._unlink(orphans)
+        return message
 
     @_absent_if_nul(lambda: Page([], False, False))
     def chat_history(self, chat_id, before=None, after=None, limit=50):
@@ -849,15 +969,35 @@ class PostgresStore(Store):
     def save_blob_bytes(self, data):
         return self.blobs.put_bytes(data, self._pinning)
 
+    def discard_blob(self, digest):
+        self._write(lambda cur: self._unpin(cur, {"sha256": digest}))
+        self._unlink([digest])
+
     def open_blob(self, digest):
         return self.blobs.open(digest)
 
-    def add_attachment(self, attachment):
+    def add_attachment(self, attachment, quota=0):
         def work(cur):
+            if quota:
+                # The uploader's row is the lock that makes check and insert one step across processes.
+                uploader = attachment.get("uploader_id")
+                self._execute(cur, "SELECT 1 FROM users WHERE id = %s FOR UPDATE", (uploader,))
+                used = self._used(cur, uploader)
+                if used + (attachment.get("size") or 0) > quota:
+                    raise QuotaExceeded(used, quota)
             self._put(cur, "attachments", attachment)
             self._unpin(cur, attachment)
         self._write(work)
         return attachment
+
+    def _used(self, cur, user_id):
+        return self._execute(cur, "SELECT COALESCE(sum(size), 0)::bigint FROM attachments WHERE uploader_id = %s",
+                             (user_id,)).fetchone()[0]
+
+    @_absent_if_nul(lambda: 0)
+    def attachment_usage(self, user_id):
+        with self._cursor() as cur:
+            return self._used(cur, user_id)
 
     @_absent_if_nul(lambda: None)
     def get_attachment(self, attachment_id):
@@ -872,9 +1012,10 @@ class PostgresStore(Store):
         return self._write(work)
 
     @_absent_if_nul(lambda: False)
-    def delete_attachment(self, attachment_id):
+    def delete_attachment(self, attachment_id, unsent_only=False):
         def work(cur):
-            row = self._execute(cur, "DELETE FROM attachments WHERE id = %s RETURNING data",
+            unsent = " AND (data->>'message_id') IS NULL" if unsent_only else ""
+            row = self._execute(cur, f"DELETE FROM attachments WHERE id = %s{unsent} RETURNING data",
                                 (attachment_id,)).fetchone()
             return None if row is None else self._orphans(cur, [row[0]])
         orphans = self._write(work)
@@ -899,6 +1040,23 @@ class PostgresStore(Store):
                                              (user_id,))]
         return sorted(keys, key=lambda key: key["created_at"])
 
+    def change_user_keys(self, user_id, decide):
+        def work(cur):
+            # The user's row lock makes one user's key changes take turns.
+            self._execute(cur, "SELECT 1 FROM users WHERE id = %s FOR UPDATE", (user_id,))
+            own = {row[0]["id"]: row[0] for row in self._execute(
+                cur, "SELECT data FROM keys WHERE user_id = %s ORDER BY position FOR UPDATE", (user_id,)).fetchall()}
+            added, changes = decide(sorted(own.values(), key=lambda key: key["created_at"]))
+            changed = [dict(own[key_id], **change) for key_id, change in changes.items()]
+            self._put_many(cur, "keys", [*added, *changed])
+            return added, changed
+        if "\x00" in user_id:
+            added, changes = decide([])
+            if added or changes:
+                raise Missing(f"user {user_id!r} does not exist")
+            return [], []
+        return self._write(work)
+
     def update_key(self, key_id, changes):
         return self._change("keys", key_id, changes)
 
@@ -913,8 +1071,44 @@ class PostgresStore(Store):
         return self._record("SELECT data FROM codes WHERE id = %s", (code_id,))
 
     @_absent_if_nul(lambda: False)
-    def delete_code(self, code_id):
-        return self._delete("codes", code_id)
+    def delete_code(self, code_id, code_hash=None):
+        if code_hash is None:
+            return self._delete("codes", code_id)
+        return self._write(lambda cur: self._execute(
+            cur, "DELETE FROM codes WHERE id = %s AND data->>'code_hash' = %s", (code_id, code_hash)).rowcount > 0)
+
+    @_absent_if_nul(lambda: None)
+    def spend_code(self, code_id, now, max_attempts):
+        def work(cur):
+            row = self._execute(cur, "SELECT data FROM codes WHERE id = %s FOR UPDATE", (code_id,)).fetchone()
+            if row is None:
+                return None
+            code = row[0]
+            if code["expires_at"] < now or code["attempts"] >= max_attempts:
+                self._execute(cur, "DELETE FROM codes WHERE id = %s", (code_id,))
+                return None
+            code = dict(code, attempts=code["attempts"] + 1)
+            self._put(cur, "codes", code)
+            return code
+        return self._write(work)
+
+    # -- attempts counted in a window ---------------------------------------------------------------------
+
+    def count_attempt(self, key, now, window):
+        # One statement: the row lock of ON CONFLICT makes concurrent counts queue, in any process.
+        count, ends = self._write(lambda cur: self._execute(cur, COUNT_ATTEMPT, (key, 1, now + window, now, now))
+                                  .fetchone())
+        if random.random() < 0.001:  # housekeeping, not a rule: any process may sweep
+            self._write(lambda cur: self._execute(cur, "DELETE FROM attempts WHERE window_ends <= %s", (now,)),
+                        durable=False)
+        return count, ends
+
+    def take_back_attempt(self, key):
+        self._write(lambda cur: self._execute(
+            cur, "UPDATE attempts SET count = count - 1 WHERE key = %s AND count > 0", (key,)))
+
+    def clear_attempts(self, key):
+        self._write(lambda cur: self._execute(cur, "DELETE FROM attempts WHERE key = %s", (key,)))
 
     # -- notifications ---------------------------------------------------------------------------------------
 
@@ -995,8 +1189,17 @@ class PostgresStore(Store):
 
     # -- devices and push jobs -------------------------------------------------------------------------------------
 
-    def add_device(self, device):
-        self._write(lambda cur: self._put(cur, "devices", device))
+    def add_device(self, device, limit=None):
+        def work(cur):
+            if limit is not None:
+                # The user's row lock makes one user's registrations take turns, so the count holds.
+                self._execute(cur, "SELECT 1 FROM users WHERE id = %s FOR UPDATE", (device["user_id"],))
+                held = self._execute(cur, "SELECT count(*) FROM devices WHERE user_id = %s",
+                                     (device["user_id"],)).fetchone()[0]
+                if held >= limit:
+                    raise Conflict(f"user {device['user_id']} already has {limit} devices")
+            self._put(cur, "devices", device)
+        self._write(work)
         return device
 
     @_absent_if_nul(lambda: None)

@@ -15,6 +15,7 @@ import threading
 import time
 
 from server import Server
+from store import journal
 
 CYCLES = 24
 WRITERS = 4
@@ -82,8 +83,7 @@ def check_files(data_dir):
     for name in names:
         path = os.path.join(data_dir, name)
         if name == "snapshot.json":
-            with open(path, "rb") as f:
-                json.load(f)
+            journal.read_snapshot(path)
         elif name.startswith("journal."):
             with open(path, "rb") as f:
                 for line in f:

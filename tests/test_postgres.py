@@ -69,9 +69,9 @@ def fill(store, users=20, chats=30, messages=600):
         store.create_chat(chat(f"c{number}"), [member(f"u{(number + k) % users}", "owner" if k == 0 else "member")
                                                for k in range(4)])
     for number in range(messages):
-        store.add_chat_message({"id": f"cm{number}", "chat_id": f"c{number % chats}",
-                                "user_id": f"u{number % users}", "content": f"word{number % 50} lunch {number}",
-                                "created_at": "2024-05-01T12:00:00Z"})
+        store.add_chat_message({"id": f"cm{number}", "chat_id": f"c{number % chats}",  # by one of its members
+                                "user_id": f"u{(number % chats + number % 4) % users}",
+                                "content": f"word{number % 50} lunch {number}", "created_at": "2024-05-01T12:00:00Z"})
         store.add_message({"id": f"m{number}", "user_id": f"u{number % users}", "username": "x",
                            "content": f"hello {number}", "timestamp": "2024-05-01T12:00:00Z",
                            "recipient_id": None if number % 3 else f"u{(number + 1) % users}"})
@@ -330,12 +330,13 @@ def test_later_migration_files_apply_in_order_and_a_newer_schema_is_refused(sche
     directory = tmp_path / "migrations"
     directory.mkdir()
     shutil.copy(os.path.join(postgres.MIGRATIONS, "0001_initial.sql"), directory)
-    (directory / "0003_later.sql").write_text("ALTER TABLE extra ADD COLUMN more text;\n")
+    later = NEWEST + 1  # newer than any file oxc ships
+    (directory / f"{later:04d}_later.sql").write_text("ALTER TABLE extra ADD COLUMN more text;\n")
     (directory / "0002_extra.sql").write_text("CREATE TABLE extra (id integer PRIMARY KEY);\n")
     (directory / "README").write_text("not a migration\n")
-    assert postgres.migrate(url, directory) == [(1, "initial"), (2, "extra"), (3, "later")]
+    assert postgres.migrate(url, directory) == [(1, "initial"), (2, "extra"), (later, "later")]
     assert postgres.migrate(url, directory) == []
-    assert postgres.current_version(url, directory) == (3, 3)
+    assert postgres.current_version(url, directory) == (later, later)
     with pytest.raises(StoreError, match="newer than this oxc"):
         postgres.migrate(url)
     with pytest.raises(StoreError, match="newer than this oxc"):

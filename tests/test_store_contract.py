@@ -141,6 +141,26 @@ def test_a_user_may_change_the_case_of_their_own_username(store):
     assert store.find_user("alice")["username"] == "Alice"
 
 
+def test_an_update_with_expected_values_applies_only_while_they_hold(store):
+    alice = store.create_user(make_user("u1", "alice", "alice@example.com"))
+    assert store.update_user("u1", {"full_name": "Al"}, expected={"email": "bob@example.com"}) is None
+    assert store.get_user("u1") == alice
+    changed = store.update_user("u1", {"email_verified": True}, expected={"email": "alice@example.com",
+                                                                          "password_hash": alice["password_hash"]})
+    assert changed["email_verified"] is True and store.get_user("u1") == changed
+
+
+def test_concurrent_password_changes_from_one_hash_have_exactly_one_winner(store):
+    old = store.create_user(make_user("u1", "alice"))["password_hash"]
+    for round_number in range(20):
+        results = all_at_once(2, lambda slot: store.update_user(
+            "u1", {"password_hash": f"new-{round_number}-{slot}"}, expected={"password_hash": old}))
+        winners = [result for result in results if result is not None]
+        assert len(winners) == 1, f"round {round_number}: {results}"
+        assert store.get_user("u1")["password_hash"] == winners[0]["password_hash"]
+        old = winners[0]["password_hash"]
+
+
 # ---- messages -----------------------------------------------------------------
 
 
@@ -453,6 +473,16 @@ def test_two_concurrent_rotations_of_one_token_have_exactly_one_winner(store):
         assert len(winners) == 1, f"round {round_number}: {results}"
         assert store.get_session(session_id) == winners[0]
         assert store.find_session(winners[0]["token_hash"]) == winners[0]
+
+
+def test_a_session_tied_to_a_password_hash_starts_only_while_that_hash_is_current(store):
+    alice = store.create_user(make_user("alice", "alice"))
+    assert store.add_session(make_session("s1", "alice", "one"), password_hash="stale") is None
+    assert store.add_session(make_session("s2", "nobody", "two"), password_hash=alice["password_hash"]) is None
+    assert store.get_session("s1") is None and store.get_session("s2") is None
+    session = make_session("s3", "alice", "three")
+    assert store.add_session(session, password_hash=alice["password_hash"]) == session
+    assert store.find_session(token_hash("three")) == session
 
 
 # ---- lifecycle ----------------------------------------------------------------
@@ -888,6 +918,76 @@ def test_deleting_a_chat_deletes_its_attachments_and_their_unshared_bytes(store)
         assert f.read() == b"in both"
 
 
+def sized(attachment_id, digest, size, uploader="alice", **extra):
+    return dict(attachment(attachment_id, digest, **extra), uploader_id=uploader, size=size)
+
+
+def test_attachment_usage_sums_sizes_per_uploader_without_thumbnails_and_frees_on_delete(store):
+    group(store, "c1", "alice")
+    data, thumb = store.save_blob_bytes(b"some bytes"), store.save_blob_bytes(b"a thumbnail")
+    assert store.attachment_usage("alice") == 0
+    store.add_attachment(sized("a1", data, 1000, thumbnail=thumb))
+    store.add_attachment(sized("a2", data, 500))  # the same bytes again still count: each is its uploader's
+    store.add_attachment(sized("b1", data, 70, uploader="bob"))
+    assert (store.attachment_usage("alice"), store.attachment_usage("bob")) == (1500, 70)
+    store.update_attachment("a1", {"message_id": "m1"})
+    assert store.attachment_usage("alice") == 1500
+    store.delete_attachment("a1")
+    assert store.attachment_usage("alice") == 500
+    store.delete_chat("c1")
+    assert (store.attachment_usage("alice"), store.attachment_usage("bob")) == (0, 0)
+
+
+def test_an_attachment_past_the_quota_is_refused_and_nothing_is_written(store):
+    from store import QuotaExceeded
+    store.create_user(make_user("alice", "alice"))
+    digest = store.save_blob_bytes(b"abc")
+    store.add_attachment(sized("a1", digest, 600), quota=1000)
+    with pytest.raises(QuotaExceeded) as refused:
+        store.add_attachment(sized("a2", digest, 401), quota=1000)
+    assert (refused.value.used, refused.value.quota) == (600, 1000)
+    assert store.get_attachment("a2") is None and store.attachment_usage("alice") == 600
+    store.add_attachment(sized("a3", digest, 400), quota=1000)  # exactly full is allowed
+    store.add_attachment(sized("a4", digest, 10**9))  # no quota given: none checked
+    assert store.attachment_usage("alice") == 1000 + 10**9
+
+
+def test_concurrent_attachments_never_take_their_uploader_past_the_quota(store):
+    from store import QuotaExceeded
+    store.create_user(make_user("alice", "alice"))
+    digest = store.save_blob_bytes(b"abc")
+    threads, outcomes = 8, []
+    barrier = threading.Barrier(threads)
+
+    def add(slot):
+        barrier.wait()
+        try:
+            store.add_attachment(sized(f"a{slot}", digest, 3000), quota=10_000)
+            outcomes.append("stored")
+        except QuotaExceeded:
+            outcomes.append("refused")
+
+    racers = [threading.Thread(target=add, args=(slot,)) for slot in range(threads)]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join()
+    assert sorted(outcomes) == ["refused"] * 5 + ["stored"] * 3
+    assert store.attachment_usage("alice") == 9000
+
+
+def test_a_discarded_blob_goes_unless_an_attachment_refers_to_it(store):
+    kept = store.save_blob_bytes(b"kept")
+    store.add_attachment(attachment("a1", kept))
+    assert store.save_blob_bytes(b"kept") == kept  # saved again for an upload that is then refused
+    store.discard_blob(kept)
+    with store.open_blob(kept) as f:
+        assert f.read() == b"kept"
+    dropped = store.save_blob_bytes(b"dropped")
+    store.discard_blob(dropped)
+    assert store.open_blob(dropped) is None
+
+
 # ---- public keys and one-time codes ---------------------------------------------
 
 
@@ -916,6 +1016,95 @@ def test_codes_are_stored_replaced_and_deleted(store):
     assert store.delete_code("verify:u1") is True
     assert store.get_code("verify:u1") is None
     assert store.delete_code("verify:u1") is False
+
+
+def all_at_once(count, work):
+    """Run ``work(slot)`` in ``count`` threads released together; their results by slot."""
+    barrier = threading.Barrier(count)
+    results = [None] * count
+
+    def run(slot):
+        barrier.wait()
+        results[slot] = work(slot)
+
+    racers = [threading.Thread(target=run, args=(slot,)) for slot in range(count)]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join()
+    return results
+
+
+def make_code(code_id="verify:u1", code_hash="h1", expires_at=1000.0):
+    return {"id": code_id, "user_id": "u1", "purpose": "verify", "email": "a@example.com",
+            "code_hash": code_hash, "attempts": 0, "expires_at": expires_at}
+
+
+def test_each_guess_spends_an_attempt_until_the_code_is_gone(store):
+    store.put_code(make_code())
+    assert [store.spend_code("verify:u1", 10.0, 3)["attempts"] for _ in range(3)] == [1, 2, 3]
+    assert store.get_code("verify:u1")["attempts"] == 3
+    assert store.spend_code("verify:u1", 10.0, 3) is None
+    assert store.get_code("verify:u1") is None
+    assert store.spend_code("verify:u1", 10.0, 3) is None
+
+
+def test_an_expired_code_is_gone_at_the_first_guess(store):
+    store.put_code(make_code(expires_at=100.0))
+    assert store.spend_code("verify:u1", 100.5, 5) is None
+    assert store.get_code("verify:u1") is None
+
+
+def test_a_code_deleted_by_its_hash_spares_a_newer_code(store):
+    store.put_code(make_code(code_hash="old"))
+    store.put_code(make_code(code_hash="new"))
+    assert store.delete_code("verify:u1", "old") is False
+    assert store.get_code("verify:u1")["code_hash"] == "new"
+    assert store.delete_code("verify:u1", "new") is True
+    assert store.get_code("verify:u1") is None
+
+
+def test_concurrent_guesses_at_one_code_spend_exactly_its_attempts(store):
+    for round_number in range(10):
+        code_id = f"verify:r{round_number}"
+        store.put_code(make_code(code_id))
+        spent = all_at_once(8, lambda slot: store.spend_code(code_id, 10.0, 5))
+        assert sorted(code["attempts"] for code in spent if code is not None) == [1, 2, 3, 4, 5], spent
+        assert store.spend_code(code_id, 10.0, 5) is None
+
+
+def test_concurrent_redemptions_of_one_code_have_exactly_one_winner(store):
+    for round_number in range(20):
+        code_id = f"reset:r{round_number}"
+        store.put_code(make_code(code_id))
+        assert sorted(all_at_once(2, lambda slot: store.delete_code(code_id, "h1"))) == [False, True]
+
+
+# ---- attempts counted in a window -------------------------------------------------------
+
+
+def test_attempts_are_counted_per_key_in_a_window_that_starts_again_once_it_ends(store):
+    assert store.count_attempt("login:a", 100.0, 60) == (1, 160.0)
+    assert store.count_attempt("login:a", 130.0, 60) == (2, 160.0)
+    assert store.count_attempt("login:b", 130.0, 60) == (1, 190.0)
+    assert store.count_attempt("login:a", 160.0, 60) == (1, 220.0)
+
+
+def test_an_attempt_taken_back_or_cleared_no_longer_counts(store):
+    for _ in range(3):
+        store.count_attempt("login:a", 100.0, 60)
+    store.take_back_attempt("login:a")
+    assert store.count_attempt("login:a", 100.0, 60) == (3, 160.0)
+    store.clear_attempts("login:a")
+    assert store.count_attempt("login:a", 110.0, 60) == (1, 170.0)
+    store.take_back_attempt("login:unknown")
+    store.clear_attempts("login:unknown")
+    assert store.count_attempt("login:unknown", 110.0, 60) == (1, 170.0)
+
+
+def test_concurrent_attempts_are_each_counted_once(store):
+    counted = all_at_once(8, lambda slot: [store.count_attempt("login:a", 100.0, 60)[0] for _ in range(10)])
+    assert sorted(count for counts in counted for count in counts) == list(range(1, 81))
 
 
 # ---- notifications, devices and the push queue --------------------------------------
@@ -1057,3 +1246,252 @@ def test_bytes_uploaded_again_survive_the_deletion_of_an_older_copy(store):
         assert f.read() == payload
     store.delete_attachment("a2")
     assert store.open_blob(digest) is None
+
+
+# ---- rules decided inside one atomic write ----------------------------------------------
+
+
+class Refused(Exception):
+    """What rule code raises to refuse a change."""
+
+
+def refuse(*args):
+    raise Refused("no")
+
+
+def run_together(count, work):
+    """Run ``work(slot)`` in ``count`` threads released at once; their results (or exceptions)."""
+    barrier, results = threading.Barrier(count), [None] * count
+
+    def run(slot):
+        barrier.wait()
+        try:
+            results[slot] = work(slot)
+        except Exception as exc:  # the outcome is what is checked
+            results[slot] = exc
+
+    racers = [threading.Thread(target=run, args=(slot,)) for slot in range(count)]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join()
+    return results
+
+
+def test_change_chat_decides_on_the_records_as_they_are_and_writes_what_it_decided(store):
+    from store import ChatChange
+    group(store, "c1", "alice", "bob")
+    seen = []
+
+    def transfer(chat, members, count):
+        seen.append((chat["name"], {uid: m and m["role"] for uid, m in members.items()}, count))
+        return ChatChange(members={"bob": dict(members["bob"], role="owner"),
+                                   "alice": dict(members["alice"], role="admin"), "carol": member("carol")},
+                          chat={"name": "renamed"})
+
+    chat, members = store.change_chat("c1", ["alice", "bob", "carol"], transfer)
+    assert seen == [("c1", {"alice": "owner", "bob": "member", "carol": None}, 2)]
+    assert chat["name"] == "renamed" and store.get_chat("c1") == chat
+    assert {uid: m["role"] for uid, m in members.items()} == {"alice": "admin", "bob": "owner", "carol": "member"}
+    assert members["carol"]["chat_id"] == "c1" and store.get_member("c1", "carol") == members["carol"]
+    assert [m["user_id"] for m in store.members("c1")] == ["alice", "bob", "carol"]
+    assert store.chat_ids("carol") == {"c1"}
+    assert store.change_chat("c1", ["bob"], lambda chat, members, count: None) == (chat, {"bob": members["bob"]})
+
+
+def test_change_chat_writes_nothing_when_the_decision_refuses_or_oversteps(store):
+    from store import ChatChange
+    group(store, "c1", "alice", "bob")
+    before = store.members("c1")
+    with pytest.raises(Refused):
+        store.change_chat("c1", ["alice", "bob"], refuse)
+    with pytest.raises(ValueError):  # a decision may only write the members it was shown
+        store.change_chat("c1", ["alice"], lambda chat, members, count: ChatChange(
+            members={"alice": None, "bob": None}))
+    assert store.members("c1") == before and store.get_chat("c1")["name"] == "c1"
+    seen = []
+    assert store.change_chat("gone", ["alice"], lambda *args: seen.append(args)) == (None, {"alice": None})
+    assert seen == [(None, {"alice": None}, 0)]
+
+
+def test_change_chat_deletes_a_group_left_without_members_or_asked_to(store):
+    from store import ChatChange
+    group(store, "c1", "alice")
+    say(store, "c1", "m1")
+    digest = store.save_blob_bytes(b"only in c1")
+    store.add_attachment(attachment("a1", digest))
+    chat, members = store.change_chat("c1", ["alice"], lambda chat, members, count: ChatChange(
+        members={"alice": None}))
+    assert (chat, members) == (None, {"alice": None})
+    assert store.get_chat("c1") is None and store.get_chat_message("m1") is None
+    assert store.get_attachment("a1") is None and store.open_blob(digest) is None
+    assert store.chat_ids("alice") == set()
+    group(store, "c2", "alice", "bob")
+    assert store.change_chat("c2", ["bob"], lambda *args: ChatChange(delete=True)) == (None, {"bob": None})
+    assert store.get_chat("c2") is None and store.members("c2") == []
+    group(store, "c3", "alice", "bob")
+    store.change_chat("c3", ["bob"], lambda chat, members, count: ChatChange(members={"bob": None}))
+    assert [m["user_id"] for m in store.members("c3")] == ["alice"]
+
+
+def test_concurrent_ownership_transfers_through_change_chat_leave_one_owner(store):
+    from store import ChatChange
+    for round_number in range(5):
+        chat_id = f"c{round_number}"
+        group(store, chat_id, "alice", *(f"u{n}" for n in range(6)))
+
+        def transfer(slot, chat_id=chat_id):
+            def decide(chat, members, count):
+                if members["alice"]["role"] != "owner":
+                    raise Refused("alice is no longer the owner")
+                return ChatChange(members={f"u{slot}": dict(members[f"u{slot}"], role="owner"),
+                                           "alice": dict(members["alice"], role="admin")})
+            return store.change_chat(chat_id, ["alice", f"u{slot}"], decide)
+
+        results = run_together(6, transfer)
+        assert sum(not isinstance(result, Exception) for result in results) == 1, results
+        assert all(isinstance(result, (Refused, tuple)) for result in results), results
+        assert len([m for m in store.members(chat_id) if m["role"] == "owner"]) == 1
+
+
+def test_a_chat_message_claims_its_attachment_once_and_only_from_a_member(store):
+    from store import Missing
+    group(store, "c1", "alice", "bob")
+    group(store, "c2", "alice")
+    digest = store.save_blob_bytes(b"abc")
+    store.add_attachment(attachment("a1", digest))
+    store.add_attachment(attachment("other", digest, chat_id="c2"))
+    with pytest.raises(Missing):
+        say(store, "c1", "m0", "carol")
+    sent = say(store, "c1", "m1", "bob", attachment_id="a1")
+    assert store.get_attachment("a1")["message_id"] == "m1" and sent["attachment_id"] == "a1"
+    for message_id, attachment_id in (("m2", "a1"), ("m3", "other"), ("m4", "nope")):
+        with pytest.raises(Conflict):
+            say(store, "c1", message_id, "alice", attachment_id=attachment_id)
+    assert ids(store.chat_history("c1")) == ["m1"]
+    assert store.get_attachment("other")["message_id"] is None
+    assert store.get_member("c1", "alice")["read_seq"] == 0
+
+
+def test_concurrent_messages_naming_one_attachment_have_one_winner(store):
+    group(store, "c1", "alice", "bob")
+    digest = store.save_blob_bytes(b"abc")
+    for round_number in range(5):
+        store.add_attachment(attachment(f"a{round_number}", digest))
+        results = run_together(4, lambda slot: say(store, "c1", f"m{round_number}-{slot}", ("alice", "bob")[slot % 2],
+                                                   attachment_id=f"a{round_number}"))
+        winners = [result for result in results if not isinstance(result, Exception)]
+        assert len(winners) == 1 and all(isinstance(r, Conflict) for r in results if r not in winners), results
+        assert store.get_attachment(f"a{round_number}")["message_id"] == winners[0]["id"]
+    assert len(store.chat_history("c1").items) == 5
+
+
+def test_change_chat_message_decides_on_the_fresh_message_and_a_tombstone_takes_its_attachment(store):
+    group(store, "c1", "alice", "bob")
+    digest = store.save_blob_bytes(b"only here")
+    store.add_attachment(attachment("a1", digest))
+    say(store, "c1", "m1", "bob", content="look", attachment_id="a1")
+    seen = []
+
+    def look(message, member):
+        seen.append((message["id"], member and member["user_id"]))
+        return None
+
+    assert store.change_chat_message("m1", "alice", look)["id"] == "m1"
+    store.change_chat_message("m1", "carol", look)
+    assert seen == [("m1", "alice"), ("m1", None)]
+    with pytest.raises(Refused):
+        store.change_chat_message("m1", "alice", refuse)
+    edited = store.change_chat_message("m1", "bob", lambda message, member: {"content": message["content"] + "!"})
+    assert edited["content"] == "look!" and store.get_attachment("a1")["message_id"] == "m1"
+    gone = store.change_chat_message("m1", "alice", lambda message, member: {"deleted": True, "content": None})
+    assert gone["deleted"] is True and store.get_chat_message("m1") == gone
+    assert store.get_attachment("a1") is None and store.open_blob(digest) is None
+    assert store.change_chat_message("nope", "alice", lambda *args: seen.append(args)) is None
+    assert seen[-1] == (None, None)
+
+
+def test_a_message_that_stops_naming_its_attachment_takes_it_along(store):
+    group(store, "c1", "alice")
+    digest = store.save_blob_bytes(b"abc")
+    store.add_attachment(attachment("a1", digest))
+    say(store, "c1", "m1", attachment_id="a1")
+    message = store.change_chat_message("m1", "alice", lambda *args: {"attachment_id": None, "attachment": None})
+    assert message["attachment_id"] is None and message.get("deleted") is not True
+    assert store.get_attachment("a1") is None
+
+
+def test_concurrent_tombstones_of_one_message_have_one_winner(store):
+    group(store, "c1", "alice", "bob")
+    for round_number in range(5):
+        say(store, "c1", f"m{round_number}")
+
+        def tombstone(slot, message_id=f"m{round_number}"):
+            def decide(message, member):
+                if message.get("deleted"):
+                    raise Refused("already deleted")
+                return {"deleted": True, "content": None, "deleted_by": slot}
+            return store.change_chat_message(message_id, ("alice", "bob")[slot % 2], decide)
+
+        results = run_together(4, tombstone)
+        winners = [result for result in results if not isinstance(result, Exception)]
+        assert len(winners) == 1 and all(isinstance(r, Refused) for r in results if r not in winners), results
+        assert store.get_chat_message(f"m{round_number}")["deleted_by"] == winners[0]["deleted_by"]
+
+
+def test_delete_attachment_unsent_only_leaves_a_sent_attachment_alone(store):
+    group(store, "c1", "alice")
+    digest = store.save_blob_bytes(b"abc")
+    store.add_attachment(attachment("a1", digest))
+    store.add_attachment(attachment("a2", digest))
+    say(store, "c1", "m1", attachment_id="a1")
+    assert store.delete_attachment("a1", unsent_only=True) is False
+    assert store.get_attachment("a1")["message_id"] == "m1"
+    assert store.delete_attachment("a2", unsent_only=True) is True and store.get_attachment("a2") is None
+    assert store.open_blob(digest) is not None
+
+
+def test_change_user_keys_writes_new_and_changed_keys_in_one_go(store):
+    store.add_key(make_key("k1", "alice", "2024-05-01T00:00:00Z"))
+    store.add_key(make_key("kb", "bob", "2024-05-01T00:00:00Z"))
+    seen = []
+
+    def rotate(keys):
+        seen.append([key["id"] for key in keys])
+        return [make_key("k2", "alice", "2024-05-02T00:00:00Z")], {"k1": {"revoked_at": "t", "replaced_by": "k2"}}
+
+    added, changed = store.change_user_keys("alice", rotate)
+    assert seen == [["k1"]] and [key["id"] for key in added] == ["k2"]
+    assert changed == [dict(make_key("k1", "alice", "2024-05-01T00:00:00Z"), revoked_at="t", replaced_by="k2")]
+    assert [(key["id"], key["revoked_at"]) for key in store.user_keys("alice")] == [("k1", "t"), ("k2", None)]
+    with pytest.raises(Refused):
+        store.change_user_keys("alice", refuse)
+    assert len(store.user_keys("alice")) == 2 and store.user_keys("bob")[0]["revoked_at"] is None
+
+
+def test_concurrent_key_publications_decided_on_fresh_keys_have_one_winner(store):
+    store.create_user(make_user("alice", "alice"))
+
+    def publish(slot):
+        def decide(keys):
+            if any(key["revoked_at"] is None for key in keys):
+                raise Refused("the device has a live key")
+            return [make_key(f"k{slot}", "alice", f"2024-05-01T00:00:0{slot}Z")], {}
+        return store.change_user_keys("alice", decide)
+
+    results = run_together(6, publish)
+    assert sum(not isinstance(result, Exception) for result in results) == 1, results
+    assert len(store.user_keys("alice")) == 1
+
+
+def test_add_device_with_a_limit_refuses_past_it_even_when_concurrent(store):
+    store.create_user(make_user("alice", "alice"))
+
+    def register(slot):
+        return store.add_device({"id": f"d{slot}", "user_id": "alice", "platform": "web", "token": f"t{slot}",
+                                 "endpoint": None, "created_at": "2024-05-01T12:00:00Z"}, limit=3)
+
+    results = run_together(8, register)
+    assert sum(not isinstance(result, Exception) for result in results) == 3, results
+    assert all(isinstance(result, Conflict) for result in results if isinstance(result, Exception))
+    assert len(store.user_devices("alice")) == 3

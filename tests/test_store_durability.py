@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from store import StoreLocked, StoreUnavailable, journal, open_store
+from store import StoreCorrupt, StoreLocked, StoreUnavailable, journal, open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -201,7 +201,7 @@ def test_automatic_compaction_leaves_one_snapshot_one_journal_and_the_right_data
     assert len(journals) == 1, names
     assert journals[0] != "journal.0.log", names
     assert sorted(set(names) - set(journals)) == ["blobs", "oxc.lock", "snapshot.json"]
-    snapshot = json.loads((data_dir / "snapshot.json").read_bytes())
+    snapshot = journal.read_snapshot(data_dir / "snapshot.json")
     assert f"journal.{snapshot['generation']}.log" == journals[0]
     expected.check(opened(data_dir, compact_min=20))
 
@@ -236,9 +236,9 @@ def test_a_torn_tail_is_dropped_and_the_journal_truncated_to_the_good_prefix(dat
     assert store.get_message("later") == later
 
 
-def test_a_last_line_with_a_wrong_checksum_is_dropped(data_dir, opened):
+def test_a_complete_last_line_with_a_wrong_checksum_is_corruption_not_a_torn_tail(data_dir, opened):
     store = opened(data_dir)
-    written = [store.add_message(make_message(f"m{i}", "alice")) for i in range(5)]
+    [store.add_message(make_message(f"m{i}", "alice")) for i in range(5)]
     store.close()
     path = current_journal(data_dir)
     lines = path.read_bytes().splitlines(keepends=True)
@@ -246,12 +246,11 @@ def test_a_last_line_with_a_wrong_checksum_is_dropped(data_dir, opened):
     lines[-1] = b"%08x" % (checksum ^ 1) + lines[-1][8:]
     path.write_bytes(b"".join(lines))
 
-    store = opened(data_dir)
-    assert path.read_bytes() == b"".join(lines[:-1])
-    for message in written[:-1]:
-        assert store.get_message(message["id"]) == message
-    assert store.get_message("m4") is None
-    assert ids(store.visible_messages("alice")) == ["m0", "m1", "m2", "m3"]
+    with pytest.raises(StoreCorrupt) as refused:
+        opened(data_dir)
+    offset = sum(len(line) for line in lines[:-1])
+    assert f"{path} is damaged at byte {offset} (record {len(lines)}: checksum mismatch)" in str(refused.value)
+    assert path.read_bytes() == b"".join(lines), "the evidence is kept as it was"
 
 
 def test_leftover_temp_files_are_removed_at_open(data_dir, opened):
@@ -340,7 +339,7 @@ def test_the_data_directory_never_holds_a_raw_refresh_token(data_dir, opened):
         assert token.encode() not in stored
 
 
-def test_a_failed_fdatasync_makes_the_store_refuse_every_later_write(data_dir, opened, monkeypatch):
+def test_a_failed_fdatasync_refuses_writes_until_the_disk_recovers_and_loses_nothing(data_dir, opened, monkeypatch):
     store = opened(data_dir)
     store.add_message(make_message("before", "alice"))
 
@@ -350,17 +349,19 @@ def test_a_failed_fdatasync_makes_the_store_refuse_every_later_write(data_dir, o
     monkeypatch.setattr(journal.os, "fdatasync", failing_fdatasync)
     with pytest.raises(StoreUnavailable):
         store.add_message(make_message("during", "alice"))
+    assert store.get_message("during") is None, "a write answered with an error is not visible"
     assert store.writable is False
+    assert "Input/output error" in store.problem()
     with pytest.raises(StoreUnavailable):
         store.create_user(make_user("bob", "bob"))
-    monkeypatch.undo()  # the disk is back, but the store must not pretend nothing happened
-    with pytest.raises(StoreUnavailable):
-        store.add_session(make_session("s1", "alice", "token"))
-    with pytest.raises(StoreUnavailable):
-        store.add_message(make_message("after", "alice"))
-    assert store.writable is False
+    assert store.rearm() is False, "the disk still fails"
+    monkeypatch.undo()
+    assert store.rearm() is True
+    assert store.writable is True and store.problem() is None
+    store.add_message(make_message("after", "alice"))
     store.close()
-    assert opened(data_dir).get_message("before")["id"] == "before"
+    reopened = opened(data_dir)
+    assert ids(reopened.visible_messages("alice")) == ["before", "after"]
 
 
 # ---- 0xC import ---------------------------------------------------------------------
