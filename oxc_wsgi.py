@@ -39,7 +39,7 @@ from handlers import (accounts, auth, chats, events, keys, media, messages, noti
                       service, users)
 from handlers import web
 from handlers.http import (BadRequest, HTTPError, MethodNotAllowed, NotFound, Response,
-                           ServiceUnavailable, UnsupportedMediaType, json_response)
+                           STORE_RETRY_AFTER, ServiceUnavailable, UnsupportedMediaType, json_response)
 from handlers.hub import Hub
 from handlers.mail import Mailer
 from handlers.push import PushWorker
@@ -190,6 +190,7 @@ VARIABLES = (
     ("bcrypt_rounds", "BCRYPT_ROUNDS", _integer(4, 16), 12),
     ("threads", "THREADS", _integer(1, 1024), 8),
     ("compact_min", "STORE_COMPACT_MIN", _integer(10), 10_000),
+    ("store_free_space_reserve", "STORE_FREE_SPACE_RESERVE", _integer(0), 64 * 1024 * 1024),
     ("store_url", "STORE_URL", _string, ""),
     ("db_pool_size", "DB_POOL_SIZE", _integer(1, 1000), 10),
     ("realtime_max_clients", "REALTIME_MAX_CLIENTS", _integer(1, 100_000), 100),
@@ -197,6 +198,7 @@ VARIABLES = (
     ("events_kept", "EVENTS_KEPT", _integer(10, 10_000_000), 10_000),
     ("media_max_bytes", "MEDIA_MAX_BYTES", _integer(1024), 25 * 1024 * 1024),
     ("media_types", "MEDIA_ALLOWED_TYPES", _media_types, DEFAULT_MEDIA_TYPES),
+    ("attachment_quota_bytes", "ATTACHMENT_QUOTA_BYTES", _integer(0), 1024 * 1024 * 1024),
     ("smtp_host", "SMTP_HOST", _string, ""),
     ("smtp_port", "SMTP_PORT", _integer(1, 65535), 587),
     ("smtp_security", "SMTP_SECURITY", _choice("starttls", "ssl", "none"), "starttls"),
@@ -242,6 +244,7 @@ class Settings:
     bcrypt_rounds: int = 12
     threads: int = 8
     compact_min: int = 10_000
+    store_free_space_reserve: int = 64 * 1024 * 1024
     store_url: str = ""
     db_pool_size: int = 10
     realtime_max_clients: int = 100
@@ -249,6 +252,7 @@ class Settings:
     events_kept: int = 10_000
     media_max_bytes: int = 25 * 1024 * 1024
     media_types: tuple = DEFAULT_MEDIA_TYPES
+    attachment_quota_bytes: int = 1024 * 1024 * 1024
     smtp_host: str = ""
     smtp_port: int = 587
     smtp_security: str = "starttls"
@@ -523,7 +527,7 @@ class Context:
         self.passwords = Passwords(settings.bcrypt_rounds, concurrency=max(1, min(4, settings.threads // 2)))
         self.tokens = AccessTokens(settings.jwt_secret_key, settings.access_token_expires * 60,
                                    settings.token_refresh_seconds, clock)
-        self.login_throttle = auth.LoginThrottle(clock)
+        self.login_throttle = auth.LoginThrottle(store, settings.jwt_secret_key, clock)
         self.mailer = Mailer(settings)
         self.codes = accounts.Codes(store, settings.jwt_secret_key, clock, self.mailer)
         self.events = Hub(store, clock, capacity=settings.events_kept,
@@ -551,10 +555,12 @@ class App:
             answer = route.handler(req, **params)
             if not isinstance(answer, Response):
                 answer = json_response(answer)
+            # Nothing leaves that shows a write the disk has not kept yet.
+            self.ctx.store.sync()
         except HTTPError as exc:
             return middleware.error_answer(start_response, exc.status, exc.message, exc.headers)
         except StoreUnavailable as exc:
-            error = ServiceUnavailable(str(exc), retry_after=30)
+            error = ServiceUnavailable(str(exc), retry_after=STORE_RETRY_AFTER)
             return middleware.error_answer(start_response, error.status, error.message, error.headers)
         except Exception:
             log.exception("unhandled error in %s %s", req.method, req.path)
@@ -673,7 +679,7 @@ def create_app(settings=None, *, clock=time.time, store=None, **overrides):
     if store is None:
         data_dir = None if settings.data_dir is None else os.fspath(settings.data_dir)
         store = open_store(data_dir, compact_min=settings.compact_min, url=settings.store_url or None,
-                           pool_size=settings.db_pool_size)
+                           pool_size=settings.db_pool_size, reserve=settings.store_free_space_reserve)
     ctx = Context(settings, store, clock, __version__)
     router = Router(routes(settings.api_prefix))
     ctx.routes = router.routes
@@ -825,6 +831,8 @@ def admin(args, settings):
     except (FileExistsError, ValueError) as exc:
         print(f"oxc: {exc}", file=sys.stderr)
         return 1
+    if action in ("verify", "repair"):
+        return check_data(action, data_dir, blobs_only=bool(settings.store_url))
     store = open_store(data_dir, compact_min=settings.compact_min, url=settings.store_url or None, pool_size=2)
     try:
         if action == "compact":
@@ -861,6 +869,30 @@ def admin(args, settings):
         return 1
     finally:
         store.close()
+
+
+def check_data(action, data_dir, blobs_only):
+    """``oxc admin verify`` (exit 1 when anything is damaged) and ``oxc admin repair``."""
+    from store import integrity
+
+    if not os.path.isdir(data_dir):
+        print(f"oxc: {data_dir} is not a directory", file=sys.stderr)
+        return 1
+    if action == "verify":
+        damage = integrity.verify(data_dir, blobs_only=blobs_only)
+        for row in damage:
+            print(f"damaged: {row}")
+        what = "attachment blobs" if blobs_only else "journal, snapshot and attachment blobs"
+        print(f"{len(damage)} damaged in {data_dir} ({what} checked)" if damage
+              else f"no damage in {data_dir} ({what} checked)")
+        return 1 if damage else 0
+    if blobs_only:
+        print("oxc: with STORE_URL, repair acts on no database; verify lists damaged blobs", file=sys.stderr)
+        return 1
+    lost = integrity.repair(data_dir)
+    print(f"repaired {data_dir}: {len(lost)} records or files could not be kept" if lost
+          else f"no damage in {data_dir}; nothing changed")
+    return 0
 
 
 def migrate(args, settings):
@@ -906,6 +938,10 @@ def build_parser():
         if name == "create-user":
             sub.add_argument("--email")
     actions.add_parser("compact", help="write a fresh snapshot and drop the journal")
+    actions.add_parser("verify", help="check every journal record, the snapshot and every attachment's "
+                       "bytes; exit 1 if anything is damaged (safe while the server runs)")
+    actions.add_parser("repair", help="make a damaged store open again, keeping a copy of every damaged "
+                       "file and naming every record it could not keep (the server must be stopped)")
     sub = actions.add_parser("backup", help="write the whole store to a .tar.gz file")
     sub.add_argument("file")
     sub = actions.add_parser("restore", help="replace the store with a backup")

@@ -2,16 +2,20 @@
 
 A code is six digits, valid ``CODE_TTL`` seconds, good for ``MAX_ATTEMPTS``
 guesses, and stored only as an HMAC (a copy of the data directory reveals no
-code). Asking for a code answers the same whether or not the address
-belongs to anyone, and each address may ask once per ``RESEND_AFTER``
-seconds, existing or not, so neither the answer nor its timing tells who has
-an account. A password reset ends every session of the account.
+code). Each guess, the right one too, is counted by the store before it is
+compared, in one atomic step (``spend_code``), and a right code is used up by
+a delete that only one caller wins: parallel guesses, in any number of
+processes, get ``MAX_ATTEMPTS`` comparisons and one redemption between them.
+Asking for a code answers the same whether or not the address belongs to
+anyone, and each address may ask once per ``RESEND_AFTER`` seconds, existing
+or not (counted in the store, so across processes too), so neither the answer
+nor its timing tells who has an account. A password reset ends every session
+of the account.
 """
 
 import hashlib
 import hmac
 import secrets
-import threading
 
 from .auth import check_new_password
 from .fields import email, text
@@ -38,22 +42,17 @@ class Codes:
         self._key = hashlib.sha256(b"oxc one-time codes\0" + secret.encode("utf-8")).digest()
         self._clock = clock
         self._mailer = mailer
-        self._asked = {}
-        self._lock = threading.Lock()
 
     def _digest(self, purpose, user_id, code):
         return hmac.new(self._key, f"{purpose}:{user_id}:{code}".encode(), hashlib.sha256).hexdigest()
 
     def throttle(self, address):
         """429 if ``address`` asked for a code less than RESEND_AFTER seconds ago."""
-        key, now = address.casefold(), self._clock()
-        with self._lock:
-            if len(self._asked) > 10_000:
-                self._asked = {k: t for k, t in self._asked.items() if t + RESEND_AFTER > now}
-            wait = self._asked.get(key, -RESEND_AFTER) + RESEND_AFTER - now
-            if wait > 0:
-                raise TooManyRequests("A code was sent to this address a moment ago; try again later", wait)
-            self._asked[key] = now
+        now = self._clock()
+        key = "code:" + self._digest("ask", "", address.casefold())
+        count, ends = self._store.count_attempt(key, now, RESEND_AFTER)
+        if count > 1:
+            raise TooManyRequests("A code was sent to this address a moment ago; try again later", ends - now)
 
     def send(self, purpose, user, address):
         """Make a new code for ``user`` and mail it to ``address``."""
@@ -67,19 +66,16 @@ class Codes:
         self._mailer.send(address, subject, body.format(code=code))
 
     def check(self, purpose, user, address, code):
-        """True (and the code is used up) when ``code`` is right; counts a wrong guess."""
-        record = self._store.get_code(f"{purpose}:{user['id']}")
+        """True (and the code is used up) when ``code`` is right; every guess is counted first."""
+        record = self._store.spend_code(f"{purpose}:{user['id']}", self._clock(), MAX_ATTEMPTS)
         if record is None:
             return False
-        if record["expires_at"] < self._clock() or record["attempts"] >= MAX_ATTEMPTS \
-                or record["email"].casefold() != address.casefold():
-            self._store.delete_code(record["id"])
+        if record["email"].casefold() != address.casefold():
+            self._store.delete_code(record["id"], record["code_hash"])
             return False
-        if hmac.compare_digest(record["code_hash"], self._digest(purpose, user["id"], code)):
-            self._store.delete_code(record["id"])
-            return True
-        self._store.put_code(dict(record, attempts=record["attempts"] + 1))
-        return False
+        if not hmac.compare_digest(record["code_hash"], self._digest(purpose, user["id"], code)):
+            return False
+        return self._store.delete_code(record["id"], record["code_hash"])
 
 
 def _code(body):
@@ -107,7 +103,9 @@ def post_verification(req):
     user = req.ctx.store.find_user_by_email(address)
     if user is None or not req.ctx.codes.check("verify", user, address, code):
         raise BadRequest(BAD_CODE)
-    req.ctx.store.update_user(user["id"], {"email_verified": True})
+    # Only while the account still has the address the code went to.
+    if req.ctx.store.update_user(user["id"], {"email_verified": True}, expected={"email": user["email"]}) is None:
+        raise BadRequest(BAD_CODE)
     return success(message="E-mail address verified")
 
 
@@ -131,7 +129,9 @@ def post_password_reset(req):
     user = ctx.store.find_user_by_email(address)
     if user is None or not ctx.codes.check("reset", user, address, code):
         raise BadRequest(BAD_CODE)
-    # Reading the code proves the address is the user's.
-    ctx.store.update_user(user["id"], {"password_hash": ctx.passwords.hash(password), "email_verified": True})
+    # Reading the code proves the address is the user's, while it still is.
+    changes = {"password_hash": ctx.passwords.hash(password), "email_verified": True}
+    if ctx.store.update_user(user["id"], changes, expected={"email": user["email"]}) is None:
+        raise BadRequest(BAD_CODE)
     ended = ctx.store.delete_user_sessions(user["id"])
     return success({"sessions_ended": ended}, "Password changed; log in with the new password")

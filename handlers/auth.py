@@ -5,10 +5,11 @@ Wire format as in 0xC: ``/auth/register``, ``/auth/login``, ``/auth/refresh``,
 runs before every handler whose route needs a user.
 """
 
+import hashlib
+import hmac
 import logging
 import re
 import secrets
-import threading
 import uuid
 
 from store import Conflict as StoreConflict
@@ -30,43 +31,43 @@ LAST_SEEN_RESOLUTION = 60  # seconds; "last seen" is written at most this often 
 
 
 class LoginThrottle:
-    """Counts failed logins per account; too many within ``window`` seconds -> 429.
+    """At most ``failures`` password checks per account within ``window`` seconds; beyond them, 429.
 
+    Each login attempt is counted in the store before its password is checked,
+    in one atomic step that also answers the count, so parallel guesses cannot
+    all pass a check made before any of them was counted, and every process on
+    one database shares the count (the JSON store keeps it in memory: a
+    restart forgets it). A successful login clears it. Counts are kept under
+    an HMAC of the username, so the store holds no list of names people tried.
     This complements the per-client rate limit: one account attacked from many
     addresses is still protected.
     """
 
-    def __init__(self, clock, failures=10, window=900):
+    def __init__(self, store, secret, clock, failures=10, window=900):
+        self._store = store
+        self._secret = hashlib.sha256(b"oxc login attempts\0" + secret.encode("utf-8")).digest()
         self._clock = clock
         self.failures = failures
         self.window = window
-        self._lock = threading.Lock()
-        self._seen = {}
 
-    def check(self, username):
-        """Raise TooManyRequests while ``username`` is locked out."""
-        key = username.casefold()
-        with self._lock:
-            count, since = self._seen.get(key, (0, 0.0))
-            wait = since + self.window - self._clock()
-            if count >= self.failures and wait > 0:
-                raise TooManyRequests("Too many failed logins for this account; try again later", wait)
+    def _key(self, username):
+        name = username.casefold().encode("utf-8", "surrogatepass")
+        return "login:" + hmac.new(self._secret, name, hashlib.sha256).hexdigest()
 
-    def failed(self, username):
-        """Count one failure against ``username``."""
-        key, now = username.casefold(), self._clock()
-        with self._lock:
-            if len(self._seen) > 10_000:
-                self._seen = {k: v for k, v in self._seen.items() if v[1] + self.window > now}
-            count, since = self._seen.get(key, (0, now))
-            if since + self.window <= now:
-                count, since = 0, now
-            self._seen[key] = (count + 1, since)
+    def reserve(self, username):
+        """Count one attempt at ``username``; TooManyRequests once the window holds more than allowed."""
+        now = self._clock()
+        count, ends = self._store.count_attempt(self._key(username), now, self.window)
+        if count > self.failures:
+            raise TooManyRequests("Too many failed logins for this account; try again later", ends - now)
+
+    def take_back(self, username):
+        """Uncount a reserved attempt whose password was never checked (the server was too busy)."""
+        self._store.take_back_attempt(self._key(username))
 
     def succeeded(self, username):
-        """Forget the failures of ``username``."""
-        with self._lock:
-            self._seen.pop(username.casefold(), None)
+        """Forget the attempts at ``username``."""
+        self._store.clear_attempts(self._key(username))
 
 
 def _password(body, name="password"):
@@ -129,11 +130,16 @@ def _grant(req, user, session_id, refresh_token):
 
 
 def start_session(req, user):
-    """A new refresh-token family for ``user`` and the tokens that go with it."""
+    """A new refresh-token family for ``user`` and the tokens that go with it.
+
+    Only while the user's password hash is still the one in ``user``: a login
+    that lost a race with a password change or reset gets 401, not a session
+    that outlives the change.
+    """
     now = req.ctx.clock()
     session_id = secrets.token_urlsafe(12)
     refresh_token = new_refresh_token(session_id)
-    req.ctx.store.add_session({
+    started = req.ctx.store.add_session({
         "id": session_id,
         "user_id": user["id"],
         "token_hash": token_hash(refresh_token),
@@ -141,7 +147,9 @@ def start_session(req, user):
         "rotated_at": None,
         "created_at": now,
         "expires_at": now + req.ctx.settings.refresh_token_expires * 86400,
-    })
+    }, password_hash=user["password_hash"])
+    if started is None:
+        raise Unauthorized(BAD_LOGIN)
     return _grant(req, user, session_id, refresh_token)
 
 
@@ -177,21 +185,28 @@ def post_login(req):
     username = text(body, "username", max_length=254)
     password = _password(body)
     ctx = req.ctx
-    ctx.login_throttle.check(username)
+    ctx.login_throttle.reserve(username)
     if len(password.encode("utf-8")) > MAX_PASSWORD_BYTES:
-        ctx.login_throttle.failed(username)
         raise Unauthorized(BAD_LOGIN)
     user = ctx.store.find_user(username)
-    if not ctx.passwords.verify(password, user["password_hash"] if user else None):
-        ctx.login_throttle.failed(username)
+    stored = user["password_hash"] if user else None
+    try:
+        verified = ctx.passwords.verify(password, stored)
+    except TooManyRequests:
+        ctx.login_throttle.take_back(username)
+        raise
+    if not verified:
         raise Unauthorized(BAD_LOGIN)
     ctx.login_throttle.succeeded(username)
     if ctx.settings.require_verified_email and not user.get("email_verified"):
         raise Forbidden("Verify your e-mail address first (POST /auth/verify-email)")
     changes = {"last_seen": ctx.clock()}
-    if ctx.passwords.needs_rehash(user["password_hash"]):
+    if ctx.passwords.needs_rehash(stored):
         changes["password_hash"] = ctx.passwords.hash(password)
-    user = ctx.store.update_user(user["id"], changes)
+    # Over the hash just checked only: a rehash must not undo a password change made meanwhile.
+    user = ctx.store.update_user(user["id"], changes, expected={"password_hash": stored})
+    if user is None:
+        raise Unauthorized(BAD_LOGIN)
     return success(dict(start_session(req, user), user=public_user(user)), "Login successful")
 
 

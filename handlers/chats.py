@@ -5,15 +5,20 @@ creates it on first contact (optionally with the first message) and answers
 the same chat afterwards. Everything inside a chat goes through
 ``roles.in_chat``; a deleted message stays in history as a tombstone so
 replies and cursors keep pointing at something.
+
+Every change is decided by a rule of ``roles`` on the records as the store
+holds them when it writes (``Store.change_chat``, ``change_chat_message``, and
+``add_chat_message``, which also claims the message's attachment), never on
+what the handler read earlier: with several processes on one database, that
+is what keeps one owner per group and each attachment in one message.
 """
 
-import contextlib
 import re
-import threading
 import uuid
 
+from store import ChatChange
 from store import Conflict as StoreConflict
-from store import StoreError
+from store import Missing
 
 from . import views
 from .fields import text
@@ -21,12 +26,11 @@ from .fields import limit as read_limit
 from .http import BadRequest, Forbidden, NotFound, success
 from .keys import check_envelope
 from .paging import page_answer
-from .roles import check_removal, check_role_change, in_chat, may_moderate
+from .roles import (acting, adding, changing_role, check_message_deletion, deleting, in_chat, removing, renaming,
+                    updating_self)
 
 MENTION = re.compile(r"(?<![\w@])@([A-Za-z0-9_-]{3,32})")
 MAX_INITIAL_MEMBERS = 100
-#: Held while an attachment is claimed by a message or deleted, so it joins at most one.
-ATTACHMENTS_LOCK = threading.Lock()
 
 
 def _now(req):
@@ -162,21 +166,22 @@ def patch_chat(req, chat, me):
         changes["description"] = text(body, "description", required=False, min_length=0, max_length=1000)
     if not changes:
         raise BadRequest("Nothing to change: give 'name' or 'description'")
-    chat = req.ctx.store.update_chat(chat["id"], changes)
+    chat, members = req.ctx.store.change_chat(chat["id"], [me["user_id"]], renaming(chat["id"], me["user_id"], changes))
     _tell(req, chat["id"], "chat.updated", views.chat(chat, len(req.ctx.store.members(chat["id"]))))
-    return success(_details(req, chat, me), "Chat updated")
+    return success(_details(req, chat, members[me["user_id"]]), "Chat updated")
 
 
 @in_chat("owner", groups_only="be deleted")
 def delete_chat(req, chat, me):
     """Delete a group with its messages (owner only)."""
-    _delete(req, chat)
+    audience = req.ctx.events.chat_audience(chat["id"])
+    req.ctx.store.change_chat(chat["id"], [me["user_id"]], deleting(chat["id"], me["user_id"]))
+    _deleted(req, chat, audience)
     return success(message=f"Chat with ID {chat['id']} deleted successfully")
 
 
-def _delete(req, chat):
-    audience = req.ctx.events.chat_audience(chat["id"])
-    req.ctx.store.delete_chat(chat["id"])
+def _deleted(req, chat, audience):
+    # Without chat_id: the hub would check membership of a chat that no longer has any.
     req.ctx.events.publish("chat.deleted", {"chat_id": chat["id"]}, audience)
 
 
@@ -197,36 +202,30 @@ def post_member(req, chat, me):
     role = text(body, "role", required=False, max_length=10) or "member"
     if role not in ("member", "admin"):
         raise BadRequest("Field 'role' must be 'member' or 'admin'")
-    if role == "admin" and me["role"] != "owner":
-        raise Forbidden("Only the chat's owner may add admins")
-    try:
-        record = req.ctx.store.add_member(dict(_member_record(user["id"], role, _now(req)), chat_id=chat["id"]))
-    except StoreConflict:
-        raise BadRequest(f"User {user['username']} is already a member of this chat") from None
+    record = _member_record(user["id"], role, _now(req))
+    _, members = req.ctx.store.change_chat(chat["id"], [me["user_id"], user["id"]],
+                                           adding(chat["id"], me["user_id"], record, user["username"]))
+    record = members[user["id"]]
     _tell(req, chat["id"], "member.added", dict(views.member(record, user), chat_id=chat["id"], by=me["user_id"]))
     return success(views.member(record, user), "Member added", status=201)
 
 
 def _target(req, chat, user_id):
-    target = req.ctx.store.get_member(chat["id"], user_id)
-    if target is None:
+    """400 unless ``user_id`` is a member when the request starts (409 if they leave while it runs)."""
+    if req.ctx.store.get_member(chat["id"], user_id) is None:
         raise BadRequest(f"User {user_id} is not a member of this chat")
-    return target
 
 
 @in_chat(groups_only="lose members")
 def delete_member(req, chat, me, user_id):
     """Remove a member (admins and owner), or leave (anyone)."""
-    target = _target(req, chat, user_id)
-    check_removal(me, target)
-    store = req.ctx.store
-    if target["role"] == "owner":
-        if len(store.members(chat["id"])) > 1:
-            raise BadRequest("The owner must transfer ownership before leaving")
-        _delete(req, chat)
-        return success(message="You left the chat; it had no other members and was deleted")
+    _target(req, chat, user_id)
     audience = req.ctx.events.chat_audience(chat["id"])
-    store.remove_member(chat["id"], user_id)
+    left, _ = req.ctx.store.change_chat(chat["id"], [me["user_id"], user_id],
+                                        removing(chat["id"], me["user_id"], user_id))
+    if left is None:
+        _deleted(req, chat, audience)
+        return success(message="You left the chat; it had no other members and was deleted")
     _tell(req, chat["id"], "member.removed", {"chat_id": chat["id"], "user_id": user_id,
                                               "by": me["user_id"]}, audience)
     return success(message="Member removed" if user_id != me["user_id"] else "You left the chat")
@@ -235,17 +234,15 @@ def delete_member(req, chat, me, user_id):
 @in_chat("owner", groups_only="have roles")
 def patch_member(req, chat, me, user_id):
     """Change a member's role; making someone owner transfers ownership."""
-    target = _target(req, chat, user_id)
+    _target(req, chat, user_id)
     role = text(req.json, "role", max_length=10)
-    check_role_change(me, target, role)
-    updates = {(chat["id"], user_id): {"role": role}}
-    if role == "owner":
-        updates[(chat["id"], me["user_id"])] = {"role": "admin"}
-    records = req.ctx.store.update_members(updates)
-    for record in records:
+    _, members = req.ctx.store.change_chat(chat["id"], [me["user_id"], user_id],
+                                           changing_role(chat["id"], me["user_id"], user_id, role))
+    changed = [members[user_id]] + ([members[me["user_id"]]] if role == "owner" else [])
+    for record in changed:
         _tell(req, chat["id"], "member.role_changed",
               {"chat_id": chat["id"], "user_id": record["user_id"], "role": record["role"], "by": me["user_id"]})
-    return success(views.member(records[0], req.ctx.store.get_user(user_id)), "Role changed")
+    return success(views.member(changed[0], req.ctx.store.get_user(user_id)), "Role changed")
 
 
 @in_chat()
@@ -254,7 +251,8 @@ def put_mute(req, chat, me):
     muted = req.json.get("muted")
     if not isinstance(muted, bool):
         raise BadRequest("Field 'muted' must be true or false")
-    req.ctx.store.update_members({(chat["id"], me["user_id"]): {"muted": muted}})
+    req.ctx.store.change_chat(chat["id"], [me["user_id"]],
+                              updating_self(chat["id"], me["user_id"], lambda mine: dict(mine, muted=muted)))
     return success({"chat_id": chat["id"], "muted": muted})
 
 
@@ -271,7 +269,11 @@ def _mentions(req, chat, content):
 
 
 def _send(req, chat, me, content, reply_to_id, attachment=None, envelope=None):
-    """Store and announce a message; ``attachment`` (a record of this chat) joins it, once."""
+    """Store and announce a message; ``attachment`` (an unsent one of this chat) joins it, once.
+
+    The store claims the attachment in the write that adds the message, so of
+    two messages naming it one is sent and the other refused (400).
+    """
     store = req.ctx.store
     mentions = _mentions(req, chat, content) if content is not None else []
     record = {
@@ -289,19 +291,18 @@ def _send(req, chat, me, content, reply_to_id, attachment=None, envelope=None):
     if envelope is not None:
         record.update(encrypted=True, envelope=envelope)
     if attachment is not None:
-        with ATTACHMENTS_LOCK:
-            current = store.get_attachment(attachment["id"])
-            if current is None or current.get("message_id") is not None:
-                raise BadRequest("Field 'attachment_id' names an attachment already sent with a message")
-            claimed = store.update_attachment(current["id"], {"message_id": record["id"]})
-        record.update(attachment_id=claimed["id"], attachment=views.attachment(claimed))
+        record.update(attachment_id=attachment["id"],
+                      attachment=views.attachment(dict(attachment, message_id=record["id"])))
     try:
         message = store.add_chat_message(record)
-    except BaseException:
-        if attachment is not None:
-            with contextlib.suppress(KeyError, StoreError):  # best effort: the first error is the one to tell
-                store.update_attachment(attachment["id"], {"message_id": None})
+    except Missing:
+        acting(chat["id"], store.get_chat(chat["id"]), None)  # the caller left, or the chat is gone
         raise
+    except StoreConflict:
+        if attachment is None:
+            raise
+        _attachment_in(req, chat, attachment["id"])  # says what became of it
+        raise BadRequest(ALREADY_SENT) from None
     _tell(req, chat["id"], "chat.message.created", views.chat_message(message))
     return message
 
@@ -314,22 +315,71 @@ def _attachment_in(req, chat, attachment_id):
     if attachment is None or attachment["chat_id"] != chat["id"]:
         raise BadRequest("Field 'attachment_id' is not an attachment of this chat")
     if attachment.get("message_id") is not None:
-        raise BadRequest("Field 'attachment_id' names an attachment already sent with a message")
+        raise BadRequest(ALREADY_SENT)
     return attachment
 
 
-def _tombstone(req, chat, message, by):
-    """Turn a message into a tombstone; its attachment (and, unshared, its bytes) goes with it."""
-    store = req.ctx.store
-    if message.get("attachment_id"):
-        with ATTACHMENTS_LOCK:
-            store.delete_attachment(message["attachment_id"])
-    message = store.update_chat_message(message["id"], {
-        "deleted": True, "content": None, "mentions": [], "deleted_by": by, "deleted_at": _now(req),
-        **({"attachment": None} if "attachment" in message else {}),
-        **({"envelope": None} if "envelope" in message else {})})
+ALREADY_SENT = "Field 'attachment_id' names an attachment already sent with a message"
+
+
+def _tombstone_of(message, by, now):
+    """The changes that make ``message`` a tombstone (the store drops its attachment with them)."""
+    return {"deleted": True, "content": None, "mentions": [], "deleted_by": by, "deleted_at": now,
+            **({"attachment": None} if "attachment" in message else {}),
+            **({"envelope": None} if "envelope" in message else {})}
+
+
+def _tombstone(req, chat, message, by, rule=None):
+    """Turn a message into a tombstone, once; its attachment (and, unshared, its bytes) goes with it.
+
+    Decided on the message and ``by``'s membership as they are when written:
+    of two deletes, the second gets 400. ``rule(member, message)`` adds a check.
+    """
+    now = _now(req)
+
+    def decide(current, member):
+        if current is None or current["chat_id"] != chat["id"]:
+            raise NotFound(f"Message with ID {message['id']} not found in this chat")
+        acting(chat["id"], chat, member)
+        if rule is not None:
+            rule(member, current)
+        if current.get("deleted"):
+            raise BadRequest("The message is already deleted")
+        return _tombstone_of(current, by, now)
+
+    message = req.ctx.store.change_chat_message(message["id"], by, decide)
     _tell(req, chat["id"], "chat.message.deleted", views.chat_message(message))
     return message
+
+
+def detach_attachment(req, chat, me, attachment):
+    """Take a sent ``attachment`` out of its message, deleting it; False if it was gone already.
+
+    One write changes the message and deletes the attachment record: the
+    message becomes a tombstone when nothing else would be left of it.
+    """
+    now, outcome = _now(req), []
+
+    def decide(message, member):
+        outcome.clear()
+        if message is None:
+            outcome.append("orphan")  # its message never reached the store (data from older versions)
+            return None
+        if message.get("deleted") or message.get("attachment_id") != attachment["id"]:
+            return None  # it went with its message already
+        acting(chat["id"], chat, member)
+        if message.get("content") is None and not message.get("encrypted"):
+            outcome.append("chat.message.deleted")
+            return _tombstone_of(message, me["user_id"], now)
+        outcome.append("chat.message.edited")
+        return {"attachment": None, "attachment_id": None}
+
+    message = req.ctx.store.change_chat_message(attachment["message_id"], me["user_id"], decide)
+    if outcome == ["orphan"]:
+        return req.ctx.store.delete_attachment(attachment["id"])
+    if outcome:
+        _tell(req, chat["id"], outcome[0], views.chat_message(message))
+    return bool(outcome)
 
 
 def _message_in(req, chat, message_id):
@@ -375,31 +425,37 @@ def post_chat_message(req, chat, me):
 def patch_chat_message(req, chat, me, message_id):
     """Edit my own message; ``edited_at`` records when."""
     message = _message_in(req, chat, message_id)
+    _editable(me, message)
+    content = text(req.json, "content", max_length=req.ctx.settings.max_message_length)
+    changes = {"content": content, "mentions": [
+        {"user_id": uid, "username": req.ctx.store.get_user(uid)["username"]} for uid in _mentions(req, chat, content)],
+        "edited_at": _now(req)}
+
+    def decide(current, member):
+        if current is None:
+            raise NotFound(f"Message with ID {message_id} not found in this chat")
+        _editable(acting(chat["id"], chat, member), current)  # a delete may have come first
+        return changes
+
+    message = req.ctx.store.change_chat_message(message_id, me["user_id"], decide)
+    _tell(req, chat["id"], "chat.message.edited", views.chat_message(message))
+    return success(views.chat_message(message), "Message updated")
+
+
+def _editable(me, message):
     if message["user_id"] != me["user_id"]:
         raise Forbidden("Only the author may edit a message")
     if message.get("deleted"):
         raise BadRequest("A deleted message cannot be edited")
     if message.get("encrypted"):
         raise BadRequest("An encrypted message cannot be edited as text; delete it and send another")
-    content = text(req.json, "content", max_length=req.ctx.settings.max_message_length)
-    message = req.ctx.store.update_chat_message(message_id, {
-        "content": content, "mentions": [
-            {"user_id": uid, "username": req.ctx.store.get_user(uid)["username"]}
-            for uid in _mentions(req, chat, content)],
-        "edited_at": _now(req)})
-    _tell(req, chat["id"], "chat.message.edited", views.chat_message(message))
-    return success(views.chat_message(message), "Message updated")
 
 
 @in_chat()
 def delete_chat_message(req, chat, me, message_id):
     """Delete a message (its author, or an admin or the owner), leaving a tombstone."""
     message = _message_in(req, chat, message_id)
-    if message["user_id"] != me["user_id"] and not may_moderate(me):
-        raise Forbidden("Only the author or the chat's admins and owner may delete a message")
-    if message.get("deleted"):
-        raise BadRequest("The message is already deleted")
-    _tombstone(req, chat, message, me["user_id"])
+    _tombstone(req, chat, message, me["user_id"], rule=check_message_deletion)
     return success(message=f"Message with ID {message_id} deleted successfully")
 
 
@@ -408,20 +464,35 @@ POINTERS = {"read": ("read_seq", "delivered_seq"), "delivered": ("delivered_seq"
 
 
 def advance_pointer(ctx, chat_id, member, message, kind):
-    """Move a member's ``kind`` pointer up to ``message`` (never back) and tell the chat."""
-    fields = POINTERS[kind]
-    changes = {name: max(member.get(name, 0), message["seq"]) for name in fields}
-    if changes == {name: member.get(name, 0) for name in fields}:
-        return
-    ctx.store.update_members({(chat_id, member["user_id"]): changes})
-    ctx.events.publish(f"message.{kind}", {"chat_id": chat_id, "user_id": member["user_id"],
-                                           "message_id": message["id"]},
-                       ctx.events.chat_audience(chat_id), chat_id=chat_id)
+    """Move a member's ``kind`` pointer up to ``message`` (never back) and tell the chat.
+
+    Decided on the membership as it is when written, so of two concurrent
+    moves the higher one stays. Returns (chat, membership) afterwards: None
+    for one that ended meanwhile, and then nothing is written.
+    """
+    user_id, fields, moved = member["user_id"], POINTERS[kind], []
+
+    def decide(chat, members, count):
+        mine = members[user_id]
+        moved.clear()
+        if chat is None or mine is None:
+            return None
+        changes = {name: max(mine.get(name, 0), message["seq"]) for name in fields}
+        if changes == {name: mine.get(name, 0) for name in fields}:
+            return None
+        moved.append(True)
+        return ChatChange(members={user_id: dict(mine, **changes)})
+
+    chat, members = ctx.store.change_chat(chat_id, [user_id], decide)
+    if moved:
+        ctx.events.publish(f"message.{kind}", {"chat_id": chat_id, "user_id": user_id, "message_id": message["id"]},
+                           ctx.events.chat_audience(chat_id), chat_id=chat_id)
+    return chat, members[user_id]
 
 
 def _advance(req, chat, me, kind):
     message = _message_in(req, chat, text(req.json, "message_id", max_length=64))
-    advance_pointer(req.ctx, chat["id"], me, message, kind)
+    acting(chat["id"], *advance_pointer(req.ctx, chat["id"], me, message, kind))
     return success({"chat_id": chat["id"], "unread_count": req.ctx.store.unread_count(chat["id"], me["user_id"])})
 
 

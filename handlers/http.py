@@ -67,6 +67,11 @@ class TooManyRequests(HTTPError):
         super().__init__(message, [("Retry-After", str(max(1, int(retry_after + 0.999))))])
 
 
+#: Seconds a client waits before retrying a write the store refused (a full or failing disk
+#: re-arms by itself within about a second of the cause going away).
+STORE_RETRY_AFTER = 10
+
+
 class ServiceUnavailable(HTTPError):
     status = 503
 

@@ -224,36 +224,38 @@ def post_key(req):
     public_key = text(body, "public_key", max_length=MAX_PUBLIC_KEY, strip=False)
     replaces = text(body, "replaces", required=False, max_length=MAX_ID, strip=False)
     key_bytes = check_public_key(algorithm, public_key)
-    store, user_id = req.ctx.store, req.user["id"]
-    live = _live(store.user_keys(user_id))
-    fingerprint = hashlib.sha256(key_bytes).hexdigest()
-    for key in live:
-        if key["fingerprint"] == fingerprint:
-            raise Conflict(f"This public key is already published as key {key['id']}")
-    current = next((key for key in live if key["device_id"] == device_id and key["algorithm"] == algorithm), None)
-    old = None
-    if replaces is not None:
-        old = store.get_key(replaces)
-        if old is None or old["user_id"] != user_id:
+    fingerprint, now = hashlib.sha256(key_bytes).hexdigest(), _now(req)
+    key = {"id": str(uuid.uuid4()), "user_id": req.user["id"], "device_id": device_id, "algorithm": algorithm,
+           "public_key": base64.b64encode(key_bytes).decode("ascii"), "fingerprint": fingerprint,
+           "created_at": now, "revoked_at": None, "replaces": replaces, "replaced_by": None}
+
+    def decide(keys):
+        # On the user's keys as the store holds them when it writes: two publishes or
+        # rotations at once cannot both leave a device with a live key of one algorithm.
+        live = _live(keys)
+        for other in live:
+            if other["fingerprint"] == fingerprint:
+                raise Conflict(f"This public key is already published as key {other['id']}")
+        if replaces is None:
+            current = next((other for other in live
+                            if other["device_id"] == device_id and other["algorithm"] == algorithm), None)
+            if current is not None:
+                raise Conflict(f"Device {device_id} already has a live {algorithm} key ({current['id']}); "
+                               "rotate it by publishing with 'replaces'")
+            if len(live) >= MAX_LIVE_KEYS:
+                raise Conflict(f"You have {MAX_LIVE_KEYS} live keys; revoke some before publishing more")
+            return [key], {}
+        old = next((other for other in keys if other["id"] == replaces), None)
+        if old is None:
             raise BadRequest(f"Field 'replaces' names no key of yours: {replaces}")
         if old.get("revoked_at") is not None:
             raise BadRequest("Field 'replaces' names a key that is already revoked")
         if (old["device_id"], old["algorithm"]) != (device_id, algorithm):
             raise BadRequest("Field 'replaces' must name the live key of the same device and algorithm")
-    elif current is not None:
-        raise Conflict(f"Device {device_id} already has a live {algorithm} key ({current['id']}); "
-                       "rotate it by publishing with 'replaces'")
-    if old is None and len(live) >= MAX_LIVE_KEYS:
-        raise Conflict(f"You have {MAX_LIVE_KEYS} live keys; revoke some before publishing more")
-    now = _now(req)
-    key = store.add_key({
-        "id": str(uuid.uuid4()), "user_id": user_id, "device_id": device_id, "algorithm": algorithm,
-        "public_key": base64.b64encode(key_bytes).decode("ascii"), "fingerprint": fingerprint,
-        "created_at": now, "revoked_at": None, "replaces": replaces, "replaced_by": None,
-    })
-    if old is not None:
-        store.update_key(old["id"], {"revoked_at": now, "replaced_by": key["id"]})
-    return success(views.public_key(key), "Key rotated" if old else "Key published", status=201)
+        return [key], {replaces: {"revoked_at": now, "replaced_by": key["id"]}}
+
+    req.ctx.store.change_user_keys(req.user["id"], decide)
+    return success(views.public_key(key), "Key rotated" if replaces else "Key published", status=201)
 
 
 def get_my_keys(req):
@@ -285,9 +287,15 @@ def delete_key(req, key_id):
         raise NotFound(f"Key with ID {key_id} not found")
     if key["user_id"] != req.user["id"]:
         raise Forbidden("Only the key's owner may revoke it")
-    if key.get("revoked_at") is not None:
-        raise BadRequest("The key is already revoked")
-    key = store.update_key(key_id, {"revoked_at": _now(req)})
+    now = _now(req)
+
+    def decide(keys):
+        current = next((other for other in keys if other["id"] == key_id), None)
+        if current is None or current.get("revoked_at") is not None:  # a rotation or a revocation came first
+            raise BadRequest("The key is already revoked")
+        return [], {key_id: {"revoked_at": now}}
+
+    _, (key,) = store.change_user_keys(req.user["id"], decide)
     return success(views.public_key(key), "Key revoked")
 
 

@@ -13,11 +13,23 @@ the first 4 kB are sniffed: the type they show must agree with the declared
 one (415 names both) and be in MEDIA_ALLOWED_TYPES (415); more than
 MEDIA_MAX_BYTES is 413.
 
+Room: each user's attachments may hold ATTACHMENT_QUOTA_BYTES (the sum of
+their sizes; thumbnails, made by the server, are not counted; deleting an
+attachment, its message or its chat frees its share). Going past it is 413
+(not 507: the client, not the server, must change something, by deleting;
+retrying cannot help), checked once before the body is read and again,
+atomically with the insert, by ``add_attachment(quota=...)``. A disk that is
+full, or would fall below the store's free-space reserve, is 503 with
+Retry-After; nothing is left behind and the next upload simply tries again.
+
 Everything about an attachment is for the members of its chat only, checked
 by ``roles.in_chat`` on every request, so a removed member loses access at
 once. Downloads carry ETag (the SHA-256), answer If-None-Match with 304 and a
 single byte Range with 206, and go out through the server's
-``wsgi.file_wrapper`` when it has one.
+``wsgi.file_wrapper`` when it has one. A file whose bytes no longer match its
+SHA-256 is never sent: the blob store checks it before the first byte (once
+per file per process), the answer is 500 "Attachment data is damaged" and the
+log names the attachment, the digest and the file.
 
 Thumbnails (320 px, JPEG or PNG) are made at upload with Pillow, the
 optional ``media`` extra; without it the service runs, says so at start-up
@@ -35,13 +47,13 @@ import re
 import urllib.parse
 import uuid
 
-from store import TooLarge
+from store import DamagedBlob, OutOfSpace, QuotaExceeded, TooLarge
 
 from . import views
-from .chats import ATTACHMENTS_LOCK, _send, _tell, _tombstone
+from .chats import _send, detach_attachment
 from .fields import text
-from .http import (BadRequest, Forbidden, HTTPError, NotFound, PayloadTooLarge, Response,
-                   UnsupportedMediaType, success)
+from .http import (STORE_RETRY_AFTER, BadRequest, Forbidden, HTTPError, NotFound, PayloadTooLarge, Response,
+                   ServiceUnavailable, UnsupportedMediaType, success)
 from .multipart import MultipartError, Parts, boundary
 from .roles import in_chat, may_moderate
 
@@ -336,8 +348,12 @@ def _head(read):
     return b"".join(chunks)
 
 
-def _store_file(req, chat, me, read, declared, name):
-    """Stream one file into the store and record it as an attachment of ``chat``."""
+def _store_file(req, chat, me, read, declared, name, expected=None):
+    """Stream one file into the store and record it as an attachment of ``chat``.
+
+    ``expected`` is the size the body declared, if any, to refuse an upload
+    over the quota before reading it.
+    """
     settings, store = req.ctx.settings, req.ctx.store
     declared = normalise(declared)
     if declared is not None and not _MEDIA_TYPE.fullmatch(declared):
@@ -357,25 +373,70 @@ def _store_file(req, chat, me, read, declared, name):
     def rest(size):
         return pending.pop() if pending else read(size)
 
+    quota = settings.attachment_quota_bytes
+    limit = settings.media_max_bytes
+    if quota:
+        used = store.attachment_usage(me["user_id"])
+        if used + max(len(head), expected or 0) > quota:
+            raise over_quota(used, quota)
+        limit = min(limit, quota - used)  # the stream stops as soon as it would not fit
     try:
-        digest, size, _ = store.save_blob(rest, settings.media_max_bytes)
+        digest, size, _ = store.save_blob(rest, limit)
     except TooLarge:
+        if limit < settings.media_max_bytes:
+            raise over_quota(used, quota) from None
         raise PayloadTooLarge(f"The file is larger than {settings.media_max_bytes} bytes "
                               "(MEDIA_MAX_BYTES)") from None
-    width = height = None
-    if kind_of(media_type) == "image":
-        with store.open_blob(digest) as f:
-            width, height = image_size(f)
-    thumbnail, thumbnail_digest = make_thumbnail(store, digest, media_type, width, height)
-    record = {
-        "id": str(uuid.uuid4()), "chat_id": chat["id"], "uploader_id": me["user_id"], "message_id": None,
-        "name": clean_name(name, media_type), "size": size, "content_type": media_type,
-        "kind": kind_of(media_type), "sha256": digest, "width": width, "height": height,
-        "thumbnail": thumbnail, "created_at": views.iso_time(req.ctx.clock()),
-    }
-    if thumbnail_digest is not None:
-        record["thumbnail_sha256"] = thumbnail_digest
-    return store.add_attachment(record)
+    except OutOfSpace as exc:
+        raise disk_full(exc) from None
+    saved = [digest]
+    try:
+        width = height = None
+        if kind_of(media_type) == "image":
+            with store.open_blob(digest) as f:
+                width, height = image_size(f)
+        thumbnail, thumbnail_digest = make_thumbnail(store, digest, media_type, width, height)
+        record = {
+            "id": str(uuid.uuid4()), "chat_id": chat["id"], "uploader_id": me["user_id"], "message_id": None,
+            "name": clean_name(name, media_type), "size": size, "content_type": media_type,
+            "kind": kind_of(media_type), "sha256": digest, "width": width, "height": height,
+            "thumbnail": thumbnail, "created_at": views.iso_time(req.ctx.clock()),
+        }
+        if thumbnail_digest is not None:
+            record["thumbnail_sha256"] = thumbnail_digest
+            saved.append(thumbnail_digest)
+        return store.add_attachment(record, quota=quota)
+    except QuotaExceeded as exc:
+        _give_up(store, saved)
+        raise over_quota(exc.used, exc.quota) from None
+    except OutOfSpace as exc:
+        _give_up(store, saved)
+        raise disk_full(exc) from None
+    except BaseException:
+        _give_up(store, saved)
+        raise
+
+
+def over_quota(used, quota):
+    """The 413 for an upload that would take its uploader past ATTACHMENT_QUOTA_BYTES."""
+    return PayloadTooLarge(f"Your attachments would hold more than your quota of {quota} bytes "
+                           f"(ATTACHMENT_QUOTA_BYTES; {used} used): delete some to make room")
+
+
+def disk_full(exc):
+    """The 503 for an upload the disk has no room for (it is full, or the reserve would be used)."""
+    log.warning("upload refused: %s", exc)
+    return ServiceUnavailable("The server's disk is too full to keep this file now; try again later",
+                              retry_after=STORE_RETRY_AFTER)
+
+
+def _give_up(store, digests):
+    """Let go of blobs saved for an attachment that was not recorded (each goes unless used)."""
+    for digest in digests:
+        try:
+            store.discard_blob(digest)
+        except Exception as exc:  # the answer under way matters more; an orphan only wastes space
+            log.warning("could not discard blob %s: %s", digest, exc)
 
 
 def _send_flag(value):
@@ -415,8 +476,7 @@ def _multipart(req, chat, me, body, content_type, name):
 
 def _discard(req, attachment):
     if attachment is not None:
-        with ATTACHMENTS_LOCK:
-            req.ctx.store.delete_attachment(attachment["id"])
+        req.ctx.store.delete_attachment(attachment["id"], unsent_only=True)
 
 
 @in_chat()
@@ -434,7 +494,7 @@ def post_attachment(req, chat, me):
     else:
         if length is not None and length > settings.media_max_bytes:
             raise PayloadTooLarge(f"The file is larger than {settings.media_max_bytes} bytes (MEDIA_MAX_BYTES)")
-        attachment = _store_file(req, chat, me, body.read, content_type or None, name)
+        attachment = _store_file(req, chat, me, body.read, content_type or None, name, expected=length)
     try:
         content = text(fields, "content", required=False, max_length=settings.max_message_length)
         send = _send_flag(fields.get("send")) or content is not None
@@ -485,7 +545,7 @@ def get_attachment_content(req, attachment, chat, me):
     """The attachment's bytes; Range, If-None-Match and If-Range are honoured."""
     inline = attachment["kind"] in ("image", "video", "audio") and "svg" not in attachment["content_type"]
     return _send_file(req, attachment["sha256"], attachment["content_type"], attachment["size"],
-                      _disposition("inline" if inline else "attachment", attachment["name"]))
+                      _disposition("inline" if inline else "attachment", attachment["name"]), attachment)
 
 
 @_members_only
@@ -495,32 +555,30 @@ def get_attachment_thumbnail(req, attachment, chat, me):
     digest = attachment.get("thumbnail_sha256")
     if thumbnail["status"] != "ready" or digest is None:
         raise NotFound(f"This attachment has no thumbnail: {thumbnail['reason']}")
-    f = req.ctx.store.open_blob(digest)
+    f = _open_whole(req, digest, attachment)
     if f is None:
         raise NotFound("This attachment's thumbnail is gone")
     with f:
         size = f.seek(0, 2)
-    return _send_file(req, digest, thumbnail["content_type"], size, "inline")
+    return _send_file(req, digest, thumbnail["content_type"], size, "inline", attachment)
 
 
 @_members_only
 def delete_attachment(req, attachment, chat, me):
-    """Delete an attachment (its uploader, or an admin or the owner); a message it was sent with loses it."""
+    """Delete an attachment (its uploader, or an admin or the owner); a message it was sent with loses it.
+
+    Unsent, it is deleted only while still unsent (the store checks in the
+    delete); sent meanwhile, or before, it leaves its message in the write that
+    changes the message (``chats.detach_attachment``).
+    """
     if attachment["uploader_id"] != me["user_id"] and not may_moderate(me):
         raise Forbidden("Only the uploader or the chat's admins and owner may delete an attachment")
     store = req.ctx.store
-    with ATTACHMENTS_LOCK:
-        attachment = store.get_attachment(attachment["id"])
-        if attachment is None:
-            raise NotFound("The attachment is already deleted")
-        store.delete_attachment(attachment["id"])
-    message = store.get_chat_message(attachment["message_id"]) if attachment.get("message_id") else None
-    if message is not None and not message.get("deleted") and message.get("attachment_id") == attachment["id"]:
-        if message.get("content") is None and not message.get("encrypted"):
-            _tombstone(req, chat, message, me["user_id"])  # nothing would be left of it
-        else:
-            message = store.update_chat_message(message["id"], {"attachment": None})
-            _tell(req, chat["id"], "chat.message.edited", views.chat_message(message))
+    if attachment.get("message_id") is None and not store.delete_attachment(attachment["id"], unsent_only=True):
+        attachment = store.get_attachment(attachment["id"])  # sent, or deleted, meanwhile
+    if attachment is None or (attachment.get("message_id") is not None
+                              and not detach_attachment(req, chat, me, attachment)):
+        raise NotFound("The attachment is already deleted")
     return success(message=f"Attachment with ID {attachment['id']} deleted successfully")
 
 
@@ -611,7 +669,23 @@ class FileChunks:
         self._file.close()
 
 
-def _send_file(req, digest, media_type, size, disposition):
+class DamagedData(HTTPError):
+    """The server's own copy of a file is broken: 500, never a 200 with the wrong bytes."""
+
+    status = 500
+
+
+def _open_whole(req, digest, attachment):
+    """The blob ``digest`` of ``attachment`` opened, None if gone; 500 (and an error in the log) if damaged."""
+    try:
+        return req.ctx.store.open_blob(digest)
+    except DamagedBlob as exc:
+        log.error("attachment %s (chat %s) cannot be served: %s", attachment["id"], attachment["chat_id"], exc)
+        raise DamagedData("Attachment data is damaged: the server's copy no longer matches its "
+                          "SHA-256") from None
+
+
+def _send_file(req, digest, media_type, size, disposition, attachment):
     etag = f'"{digest}"'
     headers = [("ETag", etag), ("Accept-Ranges", "bytes"), ("Cache-Control", "private, no-cache"),
                ("Content-Disposition", disposition), ("X-Content-Type-Options", "nosniff"),
@@ -625,11 +699,13 @@ def _send_file(req, digest, media_type, size, disposition):
         headers.append(("Content-Range", f"bytes {first}-{last}/{size}"))
     headers += [("Content-Type", media_type), ("Content-Length", str(last - first + 1))]
     status = 206 if span is not None else 200
-    if req.method == "HEAD":
-        return Response([], status, headers)
-    f = req.ctx.store.open_blob(digest)
+    # Checked before the first byte (HEAD too): once the status is out, a damaged file cannot be taken back.
+    f = _open_whole(req, digest, attachment)
     if f is None:
         raise NotFound("The attachment's bytes are gone")
+    if req.method == "HEAD":
+        f.close()
+        return Response([], status, headers)
     f.seek(first)
     part = FileSlice(f, last - first + 1)
     wrapper = req.environ.get("wsgi.file_wrapper")

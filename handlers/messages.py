@@ -88,6 +88,7 @@ def delete_message(req, message_id):
     message = _visible_message(req, message_id)
     if message["user_id"] != req.user["id"]:
         raise Forbidden(f"Message with ID {message_id} not found or you do not have permission to delete it")
-    req.ctx.store.delete_message(message_id)
+    if req.ctx.store.delete_message(message_id) is None:  # another delete came first
+        raise NotFound(f"Message with ID {message_id} not found")
     req.ctx.events.publish("message.deleted", {"id": message_id}, _audience(message))
     return success(message=f"Message with ID {message_id} deleted successfully")

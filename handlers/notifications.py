@@ -304,12 +304,12 @@ def post_device(req):
     endpoint = _endpoint(req, body)
     if token is None and endpoint is None:
         raise BadRequest("Give a device 'token', an 'endpoint' URL, or both")
-    store = req.ctx.store
-    if len(store.user_devices(req.user["id"])) >= MAX_DEVICES:
-        raise BadRequest(f"At most {MAX_DEVICES} devices per user; remove one first")
-    device = store.add_device({"id": str(uuid.uuid4()), "user_id": req.user["id"], "platform": platform,
-                               "token": token, "endpoint": endpoint,
-                               "created_at": views.iso_time(req.ctx.clock())})
+    try:
+        device = req.ctx.store.add_device({"id": str(uuid.uuid4()), "user_id": req.user["id"], "platform": platform,
+                                           "token": token, "endpoint": endpoint,
+                                           "created_at": views.iso_time(req.ctx.clock())}, limit=MAX_DEVICES)
+    except Conflict:  # counted by the store in the write, so concurrent registrations cannot pass the cap
+        raise BadRequest(f"At most {MAX_DEVICES} devices per user; remove one first") from None
     return success(_device(device), "Device registered", status=201)
 
 
@@ -325,9 +325,8 @@ def get_devices(req):
 def delete_device(req, device_id):
     """Forget one of my devices."""
     device = req.ctx.store.get_device(device_id)
-    if device is None or device["user_id"] != req.user["id"]:
+    if device is None or device["user_id"] != req.user["id"] or not req.ctx.store.delete_device(device_id):
         raise NotFound(f"Device with ID {device_id} not found")
-    req.ctx.store.delete_device(device_id)
     return success(message="Device removed")
 
 

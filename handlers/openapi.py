@@ -221,7 +221,16 @@ def _account_schemas(settings):
         "MyProfile": {"allOf": [ref("Profile"), obj({
             "email": string("My e-mail address, if I gave one.", "user1@example.com", nullable=True),
             "email_verified": boolean("Whether my address was verified with a code.", False),
-        })], "description": "My own profile: the public one and my e-mail address."},
+            "storage": obj({
+                "attachment_bytes": integer("Bytes my attachments hold now (the sum of their sizes; "
+                                            "thumbnails are not counted).", 48213, minimum=0),
+                "quota_bytes": {"anyOf": [integer("The most my attachments may hold "
+                                                  "(ATTACHMENT_QUOTA_BYTES); an upload past it gets 413.",
+                                                  settings.attachment_quota_bytes or 1073741824, minimum=1),
+                                          {"type": "null"}],
+                                "description": "null: no limit."},
+            }, description="The room my attachments take; deleting one frees its share."),
+        })], "description": "My own profile: the public one, my e-mail address and my attachment storage."},
         "Grant": obj({
             "access_token": string("A JWT to send as 'Authorization: Bearer <token>'.",
                                    "eyJhbGciOiJIUzI1NiIsInR5cCI6ImF0K2p3dCJ9..."),
@@ -372,6 +381,10 @@ def _service_schemas(settings):
         }),
         "Health": obj({
             "store": one_of(("ok", "refusing writes"), "Whether the store accepts writes."),
+            "store_problem": string("Why the store refuses writes (a full disk, a failed write); it "
+                                    "accepts them again by itself once the cause is gone.",
+                                    "the disk is nearly full (812 KiB free; the store keeps 65536 KiB in "
+                                    "reserve)", nullable=True),
             "uptime_seconds": {"type": "number", "description": "Seconds since the app started.",
                                "examples": [42.5]},
             "version": string("The service's version.", "0.1.0"),
@@ -991,7 +1004,8 @@ OPERATIONS = {
         "Gives a member another role; giving 'owner' transfers ownership and makes the old owner "
         "an admin.",
         {200: returns(envelope(ref("Member"), message="Role changed"), "The role was changed."),
-         400: refuses("The user is not a member, the role is invalid, or the owner named themselves.")},
+         400: refuses("The user is not a member, the role is invalid, or the owner named themselves."),
+         409: refuses("The member named left the chat while the request ran.")},
         parameters=("ChatId", "UserId"), body="RoleChange", body_example={"role": "admin"},
         writes=True, groups_only="have roles"),
     "delete_member": Operation(
@@ -1000,7 +1014,8 @@ OPERATIONS = {
         "caller. An owner may leave only as the last member; the group is then deleted.",
         {200: returns(envelope(message="Member removed"), "The member is gone."),
          400: refuses("The user is not a member, or the owner tries to leave others behind."),
-         403: refuses("The caller may not remove that member.")},
+         403: refuses("The caller may not remove that member."),
+         409: refuses("The member named left the chat while the request ran.")},
         parameters=("ChatId", "UserId"), writes=True, groups_only="lose members"),
     "put_mute": Operation(
         "chats", "Mute or unmute a chat",
@@ -1119,7 +1134,7 @@ OPERATIONS = {
         parameters=("UsernamePrefix", "SmallLimit", "UsernameAfter")),
     "get_me": Operation(
         "users", "My profile",
-        "The caller's own profile, e-mail address included.",
+        "The caller's own profile, e-mail address and attachment storage (bytes used, quota) included.",
         {200: returns(envelope(ref("MyProfile")), "My profile.")}),
     "patch_me": Operation(
         "users", "Change my profile",
@@ -1240,9 +1255,13 @@ OPERATIONS = {
         {201: returns(envelope(ref("UploadedAttachment"), message="Attachment uploaded"), "Stored."),
          400: refuses("The file is empty or missing, the multipart body is malformed, content is blank or too "
                       "long, send is not 1/0/true/false, or Content-Length is invalid."),
-         413: refuses("The file is over MEDIA_MAX_BYTES."),
+         413: refuses("The file is over MEDIA_MAX_BYTES, or it would take my attachments past my quota "
+                      "(ATTACHMENT_QUOTA_BYTES; the message says so, and /users/me shows the use and the "
+                      "limit): delete some attachments first."),
          415: refuses("The file's type is not allowed (MEDIA_ALLOWED_TYPES), or its bytes do not match the "
-                      "declared type (the message names both).")},
+                      "declared type (the message names both)."),
+         503: refuses("The server's disk is full, or too full to keep the file without eating into the "
+                      "store's free-space reserve; retry after Retry-After.")},
         parameters=("ChatId", "FileName", "Caption", "Send"), writes=True,
         upload={"application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                 "multipart/form-data": {"schema": ref("Upload"),
@@ -1261,7 +1280,8 @@ OPERATIONS = {
         "to them.",
         {200: returns(envelope(message=f"Attachment with ID {ATTACHMENT} deleted successfully"), "Deleted."),
          403: refuses("The caller is not a member of the chat, or neither uploaded it nor moderates the chat."),
-         404: refuses("No such attachment.")},
+         404: refuses("No such attachment."),
+         409: refuses("The caller stopped being a member of the chat while the request ran.")},
         parameters=("AttachmentId",), writes=True),
     "get_attachment_content": Operation(
         "media", "Download an attachment",
@@ -1273,7 +1293,9 @@ OPERATIONS = {
          304: Reply("The client's copy (If-None-Match) is current; no body."),
          403: refuses("The caller is not a member of the attachment's chat."),
          404: refuses("No such attachment."),
-         416: refuses("The range starts past the end (Content-Range: bytes */size).")},
+         416: refuses("The range starts past the end (Content-Range: bytes */size)."),
+         500: refuses("Attachment data is damaged: the server's copy no longer matches its SHA-256, so it "
+                      "is not sent (the server's log names it).")},
         parameters=("AttachmentId", "Range", "IfRange", "IfNoneMatch")),
     "get_attachment_thumbnail": Operation(
         "media", "An attachment's thumbnail",
@@ -1284,7 +1306,8 @@ OPERATIONS = {
          304: Reply("The client's copy (If-None-Match) is current; no body."),
          403: refuses("The caller is not a member of the attachment's chat."),
          404: refuses("No such attachment, or it has no thumbnail (the message says why)."),
-         416: refuses("The range starts past the end.")},
+         416: refuses("The range starts past the end."),
+         500: refuses("The thumbnail's data is damaged (its bytes no longer match its SHA-256).")},
         parameters=("AttachmentId", "Range", "IfRange", "IfNoneMatch")),
     "post_key": Operation(
         "keys", "Publish a public key",
@@ -1387,6 +1410,8 @@ def _replies(route, entry, settings, parameters):
     if role is not None:
         add(404, "No such chat.")
         add(403, f"The caller is not {ROLE_NAMES[role]}.")
+        if entry.writes:
+            add(409, "The caller stopped being a member of the chat while the request ran.")
     if entry.groups_only:
         add(400, f"The chat is a direct chat, which cannot {entry.groups_only}.")
     if entry.body:

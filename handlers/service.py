@@ -1,7 +1,7 @@
 """Endpoints about the service itself: its name and version, and its health."""
 
 from . import web
-from .http import json_response, success
+from .http import STORE_RETRY_AFTER, json_response, success
 
 
 def get_root(req):
@@ -19,9 +19,11 @@ def get_root(req):
 def get_health(req):
     """200 while the store accepts writes, 503 otherwise (for load balancers)."""
     ctx = req.ctx
-    healthy = ctx.store.writable
+    problem = ctx.store.problem()
+    healthy = problem is None
     data = {
         "store": "ok" if healthy else "refusing writes",
+        "store_problem": problem,
         "uptime_seconds": round(ctx.clock() - ctx.started_at, 3),
         "version": ctx.version,
         # Not asked of a store that is down: the answer must come at once.
@@ -29,5 +31,5 @@ def get_health(req):
     }
     if healthy:
         return success(data)
-    return json_response({"status": "error", "message": "The store refuses writes", "data": data},
-                         status=503, headers=[("Retry-After", "30")])
+    return json_response({"status": "error", "message": f"The store refuses writes: {problem}", "data": data},
+                         status=503, headers=[("Retry-After", str(STORE_RETRY_AFTER))])

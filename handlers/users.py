@@ -13,9 +13,16 @@ from .http import BadRequest, Forbidden, NotFound, success
 URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$", re.IGNORECASE)
 
 
+def my_profile(req, user):
+    """My profile as I see it: e-mail, and the room my attachments take and may take."""
+    quota = req.ctx.settings.attachment_quota_bytes
+    storage = {"attachment_bytes": req.ctx.store.attachment_usage(user["id"]), "quota_bytes": quota or None}
+    return dict(views.profile(user, private=True), storage=storage)
+
+
 def get_me(req):
-    """My profile, e-mail included."""
-    return success(views.profile(req.user, private=True))
+    """My profile, e-mail and attachment storage included."""
+    return success(my_profile(req, req.user))
 
 
 def patch_me(req):
@@ -39,13 +46,17 @@ def patch_me(req):
         changes["email_verified"] = False
     if not changes:
         raise BadRequest("Nothing to change: give full_name, bio, avatar_url or email")
+    # An address change stands on the password just checked; not on one changed meanwhile.
+    expected = {"password_hash": req.user["password_hash"]} if "email" in changes else None
     try:
-        user = req.ctx.store.update_user(req.user["id"], changes)
+        user = req.ctx.store.update_user(req.user["id"], changes, expected=expected)
     except StoreConflict as exc:
         raise BadRequest(str(exc)) from None
+    if user is None:
+        raise Forbidden("Changing the e-mail address needs the current 'password'")
     if changes.get("email"):
         req.ctx.codes.send("verify", user, user["email"])
-    return success(views.profile(user, private=True), "Profile updated")
+    return success(my_profile(req, user), "Profile updated")
 
 
 def post_password(req):
@@ -58,7 +69,10 @@ def post_password(req):
     ctx = req.ctx
     if not ctx.passwords.verify(current, req.user["password_hash"]):
         raise Forbidden("The current password is not correct")
-    ctx.store.update_user(req.user["id"], {"password_hash": ctx.passwords.hash(new)})
+    # Over the hash just checked only: of two changes racing from one current password, one wins.
+    if ctx.store.update_user(req.user["id"], {"password_hash": ctx.passwords.hash(new)},
+                             expected={"password_hash": req.user["password_hash"]}) is None:
+        raise Forbidden("The current password is not correct")
     ended = ctx.store.delete_user_sessions(req.user["id"], keep=req.claims.get("sid"))
     return success({"other_sessions_ended": ended}, "Password changed")
 

@@ -77,6 +77,58 @@ def test_a_wrong_code_counts_and_five_wrong_guesses_burn_it(mail_client, inbox):
     assert_error(verify(mail_client, "alice@example.com", code, status=400), 400, "Invalid")
 
 
+def test_the_fifth_guess_may_be_the_right_one(mail_client, inbox):
+    mail_client.register("alice", email="alice@example.com")
+    code = inbox.code_for("alice@example.com")
+    for _ in range(4):
+        assert_error(verify(mail_client, "alice@example.com", f"{(int(code) + 1) % 10**6:06d}", status=400), 400)
+    verify(mail_client, "alice@example.com", code)
+
+
+def test_a_reset_code_works_once(mail_client, inbox):
+    mail_client.register("alice", email="alice@example.com")
+    mail_client.post_json("/api/auth/password-reset/request", {"email": "alice@example.com"})
+    body = {"email": "alice@example.com", "code": inbox.code_for("alice@example.com", count=2),
+            "new_password": "brand new password"}
+    mail_client.post_json("/api/auth/password-reset", body)
+    again = mail_client.post_json("/api/auth/password-reset", dict(body, new_password="another new one"), status=400)
+    assert_error(again, 400, "Invalid or expired code")
+    mail_client.login("alice", "brand new password")
+
+
+@pytest.mark.parametrize("path, extra", [("/api/auth/verify-email", {}),
+                                         ("/api/auth/password-reset", {"new_password": "brand new password"})])
+def test_a_code_redeemed_while_the_address_changes_proves_nothing(mail_client, inbox, monkeypatch, path, extra):
+    alice_id = mail_client.register("alice", email="alice@example.com").json["data"]["id"]
+    code = inbox.code_for("alice@example.com")
+    if "reset" in path:
+        mail_client.post_json("/api/auth/password-reset/request", {"email": "alice@example.com"})
+        code = inbox.code_for("alice@example.com", count=2)
+    ctx = mail_client.wsgi.core.ctx
+    check = ctx.codes.check
+
+    def check_while_the_address_changes(*args):
+        # What an address change finishing in another request at this moment does.
+        ctx.store.update_user(alice_id, {"email": "other@example.com", "email_verified": False})
+        return check(*args)
+
+    monkeypatch.setattr(ctx.codes, "check", check_while_the_address_changes)
+    answer = mail_client.post_json(path, {"email": "alice@example.com", "code": code, **extra}, status=400)
+    assert_error(answer, 400, "Invalid or expired code")
+    user = ctx.store.get_user(alice_id)
+    assert user["email_verified"] is False
+    mail_client.login("alice", PASSWORD)
+
+
+@pytest.mark.backends("postgres")
+def test_every_app_on_one_database_shares_the_cool_down(make_client, inbox):
+    mail = dict(smtp_host="127.0.0.1", smtp_port=inbox.port, smtp_security="none")
+    first, second = make_client(**mail), make_client(**mail)
+    first.post_json("/api/auth/password-reset/request", {"email": "alice@example.com"})
+    assert_error(second.post_json("/api/auth/password-reset/request", {"email": "alice@example.com"}, status=429),
+                 429, "a moment ago")
+
+
 def test_a_code_expires(mail_client, inbox, clock):
     mail_client.register("alice", email="alice@example.com")
     code = inbox.code_for("alice@example.com")

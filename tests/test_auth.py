@@ -10,6 +10,7 @@ import jwt
 import pytest
 
 from conftest import PASSWORD, assert_error, stored_bytes
+from handlers.http import TooManyRequests
 from oxc_wsgi import DEV_JWT_SECRET
 
 SECRET = DEV_JWT_SECRET
@@ -99,6 +100,87 @@ def test_ten_failed_logins_lock_the_account_for_a_while(client, clock):
     assert int(locked.headers["Retry-After"]) > 0
     clock.advance(15 * 60 + 1)
     client.login("alice", PASSWORD)
+
+
+def test_the_eleventh_attempt_is_refused_before_its_password_is_checked(client, monkeypatch):
+    client.register("alice")
+    for _ in range(10):
+        client.login("alice", "wrong password", status=401)
+    checked = []
+    monkeypatch.setattr(client.wsgi.core.ctx.passwords, "verify", lambda *args: checked.append(args))
+    locked = client.login("alice", "wrong password", status=429)
+    assert_error(locked, 429, "Too many failed logins for this account")
+    assert locked.headers["Retry-After"] == "900"
+    assert checked == []
+
+
+def test_unknown_usernames_are_locked_out_alike(client):
+    client.register("alice")
+    answers = {}
+    for username in ("alice", "nobody"):
+        for _ in range(10):
+            client.login(username, "wrong password", status=401)
+        answers[username] = client.login(username, "wrong password", status=429)
+    assert answers["alice"].json == answers["nobody"].json
+    assert answers["alice"].headers["Retry-After"] == answers["nobody"].headers["Retry-After"]
+
+
+def test_a_login_refused_because_the_server_is_busy_does_not_count(client, monkeypatch):
+    client.register("alice")
+    passwords = client.wsgi.core.ctx.passwords
+    verify = passwords.verify
+
+    def busy(*args):
+        raise TooManyRequests("The server is busy checking passwords; try again shortly", 1)
+
+    monkeypatch.setattr(passwords, "verify", busy)
+    for _ in range(12):
+        assert_error(client.login("alice", "wrong password", status=429), 429, "busy")
+    monkeypatch.setattr(passwords, "verify", verify)
+    for _ in range(10):
+        client.login("alice", "wrong password", status=401)
+    client.login("alice", PASSWORD, status=429)
+
+
+def test_a_successful_login_clears_the_count(client):
+    client.register("alice")
+    for _ in range(9):
+        client.login("alice", "wrong password", status=401)
+    client.login("alice")
+    for _ in range(10):
+        client.login("alice", "wrong password", status=401)
+    client.login("alice", PASSWORD, status=429)
+
+
+@pytest.mark.backends("postgres")
+def test_every_app_on_one_database_shares_the_lockout(make_client):
+    first, second = make_client(), make_client()
+    first.register("alice")
+    for _ in range(5):
+        first.login("alice", "wrong password", status=401)
+        second.login("alice", "wrong password", status=401)
+    assert_error(first.login("alice", status=429), 429, "failed logins")
+    assert_error(second.login("alice", status=429), 429, "failed logins")
+
+
+@pytest.mark.parametrize("moment", ["after the check", "before the session"])
+def test_a_login_that_loses_a_race_with_a_password_change_gets_401_and_no_session(client, monkeypatch, moment):
+    alice_id = client.register("alice").json["data"]["id"]
+    ctx = client.wsgi.core.ctx
+    target, name = (ctx.passwords, "verify") if moment == "after the check" else (ctx.store, "add_session")
+    original = getattr(target, name)
+
+    def change_password_first(*args, **kwargs):
+        # What a password reset finishing in another request at this moment does.
+        ctx.store.update_user(alice_id, {"password_hash": ctx.passwords.hash("changed meanwhile")})
+        ctx.store.delete_user_sessions(alice_id)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, change_password_first)
+    assert_error(client.login("alice", status=401), 401, "Invalid username or password")
+    monkeypatch.undo()
+    assert ctx.store.delete_user_sessions(alice_id) == 0
+    client.login("alice", "changed meanwhile")
 
 
 def test_login_rehashes_a_password_stored_at_a_lower_cost(make_client, tmp_path):

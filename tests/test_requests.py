@@ -137,11 +137,12 @@ def test_a_store_that_refuses_writes_answers_503_and_health_says_so(client, monk
 
     monkeypatch.setattr("store.journal.os.fdatasync", broken)
     response = client.post_json("/api/messages", {"content": "lost?"}, headers=alice.headers, status=503)
-    assert_error(response, 503, "stopped accepting writes")
+    assert_error(response, 503, "refuses writes")
     assert response.headers["Retry-After"]
     assert not store.writable
     health = client.get("/api/health", status=503)
     assert health.json["status"] == "error" and health.json["data"]["store"] == "refusing writes"
+    assert "Input/output error" in health.json["data"]["store_problem"]
     assert_error(client.post_json("/api/messages", {"content": "x"}, headers=alice.headers, status=503), 503)
 
 

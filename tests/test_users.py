@@ -56,6 +56,37 @@ def test_a_password_change_ends_other_sessions_but_not_this_one(client):
     client.login("alice", "a new password")
 
 
+def change_password_during_the_check(client, monkeypatch, user_id, new_password):
+    """Make the next password check find the password changed by another request meanwhile."""
+    ctx = client.wsgi.core.ctx
+    verify = ctx.passwords.verify
+
+    def verify_while_changed(*args):
+        ctx.store.update_user(user_id, {"password_hash": ctx.passwords.hash(new_password)})
+        monkeypatch.setattr(ctx.passwords, "verify", verify)
+        return verify(*args)
+
+    monkeypatch.setattr(ctx.passwords, "verify", verify_while_changed)
+
+
+def test_of_two_password_changes_from_one_current_password_only_one_wins(client, monkeypatch):
+    alice = client.user("alice")
+    change_password_during_the_check(client, monkeypatch, alice.id, "the other change")
+    body = {"current_password": PASSWORD, "new_password": "mine, not theirs"}
+    refused = client.post_json("/api/users/me/password", body, headers=alice.headers, status=403)
+    assert_error(refused, 403, "not correct")
+    client.login("alice", "mine, not theirs", status=401)
+    client.login("alice", "the other change")
+
+
+def test_an_address_change_on_a_password_changed_meanwhile_is_refused(client, monkeypatch):
+    alice = client.user("alice", email="alice@example.com")
+    change_password_during_the_check(client, monkeypatch, alice.id, "changed meanwhile")
+    assert_error(client.patch_json("/api/users/me", {"email": "mallory@example.com", "password": PASSWORD},
+                                   headers=alice.headers, status=403), 403, "password")
+    assert client.wsgi.core.ctx.store.get_user(alice.id)["email"] == "alice@example.com"
+
+
 @pytest.mark.parametrize("body, status, message", [
     ({"new_password": "another one"}, 400, "current_password"),
     ({"current_password": PASSWORD}, 400, "new_password"),
