@@ -71,6 +71,27 @@ def dropped_attachment(old, new):
     return None
 
 
+def push_message_ids(job):
+    """The ids of the messages a push job's notifications are about, in order, once each."""
+    found = []
+    for delivery in (job.get("payload") or {}).get("deliveries", ()):
+        message_id = (delivery.get("notification") or {}).get("message_id")
+        if message_id and message_id not in found:
+            found.append(message_id)
+    return found
+
+
+def without_preview(job, message_id):
+    """``job`` with the previews of its notifications about ``message_id`` taken out (itself if none)."""
+    deliveries = (job.get("payload") or {}).get("deliveries", ())
+    if not any((d.get("notification") or {}).get("message_id") == message_id
+               and d["notification"].get("preview") is not None for d in deliveries):
+        return job
+    scrubbed = [dict(d, notification=dict(d["notification"], preview=None))
+                if (d.get("notification") or {}).get("message_id") == message_id else d for d in deliveries]
+    return dict(job, payload=dict(job["payload"], deliveries=scrubbed))
+
+
 class Store:
     """Users, messages and refresh-token sessions, with the queries the API needs."""
 
@@ -90,6 +111,10 @@ class Store:
 
     def close(self):
         """Flush and release everything; the store is unusable afterwards."""
+        raise NotImplementedError
+
+    def compact(self):
+        """Rewrite what is kept on disk now, so that deleted and scrubbed data leaves it; returns when done."""
         raise NotImplementedError
 
     def import_legacy(self, legacy):
@@ -182,6 +207,16 @@ class Store:
 
     def delete_user_sessions(self, user_id, keep=None):
         """End every session of a user except ``keep``; returns how many ended."""
+        raise NotImplementedError
+
+    # -- the signing key and stream tickets -------------------------------------
+
+    def signing_key(self, candidate):
+        """(key, where it is kept): the key kept with the data, else ``candidate``, kept now by the first caller."""
+        raise NotImplementedError
+
+    def use_ticket(self, ticket_id, expires_at, now):
+        """Record a stream ticket as used: True for the one call that did, False for any other (until it expires)."""
         raise NotImplementedError
 
     # -- people ---------------------------------------------------------------
@@ -451,6 +486,16 @@ class Store:
 
     def mark_notifications_read(self, user_id, notification_ids=None):
         """Mark some (or all) of a user's unread notifications read; returns how many changed."""
+        raise NotImplementedError
+
+    def scrub_message(self, message_id, retract):
+        """Take a deleted message's text out of its copies, in one write.
+
+        Each event of a shared log about it (whose data's ``id`` or
+        ``message_id`` is the message's) gets the data ``retract(type, data)``
+        answers (None: left as it is); notifications about it, and their push
+        jobs (queued or dead letters), lose its preview.
+        """
         raise NotImplementedError
 
     # -- push devices and the delivery queue ---------------------------------------------

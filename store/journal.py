@@ -121,6 +121,32 @@ def write_atomic(path, data, disk=None):
     fsync_directory(directory)
 
 
+def write_new(path, data, disk=None):
+    """Create ``path`` (mode 0600) holding ``data`` unless it exists; True if this call created it.
+
+    The bytes are written and flushed under a temporary name opened with
+    O_EXCL, then hard-linked into place, which fails if ``path`` exists: a
+    reader never meets a partial file, and of two callers exactly one creates it.
+    """
+    disk = disk or Disk()
+    directory, name = os.path.split(path)
+    temp = os.path.join(directory, f".{name}{TEMP_MARK}{os.getpid()}-{threading.get_ident()}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        try:
+            write_all(disk, fd, data)
+            disk.fdatasync(fd)
+        finally:
+            os.close(fd)
+        os.link(temp, path)
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(temp)
+    fsync_directory(directory)
+    return True
+
+
 def fsync_directory(directory):
     """Make a rename or a new file in ``directory`` durable."""
     fd = os.open(directory, os.O_RDONLY)

@@ -33,15 +33,21 @@ import os
 import threading
 import time
 
-from .base import UNCHECKED, Page, Store, dropped_attachment, member_updates, search_terms
-from .errors import Conflict, Missing, QuotaExceeded, StoreUnavailable
+from .base import (UNCHECKED, Page, Store, dropped_attachment, member_updates, push_message_ids, search_terms,
+                   without_preview)
+from .errors import Conflict, Missing, QuotaExceeded, StoreCorrupt, StoreUnavailable
 from .blobs import Blobs
-from .journal import SNAPSHOT, Journal
+from .journal import SNAPSHOT, Journal, write_new
 
 log = logging.getLogger("oxc.store")
 
 #: Undo records are dropped once durable, checked in bulk when this many are kept.
 UNDO_PRUNE_AT = 64
+#: The file under the data directory that keeps the generated signing key.
+SIGNING_KEY = "signing.key"
+MIN_SIGNING_KEY_BYTES = 32
+#: Seconds a used ticket is remembered past its expiry (clocks of processes may disagree a little).
+TICKET_MEMORY = 300
 TABLES = ("users", "messages", "sessions", "chats", "members", "chat_messages", "attachments", "keys",
           "codes", "notifications", "devices", "push_jobs", "meta")
 def member_key(chat_id, user_id):
@@ -125,8 +131,13 @@ class JsonStore(Store):
         self._unread_notes = {}
         self._devices_of = {}
         self._pending_push = []
+        self._notes_about = {}  # message id -> ids of the notifications about it
+        self._jobs_about = {}  # message id -> ids of the push jobs carrying notifications about it
         self._attachment_bytes = collections.Counter()  # per uploader; thumbnails not counted
         self._attempts = {}  # key -> (count, window end) of the login lockout and code cool-downs
+        self._used_tickets = set()  # ids of stream tickets redeemed, until they expire
+        self._ticket_expiry = []  # heap of (expires_at, ticket id) over _used_tickets
+        self._signing_key = None
         self._journal = None
         self._undo = collections.deque()
         self._rearming = None
@@ -467,6 +478,20 @@ class JsonStore(Store):
                 self._by_seq[record["seq"]] = record
             else:
                 self._by_seq.pop(record["seq"], None)
+        self._index_about(self._notes_about, old, new, lambda note: [note["message_id"]] if note.get("message_id")
+                          else [])
+
+    @staticmethod
+    def _index_about(index, old, new, message_ids):
+        """Keep ``index`` (message id -> record ids) up to date with one record's change."""
+        for record, change in ((old, "discard"), (new, "add")):
+            if record is None:
+                continue
+            for message_id in message_ids(record):
+                ids = index.setdefault(message_id, set())
+                getattr(ids, change)(record["id"])
+                if not ids:
+                    del index[message_id]
 
     def _index_devices(self, old, new):
         if old is not None:
@@ -479,6 +504,7 @@ class JsonStore(Store):
             _remove_job(self._pending_push, old)
         if new is not None and new["status"] == "pending":
             bisect.insort(self._pending_push, (new["next_attempt_at"], new["id"]))
+        self._index_about(self._jobs_about, old, new, push_message_ids)
 
     def _index_codes(self, old, new):
         pass
@@ -637,6 +663,42 @@ class JsonStore(Store):
             ticket = self._write([("del", "sessions", key, None) for key in doomed])
         self._wait(ticket)
         return len(doomed)
+
+    # -- the signing key and stream tickets -------------------------------------
+    # The key is a file of its own (mode 0600) beside the journal, never a record:
+    # backups and exports do not carry it. Used tickets are kept in memory only:
+    # one process owns the store, and a ticket lives a minute.
+
+    def signing_key(self, candidate):
+        with self._lock:
+            if self._signing_key is None:
+                self._signing_key = self._read_signing_key(candidate)
+            return self._signing_key
+
+    def _read_signing_key(self, candidate):
+        if self._journal is None:
+            return candidate, None
+        path = os.path.abspath(os.path.join(self._journal.directory, SIGNING_KEY))
+        write_new(path, (candidate + "\n").encode("utf-8"))
+        with open(path, encoding="utf-8") as f:
+            key = f.read().strip()
+        if len(key.encode("utf-8")) < MIN_SIGNING_KEY_BYTES:
+            raise StoreCorrupt(f"{path} holds no usable signing key; remove it to have a new one generated "
+                               "(everyone's access tokens then end; refresh tokens keep working)")
+        if os.stat(path).st_mode & 0o077:
+            log.warning("store: %s is readable by others; make it private: chmod 600 %s", path, path)
+        return key, path
+
+    def use_ticket(self, ticket_id, expires_at, now):
+        with self._lock:
+            expiry = self._ticket_expiry
+            while expiry and expiry[0][0] < now - TICKET_MEMORY:
+                self._used_tickets.discard(heapq.heappop(expiry)[1])
+            if ticket_id in self._used_tickets:
+                return False
+            self._used_tickets.add(ticket_id)
+            heapq.heappush(expiry, (expires_at, ticket_id))
+            return True
 
     # -- people ---------------------------------------------------------------
 
@@ -951,6 +1013,8 @@ class JsonStore(Store):
 
     def add_attachment(self, attachment, quota=0):
         with self._lock:
+            if attachment["chat_id"] not in self._tables["chats"]:
+                raise Missing(f"chat {attachment['chat_id']} is gone")
             if quota:
                 used = self._attachment_bytes[attachment.get("uploader_id")]
                 if used + (attachment.get("size") or 0) > quota:
@@ -1145,6 +1209,20 @@ class JsonStore(Store):
             ticket = self._write([("put", "notifications", note["id"], dict(note, read=True)) for note in unread])
         self._wait(ticket)
         return len(unread)
+
+    def scrub_message(self, message_id, retract):
+        # Events live in the process (handlers/hub.py), not here: only notifications and push jobs.
+        with self._lock:
+            notes = [self._tables["notifications"][note_id] for note_id in self._notes_about.get(message_id, ())]
+            jobs = [self._tables["push_jobs"][job_id] for job_id in self._jobs_about.get(message_id, ())]
+            ops = [("put", "notifications", note["id"], dict(note, preview=None))
+                   for note in notes if note.get("preview") is not None]
+            ops += [("put", "push_jobs", job["id"], scrubbed) for job in jobs
+                    for scrubbed in [without_preview(job, message_id)] if scrubbed is not job]
+            if not ops:
+                return
+            ticket = self._write(ops)
+        self._wait(ticket)
 
     # -- devices and push jobs --------------------------------------------------------------
 

@@ -44,7 +44,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Json
 from psycopg_pool import ConnectionPool
 
-from .base import UNCHECKED, Page, Store, dropped_attachment, member_updates, search_terms
+from .base import (UNCHECKED, Page, Store, dropped_attachment, member_updates, push_message_ids, search_terms,
+                   without_preview)
 from .blobs import Blobs
 from .errors import Conflict, Missing, QuotaExceeded, StoreError, StoreUnavailable
 
@@ -60,6 +61,8 @@ MIGRATION_LOCK = 3167
 BLOB_LOCK = "SELECT pg_advisory_xact_lock(3168, hashtext(current_schema() || ':' || %s))"
 #: Seconds a pin keeps a blob file from deletion (a pin outlives its upload only after a crash).
 PIN_LIFETIME = 3600
+#: Seconds a used stream ticket is remembered past its expiry (the processes' clocks may disagree).
+TICKET_MEMORY = 300
 
 NO_CURSOR = 2 ** 63 - 1
 
@@ -83,9 +86,12 @@ TABLES = {
     "notifications": (("id",), ("id", "user_id", "seq", "kind", "is_read"),
                       lambda r: (r["id"], r["user_id"], r["seq"], r.get("kind"), bool(r.get("read")))),
     "devices": (("id",), ("id", "user_id"), lambda r: (r["id"], r["user_id"])),
-    "push_jobs": (("id",), ("id", "status", "next_attempt_at", "created_at"),
-                  lambda r: (r["id"], r["status"], r.get("next_attempt_at"), r.get("created_at"))),
+    "push_jobs": (("id",), ("id", "status", "next_attempt_at", "created_at", "message_ids"),
+                  lambda r: (r["id"], r["status"], r.get("next_attempt_at"), r.get("created_at"),
+                             push_message_ids(r))),
 }
+#: The tables that hold message text or copies of it, rewritten by ``compact``.
+COMPACTED = ("messages", "chat_messages", "postings", "events", "notifications", "push_jobs")
 #: Columns an update never changes (a chat's activity moves only with its messages).
 INSERT_ONLY = {"activity"}
 #: The order rows are read back in by ``export_records`` (the JSON store's dict order).
@@ -339,6 +345,18 @@ class PostgresStore(Store):
             self._closed = True
         self._pool.close(timeout=5)
         self.blobs.close()
+
+    def compact(self):
+        # An UPDATE or DELETE leaves the row's old version in the table's file until a
+        # vacuum; VACUUM FULL writes each table anew without them (locking it meanwhile).
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
+        try:
+            with _connect(self.url) as conn:
+                for table in COMPACTED:
+                    conn.execute(f"VACUUM (FULL) {table}")
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable(f"the database failed while compacting: {_reason(exc)}") from exc
 
     # -- connections, transactions, queries ------------------------------------------
 
@@ -657,6 +675,25 @@ class PostgresStore(Store):
             return self._execute(cur, "DELETE FROM sessions WHERE user_id = %s AND id <> %s",
                                  (user_id, keep)).rowcount
         return self._write(work)
+
+    # -- the signing key and stream tickets ------------------------------------------------------
+
+    def signing_key(self, candidate):
+        def work(cur):
+            self._execute(cur, "INSERT INTO signing_keys (name, value) VALUES ('jwt', %s) "
+                               "ON CONFLICT (name) DO NOTHING", (candidate,))
+            return self._execute(cur, "SELECT value FROM signing_keys WHERE name = 'jwt'").fetchone()[0]
+        return self._write(work), "the database (table signing_keys)"
+
+    def use_ticket(self, ticket_id, expires_at, now):
+        # One statement: of two processes inserting one id, exactly one gets its row back.
+        first = self._write(lambda cur: self._execute(
+            cur, "INSERT INTO stream_tickets (id, expires_at) VALUES (%s, %s) ON CONFLICT (id) DO NOTHING "
+                 "RETURNING id", (ticket_id, expires_at)).fetchone()) is not None
+        # Housekeeping, well past expiry: another process's clock may be a little behind this one's.
+        self._write(lambda cur: self._execute(cur, "DELETE FROM stream_tickets WHERE expires_at < %s",
+                                              (now - TICKET_MEMORY,)), durable=False)
+        return first
 
     # -- people -------------------------------------------------------------------------------
 
@@ -978,6 +1015,10 @@ class PostgresStore(Store):
 
     def add_attachment(self, attachment, quota=0):
         def work(cur):
+            # A key-share lock: a group deleted meanwhile waits for this insert or refuses it.
+            if self._execute(cur, "SELECT 1 FROM chats WHERE id = %s FOR KEY SHARE",
+                             (attachment["chat_id"],)).fetchone() is None:
+                raise Missing(f"chat {attachment['chat_id']} is gone")
             if quota:
                 # The uploader's row is the lock that makes check and insert one step across processes.
                 uploader = attachment.get("uploader_id")
@@ -1186,6 +1227,28 @@ class PostgresStore(Store):
             self._put_many(cur, "notifications", (dict(note, read=True) for note in unread))
             return len(unread)
         return self._write(work)
+
+    def scrub_message(self, message_id, retract):
+        def work(cur):
+            events = self._execute(cur, "SELECT id, type, data FROM events WHERE data->>'id' = %s "
+                                        "OR data->>'message_id' = %s ORDER BY id FOR UPDATE",
+                                   (message_id, message_id)).fetchall()
+            for event_id, kind, data in events:
+                replaced = retract(kind, data)
+                if replaced is not None and replaced != data:
+                    self._execute(cur, "UPDATE events SET data = %s WHERE id = %s", (Json(replaced), event_id))
+            notes = [row[0] for row in self._execute(
+                cur, "SELECT data FROM notifications WHERE data->>'message_id' = %s ORDER BY seq FOR UPDATE",
+                (message_id,)).fetchall()]
+            self._put_many(cur, "notifications", (dict(note, preview=None) for note in notes
+                                                  if note.get("preview") is not None))
+            jobs = [row[0] for row in self._execute(
+                cur, "SELECT data FROM push_jobs WHERE message_ids @> ARRAY[%s]::text[] ORDER BY position FOR UPDATE",
+                (message_id,)).fetchall()]
+            scrubbed = [without_preview(job, message_id) for job in jobs]
+            self._put_many(cur, "push_jobs", (new for new, old in zip(scrubbed, jobs) if new is not old))
+        if "\x00" not in message_id:
+            self._write(work)
 
     # -- devices and push jobs -------------------------------------------------------------------------------------
 

@@ -368,6 +368,8 @@ def test_two_processes_uploading_at_once_never_take_a_user_past_the_quota(backen
     store = open_store(tmp_path / "data", url=backend["store_url"])
     try:
         store.create_user({"id": "alice", "username": "alice", "password_hash": "x"})
+        store.create_chat({"id": "c1", "type": "group", "name": "c1", "description": None, "created_by": "alice",
+                           "created_at": "t"}, [])
         start_at = str(time.time() + 2)
         racers = [subprocess.Popen([sys.executable, "-c", RACER, ROOT, str(tmp_path / "data"),
                                     backend["store_url"], name, start_at], stdout=subprocess.PIPE, text=True)

@@ -112,7 +112,7 @@ def test_each_mention_is_notified_once_though_both_processes_run_a_notifier(two)
 def test_each_push_is_delivered_once_though_both_processes_drain_the_queue(make_client):
     receiver = Receiver()
     try:
-        apps = [make_client(push_webhook_url=receiver.url) for _ in range(2)]
+        apps = [make_client(push_webhook_url=receiver.url, push_allowed_addresses=("127.0.0.1",)) for _ in range(2)]
         alice, bob = apps[0].user("alice"), apps[0].user("bob")
         for number in range(10):
             apps[number % 2].post_json("/api/chats/direct", {"user_id": bob.id, "content": f"dm {number}"},
@@ -137,6 +137,7 @@ def test_bytes_uploaded_in_one_process_survive_a_delete_of_their_last_copy_in_an
     try:
         payload = b"the same picture, twice"
         digest = first.save_blob_bytes(payload)
+        first.create_chat({"id": "c1", "type": "group", "name": "c1", "description": None, "created_by": "alice", "created_at": "t"}, [])
         first.add_attachment({"id": "a1", "chat_id": "c1", "sha256": digest})
         # The second process writes the same bytes again (pinned, not yet referred to) ...
         assert second.save_blob_bytes(payload) == digest

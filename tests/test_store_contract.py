@@ -485,6 +485,59 @@ def test_a_session_tied_to_a_password_hash_starts_only_while_that_hash_is_curren
     assert store.find_session(token_hash("three")) == session
 
 
+# ---- the signing key and stream tickets -------------------------------------------
+
+
+def test_the_first_signing_key_offered_is_kept_and_every_later_caller_gets_it(store):
+    key, where = store.signing_key("k" * 64)
+    assert key == "k" * 64
+    assert store.signing_key("another candidate, never kept" * 2) == (key, where)
+
+
+def test_concurrent_first_offers_of_a_signing_key_agree_on_one(store):
+    barrier = threading.Barrier(8)
+    keys = []
+
+    def offer(number):
+        barrier.wait()
+        keys.append(store.signing_key(f"candidate-{number}-" + "x" * 48)[0])
+
+    threads = [threading.Thread(target=offer, args=(number,)) for number in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(keys)) == 1
+
+
+def test_a_ticket_is_used_once_and_others_are_not_affected(store):
+    now = 1_700_000_000.0
+    assert store.use_ticket("t1", now + 60, now) is True
+    assert store.use_ticket("t1", now + 60, now + 1) is False
+    assert store.use_ticket("t2", now + 60, now + 1) is True
+    # Long after expiry the record may be pruned; until well past expiry it is not.
+    assert store.use_ticket("t3", now + 61, now + 200) is True
+    assert store.use_ticket("t1", now + 60, now + 200) is False
+
+
+def test_of_concurrent_uses_of_one_ticket_exactly_one_succeeds(store):
+    now = 1_700_000_000.0
+    for round_number in range(20):
+        barrier = threading.Barrier(4)
+        results = []
+
+        def use():
+            barrier.wait()
+            results.append(store.use_ticket(f"ticket-{round_number}", now + 60, now))
+
+        racers = [threading.Thread(target=use) for _ in range(4)]
+        for racer in racers:
+            racer.start()
+        for racer in racers:
+            racer.join()
+        assert sorted(results) == [False, False, False, True], f"round {round_number}"
+
+
 # ---- lifecycle ----------------------------------------------------------------
 
 
@@ -878,6 +931,7 @@ def test_a_blob_over_the_limit_is_refused(store):
 
 
 def test_attachments_are_recorded_updated_and_deleted(store):
+    group(store, "c1", "alice")  # attachments belong to a chat that exists
     digest = store.save_blob_bytes(b"abc")
     record = store.add_attachment(attachment("a1", digest))
     assert store.get_attachment("a1") == record
@@ -889,6 +943,7 @@ def test_attachments_are_recorded_updated_and_deleted(store):
 
 
 def test_blob_bytes_go_only_when_no_attachment_refers_to_them(store):
+    group(store, "c1", "alice")  # attachments belong to a chat that exists
     shared = store.save_blob_bytes(b"shared bytes")
     thumb = store.save_blob_bytes(b"a thumbnail")
     store.add_attachment(attachment("a1", shared, thumbnail=thumb))
@@ -922,6 +977,14 @@ def sized(attachment_id, digest, size, uploader="alice", **extra):
     return dict(attachment(attachment_id, digest, **extra), uploader_id=uploader, size=size)
 
 
+def test_an_attachment_of_a_chat_deleted_meanwhile_is_refused_and_nothing_is_written(store):
+    from store import Missing
+    digest = store.save_blob_bytes(b"abc")
+    with pytest.raises(Missing):
+        store.add_attachment(attachment("a1", digest, chat_id="gone"))
+    assert store.get_attachment("a1") is None
+
+
 def test_attachment_usage_sums_sizes_per_uploader_without_thumbnails_and_frees_on_delete(store):
     group(store, "c1", "alice")
     data, thumb = store.save_blob_bytes(b"some bytes"), store.save_blob_bytes(b"a thumbnail")
@@ -939,6 +1002,7 @@ def test_attachment_usage_sums_sizes_per_uploader_without_thumbnails_and_frees_o
 
 
 def test_an_attachment_past_the_quota_is_refused_and_nothing_is_written(store):
+    group(store, "c1", "alice")  # attachments belong to a chat that exists
     from store import QuotaExceeded
     store.create_user(make_user("alice", "alice"))
     digest = store.save_blob_bytes(b"abc")
@@ -953,6 +1017,7 @@ def test_an_attachment_past_the_quota_is_refused_and_nothing_is_written(store):
 
 
 def test_concurrent_attachments_never_take_their_uploader_past_the_quota(store):
+    group(store, "c1", "alice")  # attachments belong to a chat that exists
     from store import QuotaExceeded
     store.create_user(make_user("alice", "alice"))
     digest = store.save_blob_bytes(b"abc")
@@ -977,6 +1042,7 @@ def test_concurrent_attachments_never_take_their_uploader_past_the_quota(store):
 
 
 def test_a_discarded_blob_goes_unless_an_attachment_refers_to_it(store):
+    group(store, "c1", "alice")  # attachments belong to a chat that exists
     kept = store.save_blob_bytes(b"kept")
     store.add_attachment(attachment("a1", kept))
     assert store.save_blob_bytes(b"kept") == kept  # saved again for an upload that is then refused
@@ -1185,6 +1251,61 @@ def test_marking_notifications_read_counts_only_unread_ones_of_that_user(store):
     assert store.unread_notification_count("carol") == 1
 
 
+def about(note_id, message_id, preview, user_id="bob"):
+    return dict(note(note_id, user_id), message_id=message_id, preview=preview)
+
+
+def delivering(job_id, due, *notes):
+    return dict(job(job_id, due), payload={"deliveries": [{"user_id": n["user_id"], "notification": n}
+                                                          for n in notes]})
+
+
+def test_scrubbing_a_message_takes_its_previews_out_of_notifications_and_push_jobs_alone(store):
+    m1, m1_carol = about("n1", "m1", "the secret"), about("n2", "m1", "the secret", "carol")
+    m2 = about("n3", "m2", "kept")
+    store.add_notifications([m1, m1_carol, m2], [delivering("j1", 10.0, m1, m2), delivering("j2", 11.0, m1_carol)],
+                            max_pending=1)  # j2 is a dead letter
+    store.scrub_message("m1", lambda type, data: None)
+    assert [store.get_notification(n)["preview"] for n in ("n1", "n2", "n3")] == [None, None, "kept"]
+    assert store.get_notification("n1")["message_id"] == "m1"  # the notification stays, without the text
+    [queued], [dead] = store.due_push_jobs(100.0), store.dead_push_jobs()
+    assert [d["notification"]["preview"] for d in queued["payload"]["deliveries"]] == [None, "kept"]
+    assert dead["payload"]["deliveries"][0]["notification"]["preview"] is None
+    assert dead["status"] == "dead" and dead["last_error"] == "the push queue is full"
+    store.scrub_message("m2", lambda type, data: None)
+    assert store.due_push_jobs(100.0)[0]["payload"]["deliveries"][1]["notification"]["preview"] is None
+    store.scrub_message("unknown", lambda type, data: None)  # nothing refers to it: nothing happens
+
+
+def test_scrubbing_a_message_rewrites_the_shared_event_log_rows_about_it(store):
+    log = store.event_log()
+    if log is None:
+        pytest.skip("this backend keeps no event log (the hub keeps it in the process)")
+    created = log.append("chat.message.created", {"id": "m1", "content": "the secret"}, None, "c1", 1.0)
+    note_event = log.append("notification.created", {"id": "n1", "message_id": "m1", "preview": "the secret"},
+                            ["bob"], None, 2.0)
+    other = log.append("chat.message.created", {"id": "m2", "content": "kept"}, None, "c1", 3.0)
+    seen = []
+
+    def retract(type, data):
+        seen.append(type)
+        return {"id": "m1", "content": None} if type == "chat.message.created" else dict(data, preview=None)
+
+    store.scrub_message("m1", retract)
+    rows = {row[0]: row[2] for row in log.after(0, 10)}
+    assert sorted(seen) == ["chat.message.created", "notification.created"]
+    assert rows[created] == {"id": "m1", "content": None}
+    assert rows[note_event] == {"id": "n1", "message_id": "m1", "preview": None}
+    assert rows[other] == {"id": "m2", "content": "kept"}
+
+
+def test_compacting_keeps_every_record(store):
+    store.create_user(make_user("u1", "alice"))
+    post(store, "m1", "u1")
+    store.compact()
+    assert store.get_user("u1")["username"] == "alice" and store.get_message("m1")["content"] == "text of m1"
+
+
 def test_devices_are_listed_per_user_in_the_order_they_were_added(store):
     for device_id, user_id in (("d2", "alice"), ("d1", "alice"), ("d3", "bob")):
         store.add_device({"id": device_id, "user_id": user_id, "platform": "web", "token": f"t-{device_id}",
@@ -1234,6 +1355,7 @@ def test_dead_push_jobs_leave_the_queue_and_are_listed_newest_first(store):
 
 
 def test_bytes_uploaded_again_survive_the_deletion_of_an_older_copy(store):
+    group(store, "c1", "alice")  # attachments belong to a chat that exists
     payload = b"same bytes twice"
     digest = store.save_blob_bytes(payload)
     store.add_attachment(attachment("a1", digest))

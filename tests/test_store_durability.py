@@ -485,6 +485,7 @@ def test_bytes_uploaded_again_survive_the_deletion_of_an_older_copy(data_dir, op
     store = opened(data_dir)
     payload = b"same bytes twice"
     digest = store.save_blob_bytes(payload)
+    store.create_chat({"id": "c", "type": "group", "name": "c", "description": None, "created_by": "alice", "created_at": "t"}, [])
     store.add_attachment({"id": "a1", "chat_id": "c", "sha256": digest, "thumbnail_sha256": None})
     # A second upload of the same bytes is written before its record exists...
     assert store.save_blob_bytes(payload) == digest
