@@ -93,7 +93,12 @@ class Disk:
 
 def write_all(disk, fd, data):
     """Write every byte of ``data`` or raise: a short count is never taken as success."""
-    view = memoryview(data)
+    written = disk.write(fd, data)
+    if written == len(data):
+        return  # the common case, without a view
+    if written <= 0:
+        raise OSError(errno.ENOSPC, "the disk took no more bytes")
+    view = memoryview(data)[written:]
     while view:
         written = disk.write(fd, view)
         if written <= 0:
@@ -421,7 +426,7 @@ class Journal:
 
     def append(self, record):
         """Queue ``record``; call under the owner's lock. Returns a ticket for ``wait_durable``."""
-        if self.failed is not None or not self.has_room():
+        if self.failed is not None or (self.reserve and not self.has_room()):
             raise StoreUnavailable(f"the store refuses writes: {self.problem()}")
         line = encode_line(record)
         with self._cond:

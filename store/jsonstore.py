@@ -191,9 +191,9 @@ class JsonStore(Store):
             while self._undo and self._journal.is_durable(self._undo[0][0]):
                 self._undo.popleft()
         # What each op replaces, so that a write whose flush fails can be taken back.
-        tables = self._tables
-        self._undo.append((ticket, [(table, key, tables[table].get(key)) for _, table, key, _ in ops]))
-        self._apply(ops)
+        replaced = []
+        self._apply(ops, replaced)
+        self._undo.append((ticket, replaced))
         # Counting the live records costs a pass over the tables: only once a compaction may be due.
         if self._journal.may_compact() and self._journal.wants_compaction(self._live_records()):
             self._journal.claim_compaction()
@@ -277,10 +277,13 @@ class JsonStore(Store):
                 return False
             return True
 
-    def _apply(self, ops):
+    def _apply(self, ops, replaced=None):
+        """Apply ``ops`` to the tables and indexes; ``replaced`` hears (table, key, old value) of each."""
         for kind, table, key, value in ops:
             rows = self._tables[table]
             old = rows.get(key)
+            if replaced is not None:
+                replaced.append((table, key, old))
             if kind == "put":
                 rows[key] = value
             else:
