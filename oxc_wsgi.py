@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import signal
 import sys
 import threading
@@ -35,13 +36,14 @@ from http import HTTPStatus
 
 import middleware
 import oxc_client
-from handlers import (accounts, auth, chats, events, keys, media, messages, notifications, openapi, search,
-                      service, users)
+from handlers import (accounts, auth, chats, events, keys, maintenance, media, messages, notifications, openapi,
+                      search, service, users)
 from handlers import web
 from handlers.http import (BadRequest, HTTPError, MethodNotAllowed, NotFound, Response,
                            STORE_RETRY_AFTER, ServiceUnavailable, UnsupportedMediaType, json_response)
 from handlers.hub import Hub
 from handlers.mail import Mailer
+from handlers import push
 from handlers.push import PushWorker
 from handlers.passwords import Passwords
 from handlers.tokens import AccessTokens
@@ -150,7 +152,15 @@ def _url(text):
     text = text.strip()
     if text and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", text):
         raise ValueError("must be an http(s) URL")
+    if text:
+        push.parse_url(text)  # the checks every delivery makes (no user@, no backslash ...)
     return text
+
+
+def _networks(text):
+    names = _names(text)
+    push.allowed_networks(names)
+    return names
 
 
 def _seconds(text):
@@ -171,7 +181,7 @@ VARIABLES = (
     ("port", "PORT", _integer(0, 65535), 5000),
     ("secret_key", "SECRET_KEY", _string, DEV_API_KEY),
     ("secret_key_enabled", "SECRET_KEY_ENABLED", _boolean, False),
-    ("jwt_secret_key", "JWT_SECRET_KEY", _string, DEV_JWT_SECRET),
+    ("jwt_secret_key", "JWT_SECRET_KEY", _string, ""),
     ("register_enabled", "REGISTER_ENABLED", _boolean, True),
     ("access_token_expires", "ACCESS_TOKEN_EXPIRES", _integer(1, 24 * 60), 15),
     ("token_refresh_seconds", "TOKEN_REFRESH_SECONDS", _integer(0), 600),
@@ -185,20 +195,25 @@ VARIABLES = (
     ("rate_limit_enabled", "RATE_LIMIT_ENABLED", _boolean, False),
     ("rate_limit", "RATE_LIMIT", _integer(1), 100),
     ("auth_rate_limit", "AUTH_RATE_LIMIT", _integer(1), 10),
+    ("auth_rate_limit_enabled", "AUTH_RATE_LIMIT_ENABLED", _boolean, True),
     ("max_message_length", "MAX_MESSAGE_LENGTH", _integer(1, 1_000_000), 1000),
     ("max_body_bytes", "MAX_BODY_BYTES", _integer(1024), 64 * 1024),
     ("bcrypt_rounds", "BCRYPT_ROUNDS", _integer(4, 16), 12),
     ("threads", "THREADS", _integer(1, 1024), 8),
+    ("max_connections_per_client", "MAX_CONNECTIONS_PER_CLIENT", _integer(0, 100_000), 50),
+    ("header_timeout", "HEADER_TIMEOUT", _integer(0, 300), 10),
     ("compact_min", "STORE_COMPACT_MIN", _integer(10), 10_000),
     ("store_free_space_reserve", "STORE_FREE_SPACE_RESERVE", _integer(0), 64 * 1024 * 1024),
     ("store_url", "STORE_URL", _string, ""),
     ("db_pool_size", "DB_POOL_SIZE", _integer(1, 1000), 10),
     ("realtime_max_clients", "REALTIME_MAX_CLIENTS", _integer(1, 100_000), 100),
+    ("realtime_max_per_user", "REALTIME_MAX_PER_USER", _integer(1, 100_000), 5),
     ("sse_heartbeat", "SSE_HEARTBEAT", _seconds, 15.0),
     ("events_kept", "EVENTS_KEPT", _integer(10, 10_000_000), 10_000),
     ("media_max_bytes", "MEDIA_MAX_BYTES", _integer(1024), 25 * 1024 * 1024),
     ("media_types", "MEDIA_ALLOWED_TYPES", _media_types, DEFAULT_MEDIA_TYPES),
     ("attachment_quota_bytes", "ATTACHMENT_QUOTA_BYTES", _integer(0), 1024 * 1024 * 1024),
+    ("thumbnail_concurrency", "THUMBNAIL_CONCURRENCY", _integer(1, 64), 2),
     ("smtp_host", "SMTP_HOST", _string, ""),
     ("smtp_port", "SMTP_PORT", _integer(1, 65535), 587),
     ("smtp_security", "SMTP_SECURITY", _choice("starttls", "ssl", "none"), "starttls"),
@@ -212,6 +227,7 @@ VARIABLES = (
     ("push_max_attempts", "PUSH_MAX_ATTEMPTS", _integer(1, 100), 8),
     ("push_queue_max", "PUSH_QUEUE_MAX", _integer(1), 10_000),
     ("push_device_hosts", "PUSH_DEVICE_HOSTS", _names, ()),
+    ("push_allowed_addresses", "PUSH_ALLOWED_ADDRESSES", _networks, ()),
     ("web_enabled", "WEB_UI_ENABLED", _boolean, True),
 )
 
@@ -225,7 +241,7 @@ class Settings:
     port: int = 5000
     secret_key: str = DEV_API_KEY
     secret_key_enabled: bool = False
-    jwt_secret_key: str = DEV_JWT_SECRET
+    jwt_secret_key: str = ""  # empty: a random key generated on first start and kept with the data
     register_enabled: bool = True
     access_token_expires: int = 15
     token_refresh_seconds: int = 600
@@ -239,20 +255,25 @@ class Settings:
     rate_limit_enabled: bool = False
     rate_limit: int = 100
     auth_rate_limit: int = 10
+    auth_rate_limit_enabled: bool = True
     max_message_length: int = 1000
     max_body_bytes: int = 64 * 1024
     bcrypt_rounds: int = 12
     threads: int = 8
+    max_connections_per_client: int = 50
+    header_timeout: int = 10
     compact_min: int = 10_000
     store_free_space_reserve: int = 64 * 1024 * 1024
     store_url: str = ""
     db_pool_size: int = 10
     realtime_max_clients: int = 100
+    realtime_max_per_user: int = 5
     sse_heartbeat: float = 15.0
     events_kept: int = 10_000
     media_max_bytes: int = 25 * 1024 * 1024
     media_types: tuple = DEFAULT_MEDIA_TYPES
     attachment_quota_bytes: int = 1024 * 1024 * 1024
+    thumbnail_concurrency: int = 2
     smtp_host: str = ""
     smtp_port: int = 587
     smtp_security: str = "starttls"
@@ -266,6 +287,7 @@ class Settings:
     push_max_attempts: int = 8
     push_queue_max: int = 10_000
     push_device_hosts: tuple = ()
+    push_allowed_addresses: tuple = ()
     web_enabled: bool = True
 
     @classmethod
@@ -287,11 +309,16 @@ class Settings:
 
     def check(self):
         """Raise ConfigError for settings that are unsafe where they are used."""
+        if self.jwt_secret_key == DEV_JWT_SECRET:
+            # Published in 0xC's and older oxc's .env.example: anyone could sign tokens with it.
+            raise ConfigError("JWT_SECRET_KEY is the published development value; remove it (oxc then "
+                              "generates a key and keeps it with the data) or set a random one")
         if self.environment != "production":
             return
-        if self.jwt_secret_key == DEV_JWT_SECRET or len(self.jwt_secret_key.encode()) < MIN_SECRET_BYTES:
-            raise ConfigError(f"JWT_SECRET_KEY must be set to at least {MIN_SECRET_BYTES} random bytes "
-                              "in production (try: python -c 'import secrets; print(secrets.token_urlsafe(48))')")
+        if self.jwt_secret_key and len(self.jwt_secret_key.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(f"JWT_SECRET_KEY must be at least {MIN_SECRET_BYTES} random bytes in production, "
+                              "or left unset to have one generated (try: python -c 'import secrets; "
+                              "print(secrets.token_urlsafe(48))')")
         if self.secret_key_enabled and (self.secret_key == DEV_API_KEY or len(self.secret_key) < 16):
             raise ConfigError("SECRET_KEY must be set to a private value of 16+ characters in production")
         if self.bcrypt_rounds < 12:
@@ -515,6 +542,26 @@ class Router:
 # The application
 # =============================================================================
 
+def signing_secret(settings, store):
+    """JWT_SECRET_KEY, or else the random key kept with the data (generated on first start).
+
+    Never a published value: with no key configured, the first start generates
+    one (``secrets.token_urlsafe(48)``) and the store keeps it, in a file of mode
+    0600 under DATA_DIR or in the database, so that tokens outlive a restart and
+    every process on one database signs with the same key.
+    """
+    if settings.jwt_secret_key:
+        return settings.jwt_secret_key
+    secret, where = store.signing_key(secrets.token_urlsafe(48))
+    if where is None:
+        log.info("JWT_SECRET_KEY is not set: access tokens are signed with a random key held in memory, "
+                 "so they end with this process")
+    else:
+        log.warning("JWT_SECRET_KEY is not set: access tokens are signed with a random key generated on first "
+                    "start and kept in %s (set JWT_SECRET_KEY to choose one)", where)
+    return secret
+
+
 class Context:
     """What handlers reach through ``req.ctx``: settings, store and services."""
 
@@ -525,13 +572,16 @@ class Context:
         self.version = version
         self.started_at = clock()
         self.passwords = Passwords(settings.bcrypt_rounds, concurrency=max(1, min(4, settings.threads // 2)))
-        self.tokens = AccessTokens(settings.jwt_secret_key, settings.access_token_expires * 60,
+        secret = signing_secret(settings, store)
+        self.tokens = AccessTokens(secret, settings.access_token_expires * 60,
                                    settings.token_refresh_seconds, clock)
-        self.login_throttle = auth.LoginThrottle(store, settings.jwt_secret_key, clock)
+        self.login_throttle = auth.LoginThrottle(store, secret, clock)
         self.mailer = Mailer(settings)
-        self.codes = accounts.Codes(store, settings.jwt_secret_key, clock, self.mailer)
+        self.codes = accounts.Codes(store, secret, clock, self.mailer)
         self.events = Hub(store, clock, capacity=settings.events_kept,
-                          max_listeners=settings.realtime_max_clients)
+                          max_listeners=settings.realtime_max_clients,
+                          max_per_user=settings.realtime_max_per_user)
+        self.thumbnails = media.Thumbnails(settings.thumbnail_concurrency)
         self.push = PushWorker(store, settings, clock)
         self.notifier = notifications.Notifier(self, self.push)
         self.events.subscribe(self.notifier)
@@ -654,6 +704,7 @@ def routes(prefix):
         Route("POST", f"{p}/devices", notifications.post_device, True),
         Route("DELETE", f"{p}/devices/{{device_id}}", notifications.delete_device, True),
         Route("GET", f"{p}/admin/push/dead-letters", notifications.get_dead_letters, True),
+        Route("POST", f"{p}/admin/compact", maintenance.post_compact, True),
         Route("GET", f"{p}/search", search.get_search, True),
         Route("GET", f"{p}/users", users.get_users, True),
         Route("GET", f"{p}/users/me", users.get_me, True),
@@ -694,10 +745,13 @@ def create_app(settings=None, *, clock=time.time, store=None, **overrides):
         app = middleware.ApiKey(app, [settings.secret_key], exempt_paths=(f"{settings.api_prefix}/health",),
                                 exempt_if=lambda environ: environ.get("PATH_INFO") == stream
                                 and "ticket=" in environ.get("QUERY_STRING", ""))
-    if settings.rate_limit_enabled:
+    if settings.rate_limit_enabled or settings.auth_rate_limit_enabled:
+        # The auth endpoints get the strict budget whenever either is on; the rest only with RATE_LIMIT_ENABLED.
+        strict = (settings.api_prefix + path for path in auth.THROTTLED_PATHS) if settings.auth_rate_limit_enabled \
+            else (f"{settings.api_prefix}/auth/login", f"{settings.api_prefix}/auth/register")
         app = middleware.RateLimit(app, middleware.RateLimitPolicy(
-            per_minute=settings.rate_limit, strict_per_minute=settings.auth_rate_limit,
-            strict_paths=(f"{settings.api_prefix}/auth/login", f"{settings.api_prefix}/auth/register")))
+            per_minute=settings.rate_limit if settings.rate_limit_enabled else None,
+            strict_per_minute=settings.auth_rate_limit, strict_paths=tuple(strict)))
     app = middleware.Cors(app, settings.cors_origins)
     app = middleware.AccessLog(app)
     app.core = core
@@ -764,12 +818,13 @@ def waitress_options(settings):
 
 
 def serve(settings):
-    """Serve with waitress until SIGTERM or SIGINT, then close the store cleanly."""
-    import waitress.server
+    """Serve with waitress (guarded against slow clients: ``oxc_server``) until SIGTERM or SIGINT."""
+    import oxc_server
 
     app = create_app(settings)
     settle_heap()
-    server = waitress.server.create_server(app, **waitress_options(settings))
+    server = oxc_server.create_server(app, per_client=settings.max_connections_per_client,
+                                      header_timeout=settings.header_timeout, **waitress_options(settings))
 
     def stop(signum, frame):
         log.info("received %s: finishing requests in flight", signal.Signals(signum).name)

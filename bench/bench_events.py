@@ -44,7 +44,8 @@ class Server(ChildServer):
         self.port = free_port()
         self.kind = kind
         env = dict(DATA_DIR=data_dir, BCRYPT_ROUNDS="4", LOG_LEVEL="WARNING", OXC_ENV="testing",
-                   REALTIME_MAX_CLIENTS=str(listeners + 20), HOST="127.0.0.1", PORT=str(self.port))
+                   REALTIME_MAX_CLIENTS=str(listeners + 20), REALTIME_MAX_PER_USER=str(listeners + 20),
+                   HOST="127.0.0.1", PORT=str(self.port))
         if kind == "waitress":
             command = [sys.executable, "oxc_wsgi.py", "serve"]
         else:

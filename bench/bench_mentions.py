@@ -75,7 +75,8 @@ def main():
     receiver = Served("ceiling:application", 4)
     try:
         chat_id = seed(os.path.join(work, "data"))
-        os.environ.update(PUSH_WEBHOOK_URL=receiver.url + "/push", PUSH_WEBHOOK_SECRET="bench-secret-0123456789")
+        os.environ.update(PUSH_WEBHOOK_URL=receiver.url + "/push", PUSH_WEBHOOK_SECRET="bench-secret-0123456789",
+                          PUSH_ALLOWED_ADDRESSES="127.0.0.1")  # the receiver is on loopback
         server = oxc_server(os.path.join(work, "data"), 8)
         try:
             status, answer = server.request("POST", "/api/auth/login",

@@ -27,7 +27,13 @@ USERNAME = re.compile(r"^[A-Za-z0-9_-]{3,32}$")
 MIN_PASSWORD_LENGTH = 8
 BAD_LOGIN = "Invalid username or password"
 BAD_REFRESH = "Invalid or expired refresh token"
+EMAIL_TAKEN = "Email already registered"
+SESSION_ENDED = "Session has ended; log in again"
 LAST_SEEN_RESOLUTION = 60  # seconds; "last seen" is written at most this often per user
+#: Paths (under API_PREFIX) where passwords are checked or codes asked for and guessed. Each client
+#: gets AUTH_RATE_LIMIT requests a minute to all of them together (on unless AUTH_RATE_LIMIT_ENABLED=0).
+THROTTLED_PATHS = ("/auth/register", "/auth/login", "/auth/refresh", "/auth/verify-email",
+                   "/auth/verify-email/request", "/auth/password-reset", "/auth/password-reset/request")
 
 
 class LoginThrottle:
@@ -89,6 +95,17 @@ def check_new_password(body, name="password"):
     return password
 
 
+def session_is_open(store, session_id, user_id):
+    """True while the session (refresh-token family) ``session_id`` of ``user_id`` has not ended.
+
+    Every access token and stream ticket names its session (``sid``), and each
+    request and open listener checks it, so a logout, a password change or
+    reset, or a revoked family ends them all.
+    """
+    session = store.get_session(session_id)
+    return session is not None and session["user_id"] == user_id
+
+
 def authenticate(req):
     """The user behind the request's bearer token; Unauthorized otherwise."""
     header = req.environ.get("HTTP_AUTHORIZATION")
@@ -106,8 +123,8 @@ def authenticate(req):
     user = store.get_user(claims["sub"])
     if user is None:
         raise Unauthorized("User no longer exists")
-    if claims.get("sid") is not None and store.get_session(claims["sid"]) is None:
-        raise Unauthorized("Session has ended; log in again")
+    if not session_is_open(store, claims["sid"], user["id"]):
+        raise Unauthorized(SESSION_ENDED)
     req.claims = claims
     now = req.ctx.clock()
     if now - user.get("last_seen", 0) >= LAST_SEEN_RESOLUTION:
@@ -162,20 +179,36 @@ def post_register(req):
     if not USERNAME.match(username):
         raise BadRequest("Field 'username' must be 3 to 32 letters, digits, '_' or '-'")
     password = check_new_password(body)
-    address = email(body, required=req.ctx.settings.require_verified_email)
+    ctx = req.ctx
+    address = email(body, required=ctx.settings.require_verified_email)
     user = {
         "id": str(uuid.uuid4()),
         "username": username,
         "email": address,
-        "password_hash": req.ctx.passwords.hash(password),
-        "created_at": iso_time(req.ctx.clock()),
+        "password_hash": ctx.passwords.hash(password),
+        "created_at": iso_time(ctx.clock()),
     }
-    try:
-        req.ctx.store.create_user(user)
-    except StoreConflict as exc:
-        raise BadRequest(str(exc)) from None
-    if address:
-        req.ctx.codes.send("verify", user, address)
+    owner = ctx.store.find_user_by_email(address) if address else None
+    if owner is None:
+        try:
+            ctx.store.create_user(user)
+        except StoreConflict as exc:
+            owner = ctx.store.find_user_by_email(address) if address else None
+            if owner is None:  # the username is taken (usernames are public anyway)
+                raise BadRequest(str(exc)) from None
+    if owner is not None:
+        # The address is someone else's: its owner hears of it. With verification required an account
+        # is unusable until its address is verified, so the registrant gets the account they asked for,
+        # without the address, and the very answer a new address gets; see README "Security".
+        ctx.codes.registration(None, owner, address)
+        if not ctx.settings.require_verified_email:
+            raise BadRequest(EMAIL_TAKEN)
+        try:
+            ctx.store.create_user(dict(user, email=None))
+        except StoreConflict as exc:
+            raise BadRequest(str(exc)) from None
+    elif address:
+        ctx.codes.registration(user, None, address)
     return success(public_user(user), "User registered successfully", status=201)
 
 
@@ -211,17 +244,23 @@ def post_login(req):
 
 
 def _refresh_session(req, presented):
-    """The live session a presented refresh token belongs to; revokes on replay."""
+    """The live session a presented refresh token belongs to; revokes on replay.
+
+    A replay is the family's own token, already rotated away (its hash is the
+    session's ``previous_hash``). Anything else naming a session, say its id
+    (readable in every access token) with made-up bytes, is only refused: it
+    must not let anyone end someone else's session.
+    """
     store, now = req.ctx.store, req.ctx.clock()
     digest = token_hash(presented)
     session = store.find_session(digest)
     if session is None:
         session_id = session_of(presented)
         family = store.get_session(session_id) if session_id else None
-        if family is None:
+        if family is None or not family.get("previous_hash") or \
+                not hmac.compare_digest(family["previous_hash"], digest):
             raise Unauthorized(BAD_REFRESH)
-        grace = req.ctx.settings.refresh_reuse_grace
-        if family["previous_hash"] == digest and now - family["rotated_at"] <= grace:
+        if now - family["rotated_at"] <= req.ctx.settings.refresh_reuse_grace:
             # Two refreshes racing from one client: the loser is refused, not punished.
             raise Unauthorized("Refresh token has already been used")
         store.delete_session(session_id)

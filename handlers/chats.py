@@ -4,7 +4,8 @@ A direct chat is found again rather than duplicated: ``POST /chats/direct``
 creates it on first contact (optionally with the first message) and answers
 the same chat afterwards. Everything inside a chat goes through
 ``roles.in_chat``; a deleted message stays in history as a tombstone so
-replies and cursors keep pointing at something.
+replies and cursors keep pointing at something, and its text leaves every
+copy (events, notification previews, pushes: ``Hub.retract``).
 
 Every change is decided by a rule of ``roles`` on the records as the store
 holds them when it writes (``Store.change_chat``, ``change_chat_message``, and
@@ -348,8 +349,14 @@ def _tombstone(req, chat, message, by, rule=None):
         return _tombstone_of(current, by, now)
 
     message = req.ctx.store.change_chat_message(message["id"], by, decide)
-    _tell(req, chat["id"], "chat.message.deleted", views.chat_message(message))
+    _retract(req, chat["id"], message)
     return message
+
+
+def _retract(req, chat_id, message):
+    """Announce a tombstone once the message's text is scrubbed from the event log, notifications and pushes."""
+    hub = req.ctx.events
+    hub.retract("chat.message.deleted", views.chat_message(message), hub.chat_audience(chat_id), chat_id=chat_id)
 
 
 def detach_attachment(req, chat, me, attachment):
@@ -377,7 +384,9 @@ def detach_attachment(req, chat, me, attachment):
     message = req.ctx.store.change_chat_message(attachment["message_id"], me["user_id"], decide)
     if outcome == ["orphan"]:
         return req.ctx.store.delete_attachment(attachment["id"])
-    if outcome:
+    if outcome == ["chat.message.deleted"]:
+        _retract(req, chat["id"], message)
+    elif outcome:
         _tell(req, chat["id"], outcome[0], views.chat_message(message))
     return bool(outcome)
 

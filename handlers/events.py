@@ -11,16 +11,23 @@ so ``EventSource.onmessage`` sees them all), starts with a comment and a
 sends a comment every ``SSE_HEARTBEAT`` seconds, and ends when the access
 token it was opened with expires, so that auth is checked again on reconnect.
 Browsers, whose EventSource cannot send headers, open it with a ticket from
-``POST /events/ticket`` instead of the access token.
+``POST /events/ticket`` instead of the access token; a ticket opens one stream.
+
+A listener also ends (a poll with 401) once its session does: a logout, a
+password change or reset, a revoked token family. Its session is looked up
+before each delivery and every ``SESSION_CHECK_EVERY`` seconds while idle, so
+nothing reaches a stream after its session has ended, and an idle one closes
+within a few seconds, whichever process ended the session. One user holds at
+most ``REALTIME_MAX_PER_USER`` listeners per process (429 beyond them).
 """
 
 import json
 import logging
 import time
 
-from .auth import authenticate
-from .http import BadRequest, HTTPError, Response, ServiceUnavailable, Unauthorized, success
-from .hub import Busy, CursorGone
+from .auth import SESSION_ENDED, authenticate, session_is_open
+from .http import BadRequest, HTTPError, Response, ServiceUnavailable, TooManyRequests, Unauthorized, success
+from .hub import Busy, CursorGone, UserBusy
 from .chats import advance_pointer
 from .roles import in_chat
 from .views import iso_time
@@ -30,6 +37,8 @@ log = logging.getLogger("oxc.events")
 MAX_POLL = 25
 RETRY_MS = 3000
 CHECK_EVERY = 1.0  # seconds between looks at a departed client
+SESSION_CHECK_EVERY = 2.0  # seconds between looks at an idle listener's session
+BAD_TICKET = "Invalid or expired stream ticket"
 
 
 class Gone(HTTPError):
@@ -48,9 +57,31 @@ def _position(hub, cursor):
         raise Gone(str(exc)) from None
 
 
+class SessionWatch:
+    """Whether a listener's session is still open, asking the store at most every ``every`` seconds."""
+
+    def __init__(self, store, session_id, user_id, every=SESSION_CHECK_EVERY):
+        self.store = store
+        self.session_id = session_id
+        self.user_id = user_id
+        self.every = every
+        self._due = time.monotonic() + every  # the request was just authenticated
+
+    def ended(self, force=False):
+        """True once the session has ended; ``force`` asks the store even when no look is due (before a delivery)."""
+        now = time.monotonic()
+        if not force and now < self._due:
+            return False
+        self._due = now + self.every
+        return not session_is_open(self.store, self.session_id, self.user_id)
+
+
 def _listen(hub, user_id):
     try:
         hub.listen(user_id)
+    except UserBusy:
+        raise TooManyRequests("You have too many open event listeners; close one or try again shortly",
+                              retry_after=5) from None
     except Busy:
         raise ServiceUnavailable("Too many open event listeners; try again shortly", retry_after=5) from None
 
@@ -85,15 +116,20 @@ def get_events(req):
     if not 0 <= timeout <= MAX_POLL:
         raise BadRequest(f"Query parameter 'timeout' must be a number of seconds from 0 to {MAX_POLL}")
     after = _position(hub, req.query.get("since"))
+    session = SessionWatch(req.ctx.store, req.claims["sid"], user_id)
     _listen(hub, user_id)
     try:
         deadline = time.monotonic() + timeout
         while True:
+            if session.ended():
+                raise Unauthorized(SESSION_ENDED)
             events, after = hub.read(user_id, after)
             remaining = deadline - time.monotonic()
             if events or remaining <= 0 or _departed(req.environ):
                 break
             hub.wait(after, min(remaining, CHECK_EVERY))
+        if events and session.ended(force=True):
+            raise Unauthorized(SESSION_ENDED)
     finally:
         hub.leave(user_id)
     mark_delivered(req.ctx, user_id, events)
@@ -103,9 +139,10 @@ def get_events(req):
 class _Stream:
     """The SSE body: an iterator whose close() gives the listener slot back exactly once."""
 
-    def __init__(self, req, user_id, after, ends_at):
+    def __init__(self, req, user_id, session_id, after, ends_at):
         self.req = req
         self.user_id = user_id
+        self.session = SessionWatch(req.ctx.store, session_id, user_id)
         self.after = after
         self.ends_at = ends_at
         self._released = False
@@ -123,8 +160,14 @@ class _Stream:
         yield f": connected\nretry: {RETRY_MS}\n\n".encode()
         next_beat = time.monotonic() + heartbeat
         while ctx.clock() < self.ends_at and not _departed(self.req.environ) and not hub.closed:
+            if self.session.ended():
+                yield b": session ended\n\n"
+                return
             events, self.after = hub.read(self.user_id, self.after)
             if events:
+                if self.session.ended(force=True):
+                    yield b": session ended\n\n"
+                    return
                 yield "".join(f"id: {hub.cursor(event.seq)}\ndata: {json.dumps(render(hub, event))}\n\n"
                               for event in events).encode()
                 mark_delivered(ctx, self.user_id, events)
@@ -143,28 +186,34 @@ class _Stream:
 
 
 def _stream_user(req):
-    """(user, stream end) from the ``ticket`` query parameter or the bearer token."""
+    """(user, session id, stream end) from the ``ticket`` query parameter or the bearer token.
+
+    A ticket is used up here, in one atomic store operation shared by every
+    process, so it opens one stream only.
+    """
     ticket = req.query.get("ticket")
     if ticket is None:
         user = authenticate(req)
-        return user, req.claims["exp"]
-    redeemed = req.ctx.tokens.redeem_ticket(ticket)
-    if redeemed is None:
-        raise Unauthorized("Invalid or expired stream ticket")
-    user_id, session_id, ends_at = redeemed
-    user = req.ctx.store.get_user(user_id)
-    if user is None or (session_id is not None and req.ctx.store.get_session(session_id) is None):
-        raise Unauthorized("Invalid or expired stream ticket")
-    return user, ends_at
+        return user, req.claims["sid"], req.claims["exp"]
+    store = req.ctx.store
+    claims = req.ctx.tokens.read_ticket(ticket)
+    if claims is None:
+        raise Unauthorized(BAD_TICKET)
+    user = store.get_user(claims["sub"])
+    if user is None or not session_is_open(store, claims["sid"], user["id"]):
+        raise Unauthorized(BAD_TICKET)
+    if not store.use_ticket(claims["jti"], claims["exp"], req.ctx.clock()):
+        raise Unauthorized("This stream ticket was used already; get a new one")
+    return user, claims["sid"], claims["end"]
 
 
 def get_event_stream(req):
     """Server-Sent Events, resumable with Last-Event-ID (or ``since``)."""
-    user, ends_at = _stream_user(req)
+    user, session_id, ends_at = _stream_user(req)
     hub = req.ctx.events
     after = _position(hub, req.header("Last-Event-ID") or req.query.get("since"))
     _listen(hub, user["id"])
-    return Response(_Stream(req, user["id"], after, ends_at), 200, [
+    return Response(_Stream(req, user["id"], session_id, after, ends_at), 200, [
         ("Content-Type", "text/event-stream; charset=utf-8"),
         ("Cache-Control", "no-cache, no-store"),
         ("X-Accel-Buffering", "no"),
@@ -173,7 +222,7 @@ def get_event_stream(req):
 
 def post_stream_ticket(req):
     """A ticket for EventSource: opens the event stream only, for a minute."""
-    ticket, ttl = req.ctx.tokens.issue_ticket(req.user["id"], req.claims.get("sid"), req.claims["exp"])
+    ticket, ttl = req.ctx.tokens.issue_ticket(req.user["id"], req.claims["sid"], req.claims["exp"])
     return success({"ticket": ticket, "expires_in": ttl}, status=201)
 
 

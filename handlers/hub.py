@@ -12,6 +12,14 @@ whichever process a client reconnects to. A cursor from another run, or older
 than the events still kept (the last ``capacity``), raises ``CursorGone`` and
 the client resyncs through the list endpoints.
 
+Deleted text leaves the log: ``retract`` publishes a message's deletion
+after scrubbing its text from every copy (see ``RETRACTS``). Its earlier
+events (created, edited) show the deletion's data from then on and the
+events of notifications about it lose their preview, in the store (a shared
+log's rows, notifications, push jobs) and in this process; every other
+process scrubs its copies when the deletion event reaches it, and so does any
+event about the message that arrives later.
+
 Who sees an event is decided twice: its audience (a set of user ids, or
 everyone) is fixed when it is published, and events about a chat are checked
 again against the chat's members when they are read, so a member removed a
@@ -19,7 +27,9 @@ moment ago receives nothing more from that chat.
 
 Every listener holds a server thread while it waits, so listeners are counted
 against ``max_listeners``; beyond it ``Busy`` is raised (503 with
-Retry-After), leaving threads for the requests that publish. A listener also
+Retry-After), leaving threads for the requests that publish. One user may hold
+at most ``max_per_user`` of them (``UserBusy``, 429), so that one account
+cannot take every slot. Both counts are per process, as the threads are. A listener also
 makes its user "online"; when the last one of a user has been gone for
 ``offline_after`` seconds, the user is "offline" and ``last_seen`` is written.
 Typing notices expire by themselves after ``typing_ttl`` seconds. One daemon
@@ -43,6 +53,33 @@ log = logging.getLogger("oxc.events")
 
 EVERYONE = None
 
+#: A deletion event's type -> the types of the earlier events about the same message (data ``id``)
+#: whose data it replaces.
+RETRACTS = {"chat.message.deleted": ("chat.message.created", "chat.message.edited"),
+            "message.deleted": ("message.created",)}
+#: What a retracted event keeps of a field that held text or pointed at an attachment.
+TEXT_FIELDS = {"content": None, "envelope": None, "attachment": None, "mentions": [], "preview": None}
+#: Retracted message ids remembered, so that events about them arriving later are scrubbed too.
+RETRACTED_KEPT = 10_000
+
+
+def retraction(type, data):
+    """``retract(event type, event data)`` for the deletion event (``type``, ``data``) of message ``data["id"]``.
+
+    It answers the data an event about that message carries from now on, or
+    None for one it leaves as it is.
+    """
+    message_id, earlier = data["id"], RETRACTS[type]
+
+    def retract(event_type, event_data):
+        if event_type in earlier and event_data.get("id") == message_id:
+            scrubbed = {name: value for name, value in TEXT_FIELDS.items() if name in event_data}
+            return {**event_data, **scrubbed, **data}
+        if event_data.get("message_id") == message_id and event_data.get("preview") is not None:
+            return dict(event_data, preview=None)
+        return None
+    return retract
+
 
 class CursorGone(Exception):
     """The cursor is from an earlier run or older than the events kept."""
@@ -50,6 +87,10 @@ class CursorGone(Exception):
 
 class Busy(Exception):
     """Every listener slot is taken."""
+
+
+class UserBusy(Busy):
+    """The user already holds as many listener slots as one user may."""
 
 
 class Event:
@@ -77,12 +118,13 @@ class Hub:
 
     PULL = 500  # events read from a shared log per query
 
-    def __init__(self, store, clock=time.time, capacity=10_000, max_listeners=100,
+    def __init__(self, store, clock=time.time, capacity=10_000, max_listeners=100, max_per_user=None,
                  typing_ttl=6.0, offline_after=10.0):
         self.store = store
         self.clock = clock
         self.capacity = capacity
         self.max_listeners = max_listeners
+        self.max_per_user = max_per_user
         self.typing_ttl = typing_ttl
         self.offline_after = offline_after
         self._events = collections.deque(maxlen=capacity)
@@ -95,6 +137,8 @@ class Hub:
         self._timer = None
         self._closed = False
         self._subscribers = []
+        self._retracted = collections.OrderedDict()  # message id -> retract, newest last
+        self._about = {}  # id or message_id in an event's data -> the events kept with it, oldest first
         self._shared = store.event_log()
         self._pull_lock = threading.Lock()
         self._follower = None
@@ -103,7 +147,8 @@ class Hub:
         else:
             self.run = self._shared.epoch
             self._seq = self._shared.newest()
-            self._events.extend(map(_from_row, self._shared.recent(capacity)))
+            for event in map(_from_row, self._shared.recent(capacity)):
+                self._arrive(event)
             self._seq = max(self._seq, self._events[-1].seq if self._events else 0)
 
     @property
@@ -152,7 +197,7 @@ class Hub:
             with self._changed:
                 self._seq += 1
                 event = Event(self._seq, type, data, audience, chat_id, self.clock())
-                self._events.append(event)
+                self._arrive(event)
                 self._changed.notify_all()
         else:
             at = self.clock()
@@ -174,11 +219,67 @@ class Hub:
                     with self._changed:
                         if rows[0][0] != self._seq + 1:
                             self._events.clear()  # pruned while this process lagged: cursors before are gone
-                        self._events.extend(map(_from_row, rows))
+                            self._about.clear()
+                        for event in map(_from_row, rows):
+                            self._arrive(event)
                         self._seq = rows[-1][0]
                         self._changed.notify_all()
                 if len(rows) < self.PULL:
                     return
+
+    # -- deleted text ---------------------------------------------------------------
+
+    def retract(self, type, data, audience=EVERYONE, chat_id=None):
+        """Publish the deletion ``type`` (see RETRACTS) of message ``data["id"]`` once its text is scrubbed."""
+        self.scrub(type, data)
+        return self.publish(type, data, audience, chat_id)
+
+    def scrub(self, type, data):
+        """Take the text of message ``data["id"]``, deleted as ``type`` says, out of the store's copies and this log."""
+        retract = retraction(type, data)
+        self.store.scrub_message(data["id"], retract)
+        with self._changed:
+            self._forget(data["id"], retract)
+
+    def _forget(self, message_id, retract):
+        """Scrub the events kept about ``message_id``, and those that arrive later; call under the lock."""
+        self._retracted[message_id] = retract
+        self._retracted.move_to_end(message_id)
+        while len(self._retracted) > RETRACTED_KEPT:
+            self._retracted.popitem(last=False)
+        for event in self._about.get(message_id, ()):
+            event.data = retract(event.type, event.data) or event.data
+
+    def _arrive(self, event):
+        """Keep a new event, scrubbed if it is about a retracted message; call under the lock."""
+        if event.type in RETRACTS and event.data.get("id") not in self._retracted:
+            self._forget(event.data["id"], retraction(event.type, event.data))  # deleted in another process
+        elif self._retracted and isinstance(event.data, dict):
+            for key in ("id", "message_id"):
+                retract = self._retracted.get(event.data.get(key))
+                if retract is not None:
+                    event.data = retract(event.type, event.data) or event.data
+        if len(self._events) == self._events.maxlen:
+            self._index(self._events[0], add=False)  # about to fall out of the log
+        self._events.append(event)
+        self._index(event)
+
+    def _index(self, event, add=True):
+        data = event.data
+        if not isinstance(data, dict):
+            return
+        first, second = data.get("id"), data.get("message_id")
+        for key in (first, second if second != first else None):
+            if key is None:
+                continue
+            if add:
+                self._about.setdefault(key, []).append(event)
+                continue
+            events = self._about.get(key, [])
+            if event in events:
+                events.remove(event)  # the oldest: at the front
+            if not events:
+                self._about.pop(key, None)
 
     def _start_follower(self):
         if self._shared is not None and self._follower is None:
@@ -245,12 +346,14 @@ class Hub:
     # -- listeners and presence -----------------------------------------------
 
     def listen(self, user_id):
-        """Take a listener slot for ``user_id``; Busy when none is free."""
-        if self._slots is not None and not self._slots.acquire(blocking=False):
-            raise Busy()
+        """Take a listener slot for ``user_id``; UserBusy when the user holds their share, Busy when none is free."""
         self._start_timer()
         self._start_follower()
         with self._changed:
+            if self.max_per_user and self._listening[user_id] >= self.max_per_user:
+                raise UserBusy()
+            if self._slots is not None and not self._slots.acquire(blocking=False):
+                raise Busy()
             self._listening[user_id] += 1
             came_online = self._listening[user_id] == 1 and self._going_offline.pop(user_id, None) is None
         if came_online:

@@ -1,19 +1,28 @@
 """Sending mail: one-time codes to users, through the configured SMTP server.
 
-Mail leaves on a background thread so that no request waits on an SMTP
-server; a failure is logged (the user can ask for the code again). With no
-SMTP_HOST in development or testing, the mail is written to the log instead,
-which is said once at start-up; in production without SMTP nothing is sent
-and a warning says so.
+``send`` only queues the message; one background thread builds and delivers
+each in turn (in the order queued; a connection gives up after 15 s), so that
+no request waits on an SMTP server, and a failure is logged (the user can ask
+for the code again). The thread starts each mail a random moment (``DELAY``)
+after it was queued, so that its work lands after the answer that queued it:
+that answer takes as long as one that queued nothing, which is what an
+address without an account gets. With no SMTP_HOST in development or
+testing, the mail is written to the log instead, which is said once at
+start-up; in production without SMTP nothing is sent and a warning says so.
 """
 
+import collections
 import email.message
 import logging
+import random
 import smtplib
 import ssl
 import threading
+import time
 
 log = logging.getLogger("oxc.mail")
+
+DELAY = (0.05, 0.25)  # seconds from queueing a mail to starting to send it
 
 
 class Mailer:
@@ -21,29 +30,51 @@ class Mailer:
 
     def __init__(self, settings):
         self.settings = settings
-        self._threads = []
-        if not settings.smtp_host:
-            if settings.environment == "production":
-                log.warning("mail: SMTP_HOST is not set; verification and reset codes cannot be sent")
-            else:
-                log.info("mail: SMTP_HOST is not set; codes are written to this log instead (development)")
+        self._queue = collections.deque()
+        self._changed = threading.Condition()
+        self._pending = 0  # queued or being delivered
+        self._last_due = 0.0
+        if settings.smtp_host:
+            # Started now, not by the first mail: a thread started in a request would make that
+            # request slower than one for an address without an account.
+            threading.Thread(target=self._send_queued, name="oxc-mail", daemon=True).start()
+        elif settings.environment == "production":
+            log.warning("mail: SMTP_HOST is not set; verification and reset codes cannot be sent")
+        else:
+            log.info("mail: SMTP_HOST is not set; codes are written to this log instead (development)")
 
     def send(self, to, subject, body):
-        """Queue one message to ``to``; returns the thread sending it (or None)."""
+        """Queue one message to ``to``; it leaves within a moment."""
         settings = self.settings
         if not settings.smtp_host:
             if settings.environment != "production":
                 log.info("mail to %s: %s\n%s", to, subject, body)
-            return None
-        message = email.message.EmailMessage()
-        message["From"] = settings.mail_from
-        message["To"] = to
-        message["Subject"] = subject
-        message.set_content(body)
-        thread = threading.Thread(target=self._deliver, args=(message,), name="oxc-mail", daemon=True)
-        thread.start()
-        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
-        return thread
+            return
+        with self._changed:
+            self._last_due = max(self._last_due, time.monotonic() + random.uniform(*DELAY))
+            self._queue.append((self._last_due, to, subject, body))
+            self._pending += 1
+            self._changed.notify_all()
+
+    def _send_queued(self):
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._queue)
+                due, to, subject, body = self._queue.popleft()
+            try:
+                time.sleep(max(0.0, due - time.monotonic()))
+                message = email.message.EmailMessage()
+                message["From"] = self.settings.mail_from
+                message["To"] = to
+                message["Subject"] = subject
+                message.set_content(body)
+                self._deliver(message)
+            except Exception:
+                log.exception("mail: could not send to %s", to)
+            finally:
+                with self._changed:
+                    self._pending -= 1
+                    self._changed.notify_all()
 
     def _deliver(self, message):
         settings = self.settings
@@ -63,6 +94,6 @@ class Mailer:
             log.error("mail: could not send to %s: %s", message["To"], exc)
 
     def flush(self, timeout=10):
-        """Wait for mail still being sent (tests and shutdown)."""
-        for thread in self._threads:
-            thread.join(timeout)
+        """Wait for mail still queued or being sent (tests and shutdown)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._pending == 0, timeout)

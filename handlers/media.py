@@ -34,20 +34,27 @@ log names the attachment, the digest and the file.
 Thumbnails (320 px, JPEG or PNG) are made at upload with Pillow, the
 optional ``media`` extra; without it the service runs, says so at start-up
 (``thumbnail_support``), and the metadata's ``thumbnail`` says why there is
-none. Deleting the attachment, or the message it was sent with, removes the
-bytes once no attachment refers to them.
+none. An image's declared pixels, not its bytes, decide what decoding it
+costs: ``Thumbnails`` decodes one only within a memory budget, reduced where
+the format allows, a few at a time per process. Deleting the attachment, or
+the message it was sent with, removes the bytes once no attachment refers to
+them.
 """
 
 import codecs
+import ctypes
 import functools
 import io
 import logging
 import mimetypes
+import os
+import platform
 import re
+import threading
 import urllib.parse
 import uuid
 
-from store import DamagedBlob, OutOfSpace, QuotaExceeded, TooLarge
+from store import DamagedBlob, Missing, OutOfSpace, QuotaExceeded, TooLarge
 
 from . import views
 from .chats import _send, detach_attachment
@@ -217,25 +224,66 @@ def _webp_size(head):
     return None, None
 
 
-def _jpeg_size(f):
+#: Start-of-frame markers (0xC4, 0xC8 and 0xCC share the range but are not frames), and the progressive ones.
+FRAME_MARKERS = (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF)
+PROGRESSIVE_MARKERS = (0xC2, 0xC6, 0xCA, 0xCE)
+
+
+def _jpeg_segments(f):
+    """(marker, payload length) of each segment of a JPEG up to its first scan, ``f`` at the payload."""
     f.seek(2)
-    for _ in range(1000):  # segments before the frame header; a real file has a few dozen
+    for _ in range(1000):  # segments before the first scan; a real file has a few dozen
         marker = f.read(2)
         if len(marker) < 2 or marker[0] != 0xFF:
-            break
+            return
         while marker[1] == 0xFF:  # fill bytes
             marker = marker[1:] + f.read(1)
         code = marker[1]
         if code in (0xD8, 0x01) or 0xD0 <= code <= 0xD7:
             continue
         length = int.from_bytes(f.read(2), "big")
-        if code in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+        if code == 0xD9 or length < 2:
+            return
+        start = f.tell()
+        yield code, length - 2
+        if code == 0xDA:
+            return
+        f.seek(start + length - 2)
+
+
+def _jpeg_size(f):
+    for code, _ in _jpeg_segments(f):
+        if code in FRAME_MARKERS:
             frame = f.read(5)
             return int.from_bytes(frame[3:5], "big"), int.from_bytes(frame[1:3], "big")
-        if code in (0xD9, 0xDA) or length < 2:
-            break
-        f.seek(length - 2, 1)
     return None, None
+
+
+def jpeg_coefficient_bytes(f):
+    """Bytes of DCT coefficients libjpeg keeps for the whole image while decoding this JPEG.
+
+    A single scan holding every component is decoded a row of blocks at a
+    time (0). An image in several scans (progressive, or a first scan without
+    every component) makes libjpeg keep every coefficient of the whole image
+    at full resolution, 2 bytes each, however reduced the decoding. None when
+    the headers cannot be read this far.
+    """
+    frame = None
+    try:
+        for code, length in _jpeg_segments(f):
+            if code in FRAME_MARKERS:
+                data = f.read(length)
+                height, width, count = int.from_bytes(data[1:3], "big"), int.from_bytes(data[3:5], "big"), data[5]
+                factors = [(data[7 + 3 * i] >> 4, data[7 + 3 * i] & 15) for i in range(count)]
+                widest, tallest = max(h for h, _ in factors), max(v for _, v in factors)
+                samples = sum(h * v for h, v in factors) / (widest * tallest)  # per pixel, over all components
+                frame = (code in PROGRESSIVE_MARKERS, count, 2 * samples * width * height)
+            elif code == 0xDA and frame is not None:
+                progressive, count, whole = frame
+                return round(whole) if progressive or f.read(1)[0] < count else 0
+    except (IndexError, ValueError, ZeroDivisionError, OSError):
+        pass
+    return None
 
 
 # =============================================================================
@@ -259,40 +307,135 @@ def thumbnail_support():
     return f"thumbnails of image attachments by Pillow {getattr(modules[0], '__version__', '')}".rstrip()
 
 
+MB = 1024 * 1024
+#: Peak memory one thumbnail may take. THUMBNAIL_CONCURRENCY of them at once
+#: (2 by default: 256 MiB) is what image uploads can add to the process.
+THUMBNAIL_MEMORY = 128 * MB
+#: Seconds an upload waits for a free thumbnail slot; then it is kept without one.
+THUMBNAIL_WAIT = 3.0
+#: Peak bytes per decoded pixel, measured with Pillow 13 (tests/test_image_bombs.py):
+#: Pillow keeps a pixel of these formats in at most 4 bytes (RGB as RGBX, CMYK,
+#: RGBA); shrinking an image with alpha works on a premultiplied copy (8);
+#: WebP is decoded by libwebp into its own canvas, copied out as bytes and
+#: copied again into the image (15.6 measured).
+BYTES_PER_PIXEL = 4
+ALPHA_MODES = ("RGBA", "LA")
+WEBP_BYTES_PER_PIXEL = 16
+
+
 def _none(reason):
     return {"status": "none", "reason": reason, "content_type": None, "width": None, "height": None}
 
 
-def make_thumbnail(store, digest, media_type, width, height):
-    """(thumbnail metadata, its blob digest or None) for an attachment's bytes."""
-    if kind_of(media_type) != "image":
-        return _none("Only images have thumbnails"), None
-    modules = imaging()
-    if modules is None:
-        return _none("Pillow is not installed on this server, so it makes no thumbnails"), None
-    if width and height and width * height > MAX_THUMBNAIL_PIXELS:
-        return _none(f"The image has more than {MAX_THUMBNAIL_PIXELS:,} pixels"), None
-    image_module, image_ops = modules
-    out = io.BytesIO()
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+LARGE_BLOCK = MB
+
+
+@functools.cache
+def give_back_large_blocks():
+    """Have glibc map blocks of LARGE_BLOCK and more on their own, so that freeing one returns it.
+
+    Pillow keeps an image in blocks of up to 16 MB. glibc raises its mmap
+    threshold to the size of each mapped block freed, after which such
+    blocks come from per-thread arenas that keep them once freed: measured,
+    every worker thread that had made a large thumbnail went on holding about
+    64 MB (684 MB after three bursts of ten uploads, 70 MB with the threshold
+    pinned). Nothing is changed where the operator set MALLOC_MMAP_THRESHOLD_
+    or the C library is not glibc. Returns whether the threshold was set.
+    """
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or platform.libc_ver()[0] != "glibc":
+        return False
     try:
-        with store.open_blob(digest) as f, image_module.open(f, formats=["PNG", "JPEG", "GIF", "WEBP"]) as image:
-            image.draft("RGB", (THUMBNAIL_SIZE * 2, THUMBNAIL_SIZE * 2))  # JPEG decodes at a smaller scale
-            if image.width * image.height > MAX_THUMBNAIL_PIXELS:
-                return _none(f"The image has more than {MAX_THUMBNAIL_PIXELS:,} pixels"), None
-            picture = image_ops.exif_transpose(image)
-            picture.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-            clear = picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info
-            if clear:
-                picture.convert("RGBA").save(out, "PNG", optimize=True)
-            else:
-                picture.convert("RGB").save(out, "JPEG", quality=80)
-            size = picture.size
-    except Exception as exc:  # Pillow raises many kinds for undecodable images
-        log.info("no thumbnail for %s: %s", digest, exc)
-        return _none("The image could not be decoded"), None
-    thumbnail_digest = store.save_blob_bytes(out.getvalue())
-    return {"status": "ready", "reason": None, "content_type": "image/png" if clear else "image/jpeg",
-            "width": size[0], "height": size[1]}, thumbnail_digest
+        return bool(ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK))
+    except (OSError, AttributeError):
+        return False
+
+
+class Thumbnails:
+    """Makes thumbnails, a few at a time, each within a memory budget.
+
+    An image is decoded only if its decoding fits THUMBNAIL_MEMORY. A JPEG
+    is decoded reduced (libjpeg scales by 1/2, 1/4 or 1/8 while decoding;
+    a progressive one still keeps 3 to 6 bytes a pixel of coefficients, so up
+    to 22 to 44 megapixels); other formats are decoded whole, so they get a
+    thumbnail up to about 33 megapixels (16 with transparency, 8 for WebP).
+    Larger images are kept, without a thumbnail, and the metadata says why.
+    At most ``concurrency`` decodes run at once in the process; an upload
+    that finds every slot busy for THUMBNAIL_WAIT seconds is kept without a
+    thumbnail rather than holding its worker thread longer.
+    """
+
+    def __init__(self, concurrency, memory=THUMBNAIL_MEMORY, wait=THUMBNAIL_WAIT):
+        self._slots = threading.BoundedSemaphore(concurrency)
+        self.memory = memory
+        self.wait = wait
+        give_back_large_blocks()
+
+    def make(self, store, digest, media_type, width, height):
+        """(thumbnail metadata, its blob digest or None) for an attachment's bytes."""
+        if kind_of(media_type) != "image":
+            return _none("Only images have thumbnails"), None
+        modules = imaging()
+        if modules is None:
+            return _none("Pillow is not installed on this server, so it makes no thumbnails"), None
+        if width and height and width * height > MAX_THUMBNAIL_PIXELS:
+            return _none(f"The image has more than {MAX_THUMBNAIL_PIXELS:,} pixels"), None
+        least = (WEBP_BYTES_PER_PIXEL if media_type == "image/webp" else BYTES_PER_PIXEL) * (width or 0) * (height or 0)
+        if media_type != "image/jpeg" and least > self.memory:
+            return self._too_big(least), None  # decided from the header, without opening the file
+        if not self._slots.acquire(timeout=self.wait):
+            log.info("no thumbnail for %s: every thumbnail slot stayed busy for %s s", digest, self.wait)
+            return _none("The server was busy making other thumbnails when this image arrived"), None
+        try:
+            return self._make(modules, store, digest)
+        finally:
+            self._slots.release()
+
+    def _too_big(self, cost):
+        return _none(f"Making a thumbnail of this image would take about {cost // MB} MB of memory, "
+                     f"more than the {self.memory // MB} MB this server allows")
+
+    def _make(self, modules, store, digest):
+        image_module, image_ops = modules
+        out = io.BytesIO()
+        try:
+            with store.open_blob(digest) as f, image_module.open(f, formats=["PNG", "JPEG", "GIF", "WEBP"]) as image:
+                if image.width * image.height > MAX_THUMBNAIL_PIXELS:
+                    return _none(f"The image has more than {MAX_THUMBNAIL_PIXELS:,} pixels"), None
+                whole = image.width * image.height
+                image.draft("RGB", (THUMBNAIL_SIZE * 2, THUMBNAIL_SIZE * 2))  # JPEG decodes at a smaller scale
+                cost = self._cost(image, f, whole)
+                if cost > self.memory:
+                    return self._too_big(cost), None
+                image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+                picture = image_ops.exif_transpose(image)  # the small picture turns, not the decoded image
+                clear = picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info
+                if clear:
+                    picture.convert("RGBA").save(out, "PNG", optimize=True)
+                else:
+                    picture.convert("RGB").save(out, "JPEG", quality=80)
+                size = picture.size
+        except Exception as exc:  # Pillow raises many kinds for undecodable images
+            log.info("no thumbnail for %s: %s", digest, exc)
+            return _none("The image could not be decoded"), None
+        thumbnail_digest = store.save_blob_bytes(out.getvalue())
+        return {"status": "ready", "reason": None, "content_type": "image/png" if clear else "image/jpeg",
+                "width": size[0], "height": size[1]}, thumbnail_digest
+
+    @staticmethod
+    def _cost(image, f, whole):
+        """Peak bytes that decoding ``image`` (opened, reduced by draft) and shrinking it take."""
+        pixels = image.width * image.height  # what will really be decoded
+        if image.format == "WEBP":
+            return WEBP_BYTES_PER_PIXEL * pixels
+        cost = BYTES_PER_PIXEL * pixels * (2 if image.mode in ALPHA_MODES else 1)
+        if image.format == "JPEG":
+            position = f.tell()
+            coefficients = jpeg_coefficient_bytes(f)
+            f.seek(position)
+            # Unreadable this far: assume the worst libjpeg could keep (four full components).
+            cost += 2 * 4 * whole if coefficients is None else coefficients
+        return cost
 
 
 # =============================================================================
@@ -395,7 +538,7 @@ def _store_file(req, chat, me, read, declared, name, expected=None):
         if kind_of(media_type) == "image":
             with store.open_blob(digest) as f:
                 width, height = image_size(f)
-        thumbnail, thumbnail_digest = make_thumbnail(store, digest, media_type, width, height)
+        thumbnail, thumbnail_digest = req.ctx.thumbnails.make(store, digest, media_type, width, height)
         record = {
             "id": str(uuid.uuid4()), "chat_id": chat["id"], "uploader_id": me["user_id"], "message_id": None,
             "name": clean_name(name, media_type), "size": size, "content_type": media_type,
@@ -409,6 +552,9 @@ def _store_file(req, chat, me, read, declared, name, expected=None):
     except QuotaExceeded as exc:
         _give_up(store, saved)
         raise over_quota(exc.used, exc.quota) from None
+    except Missing:  # the group was deleted while the file came in
+        _give_up(store, saved)
+        raise NotFound(f"Chat with ID {chat['id']} not found") from None
     except OutOfSpace as exc:
         _give_up(store, saved)
         raise disk_full(exc) from None
@@ -488,6 +634,9 @@ def post_attachment(req, chat, me):
     body = _Body(req.environ["wsgi.input"], length)
     content_type = req.environ.get("CONTENT_TYPE", "")
     fields = {key: query[key] for key in ("content", "send") if key in query}
+    # The query's own values are checked before any byte is stored (a form field may override them).
+    _send_flag(fields.get("send"))
+    text(fields, "content", required=False, max_length=settings.max_message_length)
     if normalise(content_type) == "multipart/form-data":
         attachment, form = _multipart(req, chat, me, body, content_type, name)
         fields.update(form)

@@ -90,5 +90,6 @@ def delete_message(req, message_id):
         raise Forbidden(f"Message with ID {message_id} not found or you do not have permission to delete it")
     if req.ctx.store.delete_message(message_id) is None:  # another delete came first
         raise NotFound(f"Message with ID {message_id} not found")
-    req.ctx.events.publish("message.deleted", {"id": message_id}, _audience(message))
+    # Its text leaves the event log before the deletion is announced.
+    req.ctx.events.retract("message.deleted", {"id": message_id}, _audience(message))
     return success(message=f"Message with ID {message_id} deleted successfully")

@@ -11,20 +11,27 @@ carrying every notification of the batch meant for it, as
 stored in the same write as the notifications. Queuing never waits on a
 receiver: delivery happens on the push worker's thread.
 
+Deleting a message takes its text out of the previews of the notifications
+about it, of their events and of their push jobs, queued or dead
+(``Hub.retract``).
+
 Device endpoints are URLs the server will call, so a user may register one
 only on a host the operator allowed (PUSH_DEVICE_HOSTS); anything else would
-let users make the server probe internal addresses.
+let users make the server probe internal addresses. The URL is read exactly
+as the push worker reads it (``push.parse_url``: no user@, no backslash,
+nothing percent-encoded in the host), and an IP address or port that every
+delivery would refuse is refused here already; names are checked, by the
+addresses they resolve to, at each delivery.
 """
 
 import logging
 import threading
 import time
-import urllib.parse
 import uuid
 
 from store import Conflict
 
-from . import views
+from . import push, views
 from .fields import limit as read_limit
 from .fields import text
 from .http import BadRequest, Forbidden, NotFound, success
@@ -188,10 +195,25 @@ class Notifier:
                                                                ctx.settings.push_queue_max, **mark)
         for note, view in zip(notes, views_of):
             ctx.events.publish("notification.created", view, {note["user_id"]})
+        self._scrub_deleted(notes)
         if refused:
             log.warning("notifications: push queue full; %d deliveries kept as dead letters", len(refused))
         if accepted:
             self.worker.start()
+
+    def _scrub_deleted(self, notes):
+        """Scrub the previews of messages deleted while their notifications were being made.
+
+        A delete scrubs the copies that exist when it happens (``Hub.retract``);
+        notifications made from the message a moment before, and stored or
+        published a moment after, are caught here.
+        """
+        store = self.ctx.store
+        for message_id in dict.fromkeys(note["message_id"] for note in notes if note.get("message_id")):
+            message = store.get_chat_message(message_id)
+            if message is None or message.get("deleted"):
+                self.ctx.events.scrub("chat.message.deleted",
+                                      views.chat_message(message) if message else {"id": message_id})
 
     def _jobs(self, notes, views_of):
         """One push job per receiving URL, carrying every notification of the batch meant for it."""
@@ -285,12 +307,17 @@ def _endpoint(req, body):
     url = text(body, "endpoint", required=False, max_length=500)
     if url is None:
         return None
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise BadRequest("Field 'endpoint' must be an http(s) URL")
-    allowed = {host.casefold() for host in req.ctx.settings.push_device_hosts}
-    if parsed.hostname.casefold() not in allowed:
+    try:
+        target = push.parse_url(url)  # read as the push worker will read it (no user@, no backslash ...)
+    except push.UnsafeURL as exc:
+        raise BadRequest(f"Field 'endpoint' {exc}") from None
+    allowed = {host.casefold().strip("[]") for host in req.ctx.settings.push_device_hosts}
+    if target.host.casefold() not in allowed:
         raise BadRequest("Field 'endpoint' must be on a host this server allows (PUSH_DEVICE_HOSTS)")
+    # An address or a port refused now would be refused at every delivery; a name is looked up then.
+    refusal = push.literal_refusal(target, req.ctx.push.allowed)
+    if refusal is not None:
+        raise BadRequest(f"Field 'endpoint' cannot be called: {refusal}")
     return url
 
 

@@ -12,7 +12,7 @@ also the operationId. Answers that follow from the kind of operation are added
 here once instead of in every entry: 401 and bearer security for routes that
 need a user, 403/404 for chat roles, 400/413/415 for JSON bodies, 503 for
 operations that write, 401 and the API key scheme when ``SECRET_KEY_ENABLED``,
-429 when rate limiting is on.
+429 when rate limiting is on (for the auth endpoints, unless AUTH_RATE_LIMIT_ENABLED=0).
 
 Adding an endpoint therefore means adding its entry to OPERATIONS (a route
 without one is left out of the document, with a warning in the log);
@@ -30,7 +30,8 @@ import logging
 
 from store.base import MAX_TERM
 
-from .auth import MIN_PASSWORD_LENGTH, USERNAME
+from .accounts import CODES_PER_DAY, WRONG_GUESSES_PER_DAY
+from .auth import MIN_PASSWORD_LENGTH, THROTTLED_PATHS, USERNAME
 from .events import MAX_POLL
 from .http import Response
 from .keys import (ALGORITHMS as KEY_ALGORITHMS, BASE64, BASE64_12, BASE64_32, BASE64_64, DEVICE_ID,
@@ -548,7 +549,7 @@ def _notification_schemas(settings):
             "message_id": string("The message, for mentions and direct messages.", None, nullable=True),
             "actor_id": string("Who did it.", ALICE, nullable=True),
             "actor_username": string("Their name.", "alice", nullable=True),
-            "preview": string("The start of the message.", "hey @bob", nullable=True),
+            "preview": string("The start of the message; null once it is deleted.", "hey @bob", nullable=True),
             "role": string("The new role, for a role change.", None, nullable=True),
             "created_at": string(f"When: {TIME_NOTE}", WHEN),
             "read": boolean("Whether I marked it read.", False),
@@ -562,7 +563,10 @@ def _notification_schemas(settings):
             "token": string("The platform's push token (FCM, APNs...), passed on to PUSH_WEBHOOK_URL.",
                             "fcm-token", nullable=True, maxLength=4096),
             "endpoint": string("An http(s) URL to POST this user's notifications to; its host must be in "
-                               "PUSH_DEVICE_HOSTS.", None, nullable=True, maxLength=500),
+                               "PUSH_DEVICE_HOSTS, written plainly (no user@, backslash or percent-encoded "
+                               "host), on port 80 or 443 and a public address unless PUSH_ALLOWED_ADDRESSES "
+                               "names it; a name is checked again, by the addresses it resolves to, at each "
+                               "delivery.", None, nullable=True, maxLength=500),
         }, required=["platform"], **any_given("token", "endpoint")),
         "Device": obj({
             "id": string("The device's id.", MESSAGE),
@@ -575,7 +579,8 @@ def _notification_schemas(settings):
             "id": string("The delivery's id (the X-Oxc-Delivery header).", MESSAGE),
             "url": string("Where it was to go (PUSH_WEBHOOK_URL or a device endpoint).", None),
             "attempts": integer("How many times it was tried.", 8, minimum=0),
-            "last_error": string("Why the last try failed.", "HTTP 503", nullable=True),
+            "last_error": string("Why the last try failed; 'refused: ...' when the URL or an address it "
+                                 "resolved to may not be called (never sent).", "HTTP 503", nullable=True),
             "created_at": string(f"When it was queued: {TIME_NOTE}", WHEN),
             "payload": {"type": "object", "description": "The JSON it carried."},
         }),
@@ -618,7 +623,8 @@ def _media_schemas(settings):
             "status": one_of(("ready", "none"), "ready: GET /attachments/{id}/thumbnail serves it; none: "
                                                 "there is none, and reason says why."),
             "reason": string("Why there is no thumbnail: not an image, Pillow not installed on the server, "
-                             "too many pixels, or undecodable.", None, nullable=True),
+                             "too many pixels, decoding would take more memory than the server allows, the "
+                             "server was busy making other thumbnails, or undecodable.", None, nullable=True),
             "content_type": string("image/jpeg, or image/png for images with transparency.", "image/jpeg",
                                    nullable=True),
             "width": pixels, "height": pixels,
@@ -872,11 +878,15 @@ OPERATIONS = {
     # -- auth -------------------------------------------------------------------
     "post_register": Operation(
         "auth", "Register a user",
-        "Creates an account. The password is stored as a bcrypt hash.",
+        "Creates an account. The password is stored as a bcrypt hash. An e-mail address that is "
+        "already an account's gets its owner a mail saying so. With REQUIRE_VERIFIED_EMAIL=1 the "
+        "answer is then the same as for a new address (the new account never gets the address, so "
+        "it cannot be verified or used); otherwise it is 400.",
         {201: returns(envelope(ref("User"), message="User registered successfully"),
                       "The account was created."),
          400: refuses("A field is missing or invalid, the password is over "
-                      f"{MAX_PASSWORD_BYTES} bytes, or the username or e-mail is taken."),
+                      f"{MAX_PASSWORD_BYTES} bytes, the username is taken, or (with REQUIRE_VERIFIED_EMAIL=0) "
+                      "the e-mail address is."),
          429: refuses("The server is busy hashing passwords; retry after Retry-After.")},
         body="NewUser", writes=True,
         body_example={"username": "user1", "password": "password123", "email": "user1@example.com"}),
@@ -1095,24 +1105,32 @@ OPERATIONS = {
                                next=string("The cursor to pass as 'since' next time.", "k3J9x-42")),
                       "The events (maybe none)."),
          400: refuses(f"timeout is not a number from 0 to {MAX_POLL}."),
+         401: refuses("The session ended while the poll waited (a logout, a password change or reset)."),
          410: refuses("The cursor is from an earlier run of the server or too old: resync through the "
                       "list endpoints and start again without one."),
+         429: refuses("The caller already holds REALTIME_MAX_PER_USER open streams and polls on this "
+                      "process; close one or retry after Retry-After."),
          503: refuses("Too many open event listeners; retry after Retry-After.")},
         parameters=("Since", "Timeout"), writes=True),
     "get_event_stream": Operation(
         "events", "Stream events (Server-Sent Events)",
         "The caller's events as text/event-stream ('id:' and 'data:' lines, heartbeat comments), "
-        "until the access token or ticket it was opened with expires. Authenticate with the bearer "
-        "token or with ?ticket= from POST /events/ticket.",
+        "until the access token or ticket it was opened with expires, or its session ends (a logout, "
+        "a password change or reset: the stream then closes within seconds and delivers nothing "
+        "more). Authenticate with the bearer token or with ?ticket= from POST /events/ticket; a "
+        "ticket opens one stream.",
         {200: Reply("The stream.", {"type": "string"}, "text/event-stream"),
-         401: refuses("The access token or the ticket is missing, invalid or expired."),
+         401: refuses("The access token or the ticket is missing, invalid or expired, the ticket was "
+                      "used already, or the session has ended."),
          410: refuses("The cursor is from an earlier run of the server or too old."),
+         429: refuses("The caller already holds REALTIME_MAX_PER_USER open streams and polls on this "
+                      "process; close one or retry after Retry-After."),
          503: refuses("Too many open event listeners; retry after Retry-After.")},
         parameters=("Since", "LastEventId"), security=("bearerAuth", "streamTicket")),
     "post_stream_ticket": Operation(
         "events", "Get an event-stream ticket",
-        "A short-lived ticket that opens GET /events/stream for a browser's EventSource, which "
-        "cannot send headers. It opens nothing else.",
+        "A short-lived ticket that opens GET /events/stream once, for a browser's EventSource, "
+        "which cannot send headers. It opens nothing else; get a new one for each connection.",
         {201: returns(envelope(ref("Ticket")), "The ticket.")}),
     # -- search -----------------------------------------------------------------
     "get_search": Operation(
@@ -1166,34 +1184,42 @@ OPERATIONS = {
     "post_verification_request": Operation(
         "accounts", "Send an e-mail verification code",
         "Mails a six-digit code to the address if it belongs to an account awaiting verification. The "
-        "answer is the same for any address; each address may ask once a minute.",
+        "answer, and the work behind it, is the same for any address; each address may ask once a "
+        f"minute and {CODES_PER_DAY} times a day.",
         {200: returns(envelope(message="If that address belongs to an account awaiting verification, a code "
                                        "is on its way"), "Asked."),
          400: refuses("email is missing or not an e-mail address."),
-         429: refuses("This address asked a moment ago; retry after Retry-After.")},
+         429: refuses(f"This address asked a moment ago, or {CODES_PER_DAY} times today; retry after "
+                      "Retry-After.")},
         body="EmailAddress", body_example={"email": "user1@example.com"}, writes=True),
     "post_verification": Operation(
         "accounts", "Verify an e-mail address",
-        "Checks the code mailed to the address (15 minutes, five guesses) and marks it verified.",
+        "Checks the code mailed to the address (15 minutes, five guesses; "
+        f"{WRONG_GUESSES_PER_DAY} wrong guesses a day per address) and marks it verified.",
         {200: returns(envelope(message="E-mail address verified"), "Verified."),
-         400: refuses("A field is missing or malformed, or the code is wrong, used up or expired.")},
+         400: refuses("A field is missing or malformed, or the code is wrong, used up or expired."),
+         429: refuses(f"{WRONG_GUESSES_PER_DAY} wrong codes for this address today; retry after Retry-After.")},
         body="VerificationCode", body_example={"email": "user1@example.com", "code": "123456"}, writes=True),
     "post_password_reset_request": Operation(
         "accounts", "Send a password reset code",
-        "Mails a six-digit code to the address if it belongs to an account. The answer is the same for any "
-        "address; each address may ask once a minute.",
+        "Mails a six-digit code to the address if it belongs to an account. The answer, and the work "
+        f"behind it, is the same for any address; each address may ask once a minute and {CODES_PER_DAY} "
+        "times a day.",
         {200: returns(envelope(message="If that address belongs to an account, a code is on its way"),
                       "Asked."),
          400: refuses("email is missing or not an e-mail address."),
-         429: refuses("This address asked a moment ago; retry after Retry-After.")},
+         429: refuses(f"This address asked a moment ago, or {CODES_PER_DAY} times today; retry after "
+                      "Retry-After.")},
         body="EmailAddress", body_example={"email": "user1@example.com"}, writes=True),
     "post_password_reset": Operation(
         "accounts", "Reset a password with a code",
-        "Sets a new password with the mailed code; every session of the account ends.",
+        "Sets a new password with the mailed code (15 minutes, five guesses; "
+        f"{WRONG_GUESSES_PER_DAY} wrong guesses a day per address); every session of the account ends.",
         {200: returns(envelope(ref("SessionsEnded"), message="Password changed; log in with the new password"),
                       "Changed."),
          400: refuses("A field is missing or invalid, or the code is wrong, used up or expired."),
-         429: refuses("The server is busy hashing passwords; retry after Retry-After.")},
+         429: refuses(f"{WRONG_GUESSES_PER_DAY} wrong codes for this address today, or the server is busy "
+                      "hashing passwords; retry after Retry-After.")},
         body="PasswordReset", writes=True,
         body_example={"email": "user1@example.com", "code": "123456", "new_password": "a new password"}),
     "get_notifications": Operation(
@@ -1227,8 +1253,11 @@ OPERATIONS = {
         "A platform token (passed to PUSH_WEBHOOK_URL with each notification), an endpoint URL on an allowed "
         "host (POSTed each notification, signed), or both. At most 20 per user.",
         {201: returns(envelope(ref("Device"), message="Device registered"), "Registered."),
-         400: refuses("The platform is unknown, neither token nor endpoint is given, the endpoint is not an "
-                      "http(s) URL on an allowed host, or I have 20 devices already.")},
+         400: refuses("The platform is unknown, neither token nor endpoint is given, the endpoint is not a "
+                      "plain http(s) URL on an allowed host (it carries a user@, a backslash, a percent-encoded "
+                      "host or control characters), its address is loopback, private, link-local, multicast, "
+                      "reserved or a cloud metadata address, or its port is not 80 or 443 (unless "
+                      "PUSH_ALLOWED_ADDRESSES allows them), or I have 20 devices already.")},
         body="NewDevice", body_example={"platform": "android", "token": "fcm-token"}, writes=True),
     "delete_device": Operation(
         "notifications", "Remove a push device",
@@ -1244,6 +1273,17 @@ OPERATIONS = {
          400: refuses("'limit' is out of range."),
          403: refuses("I am not one of the server's admins.")},
         parameters=("Limit",)),
+    "post_compact": Operation(
+        "service", "Compact the store now (admins)",
+        "Rewrites what the store keeps on disk while the server runs, so that the text of deleted messages "
+        "leaves it now rather than at the next automatic compaction: the JSON store writes a fresh snapshot "
+        "and drops its journal; PostgreSQL rewrites the tables that hold message text (VACUUM FULL, which "
+        "locks each one while it runs). Answers once done. Only for the users named in ADMINS.",
+        {200: returns(envelope(obj({"seconds": {"type": "number", "minimum": 0, "examples": [0.42],
+                                                "description": "How long the compaction took."}}),
+                               message="Store compacted"), "Compacted."),
+         403: refuses("I am not one of the server's admins.")},
+        writes=True),
     # -- media and keys --
     "post_attachment": Operation(
         "media", "Upload an attachment",
@@ -1426,6 +1466,9 @@ def _replies(route, entry, settings, parameters):
         add(401, "The X-API-Key header is missing or wrong.")
     if settings.rate_limit_enabled:
         add(429, "Too many requests from this client; retry after Retry-After.")
+    elif settings.auth_rate_limit_enabled and route.template.endswith(THROTTLED_PATHS):
+        add(429, f"Too many requests from this client to the auth endpoints ({settings.auth_rate_limit} a "
+                 "minute, AUTH_RATE_LIMIT); retry after Retry-After.")
     if entry.writes:
         add(503, "The store refuses writes (a disk failure); retry after Retry-After.")
     return replies
@@ -1481,9 +1524,12 @@ def _info(settings, version):
                f"{prefix}/health (SECRET_KEY_ENABLED=1)." if settings.secret_key_enabled else
                "This server does not require an API key (SECRET_KEY_ENABLED=0); with it on, every "
                f"request except OPTIONS and {prefix}/health needs the X-API-Key header.")
+    auth_paths = "the auth endpoints" if settings.auth_rate_limit_enabled else "login and registration"
     rate = (f"Rate limiting is on: {settings.rate_limit} requests a minute per client, "
-            f"{settings.auth_rate_limit} for login and registration; beyond that 429." if
-            settings.rate_limit_enabled else "Rate limiting is off on this server.")
+            f"{settings.auth_rate_limit} for {auth_paths}; beyond that 429." if settings.rate_limit_enabled else
+            f"Each client may make {settings.auth_rate_limit} requests a minute to the auth endpoints (register, "
+            "login, refresh, verification and reset); beyond that 429. Other requests are not rate limited."
+            if settings.auth_rate_limit_enabled else "Rate limiting is off on this server.")
     return {
         "title": "oxc chat API",
         "version": version,

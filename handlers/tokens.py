@@ -2,20 +2,29 @@
 
 Access tokens are HS256 JWTs with header ``typ: at+jwt`` (RFC 9068) and the
 claims ``sub`` (user id), ``sid`` (the refresh-token family they came from),
-``iat`` and ``exp``. Verification pins the algorithm, requires the claims,
-checks ``typ`` (PyJWT does not) and checks expiry against the injected clock.
-Verified tokens are remembered in a small bounded cache: signature checking
-costs ~55 us, which is a large share of a cheap GET.
+``iat`` and ``exp``. Verification pins the algorithm, requires the claims
+(``sid`` too: every token belongs to a session, which ``auth.authenticate``
+checks is still open), checks ``typ`` (PyJWT does not) and checks expiry
+against the injected clock. Verified tokens are remembered in a small bounded
+cache: signature checking costs ~55 us, which is a large share of a cheap GET.
+
+The signing secret is ``JWT_SECRET_KEY`` or, when that is not set, a random
+one generated on first start and kept with the data (``Store.signing_key``),
+so no published key ever signs anything.
 
 A stream ticket (``POST /events/ticket``, for EventSource, which cannot send
 headers) is a JWT too, with header ``typ: oxc-ticket+jwt``, signed with a key
 derived from the secret, valid for a minute and only for the event stream.
-Being self-contained, it opens a stream on any process sharing the secret.
+Being self-contained, it opens a stream on any process sharing the secret;
+its ``jti`` is recorded when it is redeemed (``Store.use_ticket``), so it
+opens one stream only.
 
 A refresh token is ``<session id>.<32 random bytes, urlsafe>``; the store
 keeps only its SHA-256, in the session (the token family). Each refresh
-rotates it; the session id inside the token lets a replayed, already-rotated
-token be recognised and its whole family revoked (RFC 9700, 4.14.2).
+rotates it; the session keeps the hash of the token it replaced, so that a
+replayed, already-rotated token is recognised and its whole family revoked
+(RFC 9700, 4.14.2). The session id alone proves nothing: it is readable in
+every access token and ticket.
 """
 
 import hashlib
@@ -95,25 +104,28 @@ class AccessTokens:
         """A ticket that opens the event stream for a minute: (ticket, seconds it lasts)."""
         now = int(self._clock())
         claims = {"sub": user_id, "sid": session_id, "exp": min(now + TICKET_TTL, expires_at),
-                  "end": expires_at, "jti": secrets.token_urlsafe(8)}
+                  "end": expires_at, "jti": secrets.token_urlsafe(12)}
         return jwt.encode(claims, self._ticket_key, algorithm="HS256", headers={"typ": TICKET_TYPE}), TICKET_TTL
 
-    def redeem_ticket(self, ticket):
-        """(user id, session id, when the stream must end) for a valid, live ticket, or None."""
+    def read_ticket(self, ticket):
+        """The claims (sub, sid, jti, exp, end) of a valid, live ticket, or None.
+
+        Whether it was used already is the store's to say (``Store.use_ticket``).
+        """
         try:
             claims = _claims(ticket, self._ticket_key, TICKET_TYPE, ("exp", "end"))
         except InvalidToken:
             return None
-        if claims["exp"] < self._clock():
+        if claims["exp"] < self._clock() or not isinstance(claims.get("jti"), str):
             return None
-        return claims["sub"], claims.get("sid"), claims["end"]
+        return claims
 
     def _decode(self, token):
         return _claims(token, self._secret, ACCESS_TYPE, ("exp", "iat"))
 
 
 def _claims(token, key, kind, times):
-    """The claims of an HS256 JWT of header ``typ`` ``kind``, with integer ``times`` and a string ``sub``.
+    """The claims of an HS256 JWT of header ``typ`` ``kind``: integer ``times``, string ``sub`` and ``sid``.
 
     Expiry is left to the caller (it has the injected clock); InvalidToken otherwise.
     """
@@ -125,6 +137,6 @@ def _claims(token, key, kind, times):
         raise InvalidToken("Invalid token") from None
     claims = decoded["payload"]
     if decoded["header"].get("typ") != kind or not isinstance(claims.get("sub"), str) or \
-            not all(isinstance(claims.get(name), int) for name in times):
+            not isinstance(claims.get("sid"), str) or not all(isinstance(claims.get(name), int) for name in times):
         raise InvalidToken("Invalid token")
     return claims

@@ -12,6 +12,9 @@ Unlike a fixed window, which admits twice the limit across a window boundary,
 a bucket never admits more than ``burst`` plus what it refilled meanwhile.
 Requests whose PATH_INFO ends with one of ``strict_paths`` use a separate
 bucket with the ``strict_per_minute`` budget. OPTIONS requests cost nothing.
+With ``per_minute=None`` only the strict paths are counted; every other
+request passes through untouched (oxc throttles its auth endpoints this way
+even when the general limit is off).
 
 The client is REMOTE_ADDR; behind a reverse proxy configure the server's
 trusted-proxy settings so that REMOTE_ADDR is the real client.
@@ -46,14 +49,15 @@ def _positive_int(name, value):
 class RateLimitPolicy:
     """Frozen rate-limit settings; see the module docstring for each field."""
 
-    per_minute: int = 100
+    per_minute: int | None = 100
     burst: int | None = None
     strict_paths: tuple[str, ...] = ()
     strict_per_minute: int = 10
     max_clients: int = 10_000
 
     def __post_init__(self):
-        _positive_int("per_minute", self.per_minute)
+        if self.per_minute is not None:
+            _positive_int("per_minute", self.per_minute)
         if self.burst is not None:
             _positive_int("burst", self.burst)
         _positive_int("strict_per_minute", self.strict_per_minute)
@@ -64,6 +68,8 @@ class RateLimitPolicy:
         for path in strict_paths:
             if not isinstance(path, str) or not path.startswith("/"):
                 raise ValueError(f"RateLimitPolicy strict path {path!r} must be a string starting with '/'")
+        if self.per_minute is None and not strict_paths:
+            raise ValueError("RateLimitPolicy without per_minute needs strict_paths (it would limit nothing)")
         object.__setattr__(self, "strict_paths", strict_paths)
 
 
@@ -129,7 +135,9 @@ class RateLimit:
         self.app = app
         self.policy = policy
         self._clock = clock
-        self._default = _Budget("default", policy.per_minute, policy.burst or policy.per_minute)
+        self._default = None
+        if policy.per_minute is not None:
+            self._default = _Budget("default", policy.per_minute, policy.burst or policy.per_minute)
         self._strict = _Budget("strict", policy.strict_per_minute, policy.strict_per_minute)
         self._buckets = OrderedDict()
         self._lock = threading.Lock()
@@ -154,9 +162,9 @@ class RateLimit:
             return len(self._buckets)
 
     def __call__(self, environ, start_response):
-        if environ.get("REQUEST_METHOD") == "OPTIONS":
-            return self.app(environ, start_response)
         budget = self._budget_for(environ)
+        if budget is None or environ.get("REQUEST_METHOD") == "OPTIONS":
+            return self.app(environ, start_response)
         key = (environ.get("REMOTE_ADDR") or "unknown", budget.name)
         with self._lock:
             now = self._clock()

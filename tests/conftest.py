@@ -100,7 +100,8 @@ def make_client(tmp_path, clock, backend):
     made = []
 
     def make(**overrides):
-        options = dict(data_dir=tmp_path / "data", bcrypt_rounds=4, **backend)
+        # Tests make many users from one "client"; the auth throttle's own tests ask for the real budget.
+        options = dict(data_dir=tmp_path / "data", bcrypt_rounds=4, auth_rate_limit=1_000_000, **backend)
         options.update(overrides)
         wsgi = create_app(Settings(), clock=clock, **options)
         made.append(wsgi)

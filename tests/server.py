@@ -4,6 +4,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ class Server:
         self.data_dir = str(data_dir)
         environment = {k: v for k, v in os.environ.items() if k not in ("OXC_ENV", "FLASK_ENV")}
         environment.update(HOST="127.0.0.1", PORT="0", DATA_DIR=self.data_dir, BCRYPT_ROUNDS="4",
-                           LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1")
+                           AUTH_RATE_LIMIT="1000000", LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1")
         environment.update({key: str(value) for key, value in env.items()})
         self.process = subprocess.Popen(
             [sys.executable, os.path.join(ROOT, "oxc_wsgi.py"), "serve"], cwd=ROOT, env=environment,
@@ -84,3 +85,37 @@ def wait_until(predicate, timeout=10, interval=0.05):
         if value or time.monotonic() > deadline:
             return value
         time.sleep(interval)
+
+
+class RawStream:
+    """A raw HTTP/1.1 GET of the event stream on ``server``, read as bytes arrive."""
+
+    END = b"\r\n0\r\n\r\n"  # the last chunk: the server ended the stream
+
+    def __init__(self, server, token=None, query=""):
+        self.socket = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        auth = f"Authorization: Bearer {token}\r\n" if token else ""
+        self.socket.sendall(f"GET /api/events/stream{query} HTTP/1.1\r\nHost: test\r\n{auth}"
+                            "Accept: text/event-stream\r\n\r\n".encode())
+        self.received = b""
+
+    def read_until(self, marker, timeout=5):
+        """Read until ``marker`` has arrived (True), or the time is up or the stream ended (False)."""
+        deadline = time.monotonic() + timeout
+        while marker not in self.received and time.monotonic() < deadline:
+            self.socket.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                chunk = self.socket.recv(4096)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            self.received += chunk
+        return marker in self.received
+
+    @property
+    def status(self):
+        return int(self.received.split(b" ", 2)[1]) if self.received.startswith(b"HTTP/1.1 ") else None
+
+    def close(self):
+        self.socket.close()

@@ -13,7 +13,7 @@ from conftest import PASSWORD, assert_error, stored_bytes
 from handlers.http import TooManyRequests
 from oxc_wsgi import DEV_JWT_SECRET
 
-SECRET = DEV_JWT_SECRET
+SECRET = "a signing key for tests that forge tokens, 32+ bytes"
 
 
 # -- register ---------------------------------------------------------------
@@ -238,21 +238,25 @@ def _unsigned(claims):
 
 
 @pytest.mark.parametrize("make_token", [
-    lambda user, now: _unsigned({"sub": user, "iat": now, "exp": now + 600}),
-    lambda user, now: _forge({"sub": user, "iat": now, "exp": now + 600}, algorithm="HS512"),
-    lambda user, now: _forge({"sub": user, "iat": now, "exp": now + 600}, key="another secret" * 4),
-    lambda user, now: _forge({"sub": user, "iat": now - 2000, "exp": now - 1000}),
-    lambda user, now: _forge({"sub": user, "iat": now}),
-    lambda user, now: _forge({"iat": now, "exp": now + 600}),
-    lambda user, now: _forge({"sub": user, "exp": now + 600}),
-    lambda user, now: _forge({"sub": user, "iat": now, "exp": now + 600}, headers={"typ": "JWT"}),
-    lambda user, now: _forge({"sub": user, "iat": now + 3600, "exp": now + 7200}),
+    lambda user, now: _unsigned({**user, "iat": now, "exp": now + 600}),
+    lambda user, now: _forge({**user, "iat": now, "exp": now + 600}, algorithm="HS512", key=SECRET * 2),
+    lambda user, now: _forge({**user, "iat": now, "exp": now + 600}, key="another secret" * 4),
+    lambda user, now: _forge({**user, "iat": now, "exp": now + 600}, key=DEV_JWT_SECRET),
+    lambda user, now: _forge({**user, "iat": now - 2000, "exp": now - 1000}),
+    lambda user, now: _forge({**user, "iat": now}),
+    lambda user, now: _forge({"sid": user["sid"], "iat": now, "exp": now + 600}),
+    lambda user, now: _forge({"sub": user["sub"], "iat": now, "exp": now + 600}),
+    lambda user, now: _forge({**user, "exp": now + 600}),
+    lambda user, now: _forge({**user, "iat": now, "exp": now + 600}, headers={"typ": "JWT"}),
+    lambda user, now: _forge({**user, "iat": now + 3600, "exp": now + 7200}),
     lambda user, now: "not.a.token",
-], ids=["alg-none", "hs512", "wrong-key", "expired", "no-exp", "no-sub", "no-iat", "wrong-typ",
-        "issued-in-future", "garbage"])
-def test_forged_or_malformed_access_tokens_get_401(client, clock, make_token):
+], ids=["alg-none", "hs512", "wrong-key", "published-dev-key", "expired", "no-exp", "no-sub", "no-sid", "no-iat",
+        "wrong-typ", "issued-in-future", "garbage"])
+def test_forged_or_malformed_access_tokens_get_401(make_client, clock, make_token):
+    client = make_client(jwt_secret_key=SECRET)
     alice = client.user("alice")
-    token = make_token(alice.id, int(clock()))
+    sid = jwt.decode(alice.access_token, options={"verify_signature": False})["sid"]
+    token = make_token({"sub": alice.id, "sid": sid}, int(clock()))
     response = client.get("/api/messages", headers={"Authorization": f"Bearer {token}"}, status=401)
     assert_error(response, 401)
     assert response.headers["WWW-Authenticate"] == "Bearer"

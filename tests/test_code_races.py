@@ -85,6 +85,18 @@ class Hammer:
         assert not failed, f"{len(failed)} answers were 5xx: {sorted(set(failed))}"
         return statuses
 
+    def settled(self, requests, rounds=20):
+        """Like ``all``, but 429s are sent again (it may mean every hashing slot was taken) until they stay 429."""
+        statuses = self.all(requests)
+        for _ in range(rounds):
+            again = [index for index, status in enumerate(statuses) if status == 429]
+            answers = self.all([requests[index] for index in again])
+            if answers == [429] * len(again):
+                break
+            for index, status in zip(again, answers):
+                statuses[index] = status
+        return statuses
+
     def close(self):
         self._pool.shutdown()
 
@@ -99,7 +111,10 @@ def hammer(senders):
 def register(hammer, names, with_email=True):
     bodies = [{"username": name, "password": PASSWORD, **({"email": f"{name}@example.com"} if with_email else {})}
               for name in names]
-    assert hammer.all([("/auth/register", body) for body in bodies]) == [201] * len(names)
+    while bodies:  # 429: every hashing slot was taken; retry, as a client told Retry-After would
+        statuses = hammer.all([("/auth/register", body) for body in bodies])
+        assert set(statuses) <= {201, 429}, statuses
+        bodies = [body for body, status in zip(bodies, statuses) if status == 429]
 
 
 def wrong(code):
@@ -130,7 +145,7 @@ def test_a_reset_code_sent_twice_at_once_is_redeemed_once(hammer, inbox):
     redemptions = [("/auth/password-reset", {"email": f"{name}@example.com", "code": codes[name],
                                              "new_password": f"new password {copy}"})
                    for name in names for copy in range(2)]
-    statuses = hammer.all(redemptions)
+    statuses = hammer.settled(redemptions)
     twice = [name for name, pair in zip(names, zip(statuses[::2], statuses[1::2])) if sorted(pair) != [200, 400]]
     assert not twice, f"{len(twice)} of {TRIALS} codes were not redeemed exactly once: {twice[:5]}"
 
@@ -139,7 +154,7 @@ def test_parallel_wrong_passwords_across_processes_get_at_most_ten_checks(hammer
     names = [f"login{number}" for number in range(TRIALS)]
     register(hammer, names, with_email=False)
     guesses = [("/auth/login", {"username": name, "password": "wrong password"}) for name in names for _ in range(20)]
-    statuses = hammer.all(guesses)
+    statuses = hammer.settled(guesses)
     assert set(statuses) <= {401, 429}
     checked = {name: statuses[index * 20:(index + 1) * 20].count(401) for index, name in enumerate(names)}
     over = {name: count for name, count in checked.items() if count > LOCKOUT}

@@ -63,15 +63,24 @@ def test_a_bad_value_is_refused_naming_the_variable(name, value):
         Settings.from_environ({name: value}, env_file=None)
 
 
-def test_production_refuses_the_default_or_a_short_jwt_secret(tmp_path):
+def test_production_refuses_the_published_or_a_short_jwt_secret_but_takes_a_generated_one(tmp_path):
+    from oxc_wsgi import DEV_JWT_SECRET
     with pytest.raises(ConfigError, match="JWT_SECRET_KEY"):
-        create_app(Settings(environment="production"), data_dir=None)
+        create_app(Settings(environment="production", jwt_secret_key=DEV_JWT_SECRET), data_dir=None)
     with pytest.raises(ConfigError, match="JWT_SECRET_KEY"):
         create_app(Settings(environment="production", jwt_secret_key="short"), data_dir=None)
     with pytest.raises(ConfigError, match="SECRET_KEY"):
         create_app(Settings(environment="production", jwt_secret_key="s" * 40, secret_key_enabled=True),
                    data_dir=None)
     create_app(Settings(environment="production", jwt_secret_key="s" * 40), data_dir=None).core.close()
+    create_app(Settings(environment="production"), data_dir=tmp_path / "data").core.close()  # generated
+
+
+def test_the_published_development_secret_is_refused_in_every_environment():
+    from oxc_wsgi import DEV_JWT_SECRET
+    for environment in ("development", "testing"):
+        with pytest.raises(ConfigError, match="JWT_SECRET_KEY is the published development value"):
+            create_app(Settings(environment=environment, jwt_secret_key=DEV_JWT_SECRET), data_dir=None)
 
 
 def _run(env, *args):
@@ -87,9 +96,11 @@ def test_start_up_with_a_bad_value_stops_with_a_message_naming_it():
     assert "PORT must be a whole number (got 'abc')" in result.stderr
 
 
-def test_start_up_in_production_with_the_default_secret_stops():
-    result = _run({"OXC_ENV": "production"}, "serve")
-    assert result.returncode == 2 and "JWT_SECRET_KEY" in result.stderr
+def test_start_up_in_production_with_the_published_or_a_short_secret_stops():
+    from oxc_wsgi import DEV_JWT_SECRET
+    for secret in (DEV_JWT_SECRET, "short"):
+        result = _run({"OXC_ENV": "production", "JWT_SECRET_KEY": secret}, "serve")
+        assert result.returncode == 2 and "JWT_SECRET_KEY" in result.stderr
 
 
 def test_env_example_lists_every_variable_with_a_valid_value():

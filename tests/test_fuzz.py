@@ -81,6 +81,8 @@ def fuzz_config(max_examples, chat_id=None, attachment_id=None):
 
 
 def serve(tmp_path_factory, **overrides):
+    # The per-client auth throttle (on by default) would answer most auth cases 429 before their handler.
+    overrides.setdefault("auth_rate_limit", 1_000_000)
     return create_app(Settings(), data_dir=tmp_path_factory.mktemp("fuzz") / "data", bcrypt_rounds=4,
                       **overrides)
 

@@ -113,6 +113,16 @@ def test_send_1_sends_an_attachment_without_a_caption(client, people, chat):
     assert form_answer["message"]["content"] is None
 
 
+def test_a_bad_send_in_the_query_is_refused_before_anything_is_stored_even_with_a_good_form_field(
+        client, people, chat, tmp_path):
+    answer = form(client, people["alice"], chat["id"], [("file", "a.pdf", PDF, "application/pdf")],
+                  status=400, query="?send=4.38e-154", send="1")
+    assert_error(answer, 400, "'send'")
+    assert_error(upload(client, people["alice"], chat["id"], PDF, "application/pdf", status=400, send="maybe"),
+                 400, "'send'")
+    assert blob_files(tmp_path) == []
+
+
 def test_an_uploaded_attachment_is_sent_later_by_id_once_only(client, people, chat):
     alice = people["alice"]
     attachment = upload(client, alice, chat["id"], PDF, "application/pdf").json["data"]

@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from server import RawStream as Stream
 from server import Server, wait_until
 
 
@@ -13,32 +14,6 @@ def server(tmp_path):
     running = Server(tmp_path / "data", REALTIME_MAX_CLIENTS=3, THREADS=2, SSE_HEARTBEAT=0.3)
     yield running
     running.stop()
-
-
-class Stream:
-    """A raw SSE connection, read as bytes arrive."""
-
-    def __init__(self, server, token):
-        self.socket = socket.create_connection(("127.0.0.1", server.port), timeout=5)
-        self.socket.sendall(f"GET /api/events/stream HTTP/1.1\r\nHost: test\r\n"
-                            f"Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n".encode())
-        self.received = b""
-
-    def read_until(self, marker, timeout=5):
-        deadline = time.monotonic() + timeout
-        while marker not in self.received and time.monotonic() < deadline:
-            self.socket.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                chunk = self.socket.recv(4096)
-            except socket.timeout:
-                break
-            if not chunk:
-                break
-            self.received += chunk
-        return marker in self.received
-
-    def close(self):
-        self.socket.close()
 
 
 def test_a_stream_sends_its_first_bytes_at_once_and_heartbeats(server):
