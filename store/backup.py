@@ -16,7 +16,8 @@ import time
 
 from .blobs import DIGEST
 from .jsonstore import JsonStore
-from .journal import LOCK, SNAPSHOT
+from .files import LOCK
+from .journal import SNAPSHOT
 
 FORMAT_NOTE = "oxc-backup-1"
 

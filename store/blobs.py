@@ -37,7 +37,7 @@ import time
 
 from . import diskspace
 from .errors import DamagedBlob, OutOfSpace, StoreError
-from .journal import Disk, fsync_directory, write_all
+from .files import Disk, fsync_directory, write_all
 
 CHUNK = 64 * 1024
 VERIFY_BLOCK = 1024 * 1024

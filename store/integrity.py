@@ -22,8 +22,9 @@ from typing import NamedTuple
 
 from .blobs import Blobs
 from .errors import StoreCorrupt
-from .journal import (FORMAT, SNAPSHOT, VERSION, DirectoryLock, check_line, decode_snapshot, encode_snapshot,
-                      journal_generations, journal_name, missing_generation, write_atomic)
+from .files import DirectoryLock, write_atomic
+from .journal import (FORMAT, SNAPSHOT, VERSION, check_line, decode_snapshot, encode_snapshot, journal_generations,
+                      journal_name, missing_generation)
 
 
 class Damage(NamedTuple):

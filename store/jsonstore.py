@@ -37,7 +37,8 @@ from .base import (UNCHECKED, Page, Store, dropped_attachment, member_updates, p
                    without_preview)
 from .errors import Conflict, Missing, QuotaExceeded, StoreCorrupt, StoreUnavailable
 from .blobs import Blobs
-from .journal import SNAPSHOT, Journal, write_new
+from .files import write_new
+from .journal import SNAPSHOT, Journal
 
 log = logging.getLogger("oxc.store")
 

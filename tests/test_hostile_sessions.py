@@ -113,7 +113,7 @@ def test_without_a_configured_key_one_is_generated_kept_with_the_data_and_logged
 
 
 def test_the_key_file_is_created_once_and_whole_though_many_race_to_create_it(tmp_path):
-    from store.journal import write_new
+    from store.files import write_new
     path = tmp_path / "signing.key"
     barrier = threading.Barrier(8)
     created = []
