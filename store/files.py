@@ -46,24 +46,36 @@ def write_all(disk, fd, data):
         view = view[written:]
 
 
-def write_atomic(path, data, disk=None):
-    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file."""
-    disk = disk or Disk()
+def _temp_file(path, data, disk, exclusive):
+    """Write and flush ``data`` into a new temp file beside ``path`` (mode 0600); returns its name.
+
+    The temp file is removed again if anything fails.
+    """
     directory, name = os.path.split(path)
     temp = os.path.join(directory, f".{name}{TEMP_MARK}{os.getpid()}-{threading.get_ident()}")
+    disk = disk or Disk()
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC), 0o600)
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             write_all(disk, fd, data)
             disk.fdatasync(fd)
         finally:
             os.close(fd)
+    except BaseException:
+        os.unlink(temp)  # a half-written temp file would only eat the space that failed us
+        raise
+    return temp
+
+
+def write_atomic(path, data, disk=None):
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file."""
+    temp = _temp_file(path, data, disk, exclusive=False)
+    try:
         os.replace(temp, path)
     except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)  # a half-written temp file would only eat the space that failed us
+        os.unlink(temp)
         raise
-    fsync_directory(directory)
+    fsync_directory(os.path.dirname(path))
 
 
 def write_new(path, data, disk=None):
@@ -73,22 +85,14 @@ def write_new(path, data, disk=None):
     O_EXCL, then hard-linked into place, which fails if ``path`` exists: a
     reader never meets a partial file, and of two callers exactly one creates it.
     """
-    disk = disk or Disk()
-    directory, name = os.path.split(path)
-    temp = os.path.join(directory, f".{name}{TEMP_MARK}{os.getpid()}-{threading.get_ident()}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    temp = _temp_file(path, data, disk, exclusive=True)
     try:
-        try:
-            write_all(disk, fd, data)
-            disk.fdatasync(fd)
-        finally:
-            os.close(fd)
         os.link(temp, path)
     except FileExistsError:
         return False
     finally:
         os.unlink(temp)
-    fsync_directory(directory)
+    fsync_directory(os.path.dirname(path))
     return True
 
 
