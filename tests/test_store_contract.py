@@ -1383,21 +1383,13 @@ def refuse(*args):
 
 def run_together(count, work):
     """Run ``work(slot)`` in ``count`` threads released at once; their results (or exceptions)."""
-    barrier, results = threading.Barrier(count), [None] * count
-
-    def run(slot):
-        barrier.wait()
+    def outcome(slot):
         try:
-            results[slot] = work(slot)
+            return work(slot)
         except Exception as exc:  # the outcome is what is checked
-            results[slot] = exc
+            return exc
 
-    racers = [threading.Thread(target=run, args=(slot,)) for slot in range(count)]
-    for racer in racers:
-        racer.start()
-    for racer in racers:
-        racer.join()
-    return results
+    return all_at_once(count, outcome)
 
 
 def test_change_chat_decides_on_the_records_as_they_are_and_writes_what_it_decided(store):
