@@ -34,8 +34,19 @@ import time
 import urllib.parse
 
 __all__ = [
-    "BadRequest", "Client", "Conflict", "ConnectionFailed", "CursorGone", "Forbidden", "NotFound",
-    "OxcError", "RateLimited", "TooLarge", "Unauthorized", "Unavailable", "UnsupportedMediaType",
+    "BadRequest",
+    "Client",
+    "Conflict",
+    "ConnectionFailed",
+    "CursorGone",
+    "Forbidden",
+    "NotFound",
+    "OxcError",
+    "RateLimited",
+    "TooLarge",
+    "Unauthorized",
+    "Unavailable",
+    "UnsupportedMediaType",
 ]
 
 CHUNK = 64 * 1024
@@ -44,6 +55,7 @@ CHUNK = 64 * 1024
 # =============================================================================
 # Errors
 # =============================================================================
+
 
 class OxcError(Exception):
     """The server refused: ``status`` and the server's ``message``."""
@@ -81,6 +93,7 @@ class Conflict(OxcError):
 
 class CursorGone(OxcError):
     """410: the event cursor is from an earlier server run or too old; resync."""
+
     status = 410
 
 
@@ -104,8 +117,21 @@ class ConnectionFailed(OxcError):
     """No answer from the server (refused, reset, timed out)."""
 
 
-ERRORS = {cls.status: cls for cls in (BadRequest, Unauthorized, Forbidden, NotFound, Conflict, CursorGone,
-                                      TooLarge, UnsupportedMediaType, RateLimited, Unavailable)}
+ERRORS = {
+    cls.status: cls
+    for cls in (
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+        CursorGone,
+        TooLarge,
+        UnsupportedMediaType,
+        RateLimited,
+        Unavailable,
+    )
+}
 
 
 def _error(status, body, headers):
@@ -119,6 +145,7 @@ def _error(status, body, headers):
 # The client
 # =============================================================================
 
+
 class Client:
     """One user's session with an oxc server.
 
@@ -131,8 +158,18 @@ class Client:
         retries: how often a 429/503 (or a dropped connection on a safe request) is retried.
     """
 
-    def __init__(self, base_url, api_prefix="/api", api_key=None, tokens=None, on_tokens=None, timeout=30,
-                 retries=3, clock=time.time, sleep=time.sleep):
+    def __init__(
+        self,
+        base_url,
+        api_prefix="/api",
+        api_key=None,
+        tokens=None,
+        on_tokens=None,
+        timeout=30,
+        retries=3,
+        clock=time.time,
+        sleep=time.sleep,
+    ):
         parsed = urllib.parse.urlsplit(base_url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"base_url must be http(s)://host[:port][/path], not {base_url!r}")
@@ -196,14 +233,19 @@ class Client:
             if 200 <= status < 300:
                 return answer
             error = _error(status, answer, reply_headers)
-            if status == 401 and auth and not refreshed and self.tokens.get("refresh_token") \
-                    and "expired" in error.message.lower():
+            if (
+                status == 401
+                and auth
+                and not refreshed
+                and self.tokens.get("refresh_token")
+                and "expired" in error.message.lower()
+            ):
                 refreshed = True
                 self.refresh()
                 continue
             if status in (429, 503) and attempt < self.retries:
                 attempt += 1
-                self._sleep(error.retry_after if error.retry_after is not None else min(30, 2 ** attempt))
+                self._sleep(error.retry_after if error.retry_after is not None else min(30, 2**attempt))
                 continue
             raise error
 
@@ -394,8 +436,9 @@ class Client:
 
     def history(self, chat_id, limit=None, before=None, after=None):
         """One page of a chat's messages."""
-        return self.call("GET", f"/chats/{_q(chat_id)}/messages",
-                         query={"limit": limit, "before": before, "after": after})
+        return self.call(
+            "GET", f"/chats/{_q(chat_id)}/messages", query={"limit": limit, "before": before, "after": after}
+        )
 
     def iter_history(self, chat_id, limit=200):
         """A chat's messages, newest first."""
@@ -437,8 +480,9 @@ class Client:
         return self.call("PATCH", "/users/me", changes)["data"]
 
     def change_password(self, current_password, new_password):
-        return self.call("POST", "/users/me/password",
-                         {"current_password": current_password, "new_password": new_password})["data"]
+        return self.call(
+            "POST", "/users/me/password", {"current_password": current_password, "new_password": new_password}
+        )["data"]
 
     def users(self, prefix="", limit=None, after=None):
         return self.call("GET", "/users", query={"q": prefix, "limit": limit, "after": after})
@@ -465,12 +509,16 @@ class Client:
         return self.call("POST", "/auth/password-reset/request", {"email": email}, auth=False)
 
     def reset_password(self, email, code, new_password):
-        return self.call("POST", "/auth/password-reset",
-                         {"email": email, "code": code, "new_password": new_password}, auth=False)["data"]
+        return self.call(
+            "POST", "/auth/password-reset", {"email": email, "code": code, "new_password": new_password}, auth=False
+        )["data"]
 
     def notifications(self, limit=None, before=None, unread=None):
-        return self.call("GET", "/notifications", query={
-            "limit": limit, "before": before, "unread": None if unread is None else str(bool(unread)).lower()})
+        return self.call(
+            "GET",
+            "/notifications",
+            query={"limit": limit, "before": before, "unread": None if unread is None else str(bool(unread)).lower()},
+        )
 
     def mentions(self, limit=None, before=None):
         return self.call("GET", "/notifications/mentions", query={"limit": limit, "before": before})
@@ -518,13 +566,14 @@ class Client:
         connection = self._connect(timeout=max(self.timeout, 300))
         try:
             connection.putrequest("POST", url)
-            for header, value in self._headers(True, {"Content-Type": content_type,
-                                                      "Content-Length": str(total)}).items():
+            for header, value in self._headers(
+                True, {"Content-Type": content_type, "Content-Length": str(total)}
+            ).items():
                 connection.putheader(header, value)
             connection.endheaders()
             sent = 0
             while sent < total:
-                chunk = data[sent:sent + CHUNK] if stream is None else stream.read(CHUNK)
+                chunk = data[sent : sent + CHUNK] if stream is None else stream.read(CHUNK)
                 if not chunk:
                     break
                 connection.send(chunk)
@@ -550,8 +599,11 @@ class Client:
         which = "thumbnail" if thumbnail else "content"
         connection = self._connect(timeout=max(self.timeout, 300))
         try:
-            connection.request("GET", f"{self.prefix}/attachments/{_q(attachment_id)}/{which}",
-                               headers=self._headers(True, {"Accept": "*/*"}))
+            connection.request(
+                "GET",
+                f"{self.prefix}/attachments/{_q(attachment_id)}/{which}",
+                headers=self._headers(True, {"Accept": "*/*"}),
+            )
             response = connection.getresponse()
             if response.status != 200:
                 raise _refusal(response)
@@ -615,7 +667,7 @@ class Client:
                 if not reconnect or exc.status not in (None, 429, 502, 503, 504):
                     raise
                 failures += 1
-                self._sleep(exc.retry_after or min(30, 2 ** failures))
+                self._sleep(exc.retry_after or min(30, 2**failures))
                 continue
             if not reconnect:
                 return
@@ -686,7 +738,8 @@ class Credentials:
 
     def __init__(self, path=None):
         directory = os.environ.get("OXC_CONFIG_DIR") or os.path.join(
-            os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "oxc")
+            os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "oxc"
+        )
         self.path = path or os.path.join(directory, "credentials.json")
 
     def load(self, url):
@@ -716,6 +769,7 @@ class Credentials:
 
 def add_client_commands(commands, parents):
     """Add the client subcommands to an argparse subparsers object."""
+
     def command(name, help, **kw):
         return commands.add_parser(name, help=help, parents=parents, **kw)
 
@@ -757,14 +811,29 @@ def add_client_commands(commands, parents):
     sub.add_argument("-o", "--output")
 
 
-CLIENT_COMMANDS = ("register", "login", "logout", "whoami", "send", "chats", "history", "tail", "members",
-                   "search", "upload", "download")
+CLIENT_COMMANDS = (
+    "register",
+    "login",
+    "logout",
+    "whoami",
+    "send",
+    "chats",
+    "history",
+    "tail",
+    "members",
+    "search",
+    "upload",
+    "download",
+)
 
 
 def client_options(parser):
     """The options every client command takes (also read from OXC_URL, OXC_API_KEY)."""
-    parser.add_argument("--url", default=os.environ.get("OXC_URL", "http://127.0.0.1:5000"),
-                        help="the server (default: $OXC_URL or http://127.0.0.1:5000)")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("OXC_URL", "http://127.0.0.1:5000"),
+        help="the server (default: $OXC_URL or http://127.0.0.1:5000)",
+    )
     parser.add_argument("--api-prefix", default=os.environ.get("OXC_API_PREFIX", "/api"))
     parser.add_argument("--api-key", default=os.environ.get("OXC_API_KEY"))
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
@@ -775,6 +844,7 @@ def client_options(parser):
 def _password(args, prompt="Password: "):
     import getpass
     import sys
+
     if args.password_stdin or not sys.stdin.isatty():
         return sys.stdin.readline().rstrip("\n")
     return getpass.getpass(prompt)
@@ -782,6 +852,7 @@ def _password(args, prompt="Password: "):
 
 def _progress(label):
     import sys
+
     shown = [-1]
 
     def report(done, total):
@@ -804,7 +875,9 @@ def _line(event):
     kind = event["type"]
     when = event.get("at", "")[11:19]
     if kind in ("chat.message.created", "message.created"):
-        where = f"#{data['chat_id'][:8]}" if data.get("chat_id") else ("private" if data.get("recipient_id") else "public")
+        where = (
+            f"#{data['chat_id'][:8]}" if data.get("chat_id") else ("private" if data.get("recipient_id") else "public")
+        )
         return f"{when} {where} {data.get('username')}: {data.get('content') or '[encrypted or attachment]'}"
     if kind.startswith("typing.") or kind.startswith("presence."):
         return f"{when} {kind} {data.get('username') or data.get('user_id')}"
@@ -814,6 +887,7 @@ def _line(event):
 def run_client_command(args, out=None):
     """Run one client subcommand; returns the exit code."""
     import sys
+
     out = out or sys.stdout
     store = Credentials()
     url = args.url.rstrip("/")
@@ -851,15 +925,30 @@ def run_client_command(args, out=None):
             show(message, f"sent {message['id']}")
         elif name == "chats":
             chats = client.chats(limit=args.limit)["chats"]
-            show(chats, "\n".join(
-                f"{c['id']}  {(c.get('name') or (c.get('peer') or {}).get('username') or ''):<20} "
-                f"{c['type']:<6} unread {c['unread_count']}" for c in chats) or "no chats")
+            show(
+                chats,
+                "\n".join(
+                    f"{c['id']}  {(c.get('name') or (c.get('peer') or {}).get('username') or ''):<20} "
+                    f"{c['type']:<6} unread {c['unread_count']}"
+                    for c in chats
+                )
+                or "no chats",
+            )
         elif name in ("history", "tail"):
-            page = (client.history(args.chat, limit=args.limit, before=getattr(args, "before", None)) if args.chat
-                    else client.messages(limit=args.limit, before=getattr(args, "before", None)))
+            page = (
+                client.history(args.chat, limit=args.limit, before=getattr(args, "before", None))
+                if args.chat
+                else client.messages(limit=args.limit, before=getattr(args, "before", None))
+            )
             messages = page["messages"]
-            show(messages, "\n".join(f"{m.get('created_at') or m.get('timestamp')} {m['username']}: "
-                                     f"{m.get('content') or '[no text]'}" for m in messages) or "no messages")
+            show(
+                messages,
+                "\n".join(
+                    f"{m.get('created_at') or m.get('timestamp')} {m['username']}: {m.get('content') or '[no text]'}"
+                    for m in messages
+                )
+                or "no messages",
+            )
             if name == "tail" and args.follow:
                 out.flush()
                 try:
@@ -875,11 +964,15 @@ def run_client_command(args, out=None):
             show(members, "\n".join(f"{m['username']:<20} {m['role']}" for m in members))
         elif name == "search":
             found = client.search(args.text, chat_id=args.chat, limit=args.limit)["messages"]
-            show(found, "\n".join(f"{m.get('created_at') or m.get('timestamp')} {m['username']}: {m['content']}"
-                                  for m in found) or "nothing found")
+            show(
+                found,
+                "\n".join(f"{m.get('created_at') or m.get('timestamp')} {m['username']}: {m['content']}" for m in found)
+                or "nothing found",
+            )
         elif name == "upload":
-            attachment = client.upload(args.chat, args.file, content=args.message,
-                                       progress=_progress(os.path.basename(args.file)))
+            attachment = client.upload(
+                args.chat, args.file, content=args.message, progress=_progress(os.path.basename(args.file))
+            )
             show(attachment, f"uploaded {attachment.get('id') or attachment}")
         elif name == "download":
             meta = client.attachment(args.attachment)

@@ -50,8 +50,17 @@ NONCE_BYTES = 12
 KEY_BYTES = 32
 AGREEMENT_ALGORITHMS = ("x25519", "rsa-oaep-sha256")
 
-__all__ = ["Api", "DecryptionError", "Device", "MissingCryptography", "decrypt", "encrypt", "open_message",
-           "recipient_keys", "verify"]
+__all__ = [
+    "Api",
+    "DecryptionError",
+    "Device",
+    "MissingCryptography",
+    "decrypt",
+    "encrypt",
+    "open_message",
+    "recipient_keys",
+    "verify",
+]
 
 
 class MissingCryptography(ImportError):
@@ -71,11 +80,22 @@ def _crypto():
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
         from cryptography.hazmat.primitives.kdf.hkdf import HKDF
     except ImportError as exc:
-        raise MissingCryptography("oxc_e2e needs the 'cryptography' package: pip install 'oxc[e2e]' "
-                                  f"(or pip install cryptography); import failed: {exc}") from exc
-    return {"InvalidSignature": InvalidSignature, "InvalidTag": InvalidTag, "hashes": hashes,
-            "serialization": serialization, "ed25519": ed25519, "padding": padding, "rsa": rsa,
-            "x25519": x25519, "AESGCM": AESGCM, "HKDF": HKDF}
+        raise MissingCryptography(
+            "oxc_e2e needs the 'cryptography' package: pip install 'oxc[e2e]' "
+            f"(or pip install cryptography); import failed: {exc}"
+        ) from exc
+    return {
+        "InvalidSignature": InvalidSignature,
+        "InvalidTag": InvalidTag,
+        "hashes": hashes,
+        "serialization": serialization,
+        "ed25519": ed25519,
+        "padding": padding,
+        "rsa": rsa,
+        "x25519": x25519,
+        "AESGCM": AESGCM,
+        "HKDF": HKDF,
+    }
 
 
 def _b64(data):
@@ -111,19 +131,25 @@ def _wrap_aad(chat_id, sender_key_id, key_id):
 
 def _key_encryption_key(shared, ephemeral_public, recipient_public, key_id):
     c = _crypto()
-    return c["HKDF"](algorithm=c["hashes"].SHA256(), length=KEY_BYTES, salt=ephemeral_public + recipient_public,
-                     info=b"oxc-e2e v1 key wrap " + key_id.encode()).derive(shared)
+    return c["HKDF"](
+        algorithm=c["hashes"].SHA256(),
+        length=KEY_BYTES,
+        salt=ephemeral_public + recipient_public,
+        info=b"oxc-e2e v1 key wrap " + key_id.encode(),
+    ).derive(shared)
 
 
 def _oaep():
     c = _crypto()
-    return c["padding"].OAEP(mgf=c["padding"].MGF1(algorithm=c["hashes"].SHA256()),
-                             algorithm=c["hashes"].SHA256(), label=None)
+    return c["padding"].OAEP(
+        mgf=c["padding"].MGF1(algorithm=c["hashes"].SHA256()), algorithm=c["hashes"].SHA256(), label=None
+    )
 
 
 # =============================================================================
 # Devices
 # =============================================================================
+
 
 class Device:
     """One client device: its private keys (kept here, never sent) and the ids of its published keys."""
@@ -142,8 +168,9 @@ class Device:
         rsa_private = None
         if rsa_bits:
             rsa_private = c["rsa"].generate_private_key(public_exponent=65537, key_size=rsa_bits)
-        return cls(device_id, c["x25519"].X25519PrivateKey.generate(),
-                   c["ed25519"].Ed25519PrivateKey.generate(), rsa_private)
+        return cls(
+            device_id, c["x25519"].X25519PrivateKey.generate(), c["ed25519"].Ed25519PrivateKey.generate(), rsa_private
+        )
 
     def private_bytes(self):
         """The raw private keys as base64, for the client to keep (encrypted at rest, ideally)."""
@@ -153,8 +180,9 @@ class Device:
         for name, key in (("x25519", self.agreement_private), ("ed25519", self.signing_private)):
             data[name] = _b64(key.private_bytes(raw.Encoding.Raw, raw.PrivateFormat.Raw, raw.NoEncryption()))
         if self.rsa_private is not None:
-            data["rsa"] = _b64(self.rsa_private.private_bytes(raw.Encoding.DER, raw.PrivateFormat.PKCS8,
-                                                              raw.NoEncryption()))
+            data["rsa"] = _b64(
+                self.rsa_private.private_bytes(raw.Encoding.DER, raw.PrivateFormat.PKCS8, raw.NoEncryption())
+            )
         return data
 
     @classmethod
@@ -164,8 +192,12 @@ class Device:
         rsa_private = None
         if data.get("rsa"):
             rsa_private = c["serialization"].load_der_private_key(_unb64(data["rsa"]), password=None)
-        device = cls(data["device_id"], c["x25519"].X25519PrivateKey.from_private_bytes(_unb64(data["x25519"])),
-                     c["ed25519"].Ed25519PrivateKey.from_private_bytes(_unb64(data["ed25519"])), rsa_private)
+        device = cls(
+            data["device_id"],
+            c["x25519"].X25519PrivateKey.from_private_bytes(_unb64(data["x25519"])),
+            c["ed25519"].Ed25519PrivateKey.from_private_bytes(_unb64(data["ed25519"])),
+            rsa_private,
+        )
         device.key_ids = dict(data.get("key_ids", {}))
         return device
 
@@ -173,14 +205,21 @@ class Device:
         """The bodies to POST to /keys: the public halves only."""
         c = _crypto()
         bodies = [
-            {"device_id": self.device_id, "algorithm": "x25519",
-             "public_key": _b64(_raw_public(self.agreement_private.public_key()))},
-            {"device_id": self.device_id, "algorithm": "ed25519",
-             "public_key": _b64(_raw_public(self.signing_private.public_key()))},
+            {
+                "device_id": self.device_id,
+                "algorithm": "x25519",
+                "public_key": _b64(_raw_public(self.agreement_private.public_key())),
+            },
+            {
+                "device_id": self.device_id,
+                "algorithm": "ed25519",
+                "public_key": _b64(_raw_public(self.signing_private.public_key())),
+            },
         ]
         if self.rsa_private is not None:
-            der = self.rsa_private.public_key().public_bytes(c["serialization"].Encoding.DER,
-                                                             c["serialization"].PublicFormat.SubjectPublicKeyInfo)
+            der = self.rsa_private.public_key().public_bytes(
+                c["serialization"].Encoding.DER, c["serialization"].PublicFormat.SubjectPublicKeyInfo
+            )
             bodies.append({"device_id": self.device_id, "algorithm": "rsa-oaep-sha256", "public_key": _b64(der)})
         return bodies
 
@@ -193,6 +232,7 @@ def recipient_keys(keys):
 # =============================================================================
 # Encrypting and decrypting
 # =============================================================================
+
 
 def encrypt(plaintext, chat_id, sender, recipients):
     """The envelope of ``plaintext`` (str or bytes) for ``recipients`` (key records) in ``chat_id``.
@@ -225,14 +265,20 @@ def encrypt(plaintext, chat_id, sender, recipients):
             shared = ephemeral.exchange(c["x25519"].X25519PublicKey.from_public_bytes(public))
             kek = _key_encryption_key(shared, ephemeral_public, public, key["id"])
             wrap_nonce = os.urandom(NONCE_BYTES)
-            wraps.append({"key_id": key["id"], "nonce": _b64(wrap_nonce),
-                          "wrapped_key": _b64(c["AESGCM"](kek).encrypt(wrap_nonce, content_key, aad))})
+            wraps.append(
+                {
+                    "key_id": key["id"],
+                    "nonce": _b64(wrap_nonce),
+                    "wrapped_key": _b64(c["AESGCM"](kek).encrypt(wrap_nonce, content_key, aad)),
+                }
+            )
         else:
             public = c["serialization"].load_der_public_key(_unb64(key["public_key"]))
             wraps.append({"key_id": key["id"], "wrapped_key": _b64(public.encrypt(content_key, _oaep()))})
     envelope["recipients"] = wraps
-    envelope["ciphertext"] = _b64(c["AESGCM"](content_key).encrypt(
-        nonce, plaintext, _content_aad(chat_id, sender_key_id)))
+    envelope["ciphertext"] = _b64(
+        c["AESGCM"](content_key).encrypt(nonce, plaintext, _content_aad(chat_id, sender_key_id))
+    )
     envelope["signature"] = _b64(sender.signing_private.sign(_signed_bytes(envelope, chat_id)))
     return envelope
 
@@ -246,8 +292,9 @@ def verify(envelope, chat_id, sender_key):
         public = c["ed25519"].Ed25519PublicKey.from_public_bytes(_unb64(sender_key["public_key"]))
         public.verify(_unb64(envelope["signature"]), _signed_bytes(envelope, chat_id))
     except (c["InvalidSignature"], ValueError, KeyError, TypeError) as exc:
-        raise DecryptionError("The envelope's signature does not verify: it was altered, moved to another "
-                              "chat, or not signed by this key") from exc
+        raise DecryptionError(
+            "The envelope's signature does not verify: it was altered, moved to another chat, or not signed by this key"
+        ) from exc
 
 
 def decrypt(envelope, chat_id, recipient, sender_key):
@@ -268,7 +315,8 @@ def decrypt(envelope, chat_id, recipient, sender_key):
         if mine[wrap["key_id"]] == "x25519":
             ephemeral_public = _unb64(envelope["ephemeral_key"])
             shared = recipient.agreement_private.exchange(
-                c["x25519"].X25519PublicKey.from_public_bytes(ephemeral_public))
+                c["x25519"].X25519PublicKey.from_public_bytes(ephemeral_public)
+            )
             own_public = _raw_public(recipient.agreement_private.public_key())
             kek = _key_encryption_key(shared, ephemeral_public, own_public, wrap["key_id"])
             content_key = c["AESGCM"](kek).decrypt(_unb64(wrap["nonce"]), _unb64(wrap["wrapped_key"]), aad)
@@ -276,8 +324,9 @@ def decrypt(envelope, chat_id, recipient, sender_key):
             content_key = recipient.rsa_private.decrypt(_unb64(wrap["wrapped_key"]), _oaep())
         else:
             raise DecryptionError("This device has no private key for the wrap addressed to it")
-        return c["AESGCM"](content_key).decrypt(_unb64(envelope["nonce"]), _unb64(envelope["ciphertext"]),
-                                                _content_aad(chat_id, sender_key_id))
+        return c["AESGCM"](content_key).decrypt(
+            _unb64(envelope["nonce"]), _unb64(envelope["ciphertext"]), _content_aad(chat_id, sender_key_id)
+        )
     except (c["InvalidTag"], ValueError, KeyError, TypeError) as exc:
         raise DecryptionError("The envelope does not decrypt with this device's key") from exc
 
@@ -301,6 +350,7 @@ def open_message(message, recipient, sender_key):
 # =============================================================================
 # Talking to the server
 # =============================================================================
+
 
 class Api:
     """The few calls end-to-end encryption needs, through ``client``.

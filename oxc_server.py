@@ -154,9 +154,14 @@ class GuardedServer(TcpWSGIServer):
         now = time.monotonic()
         if now - self._warned_at >= WARN_EVERY:
             self._warned_at = now
-            log.warning("slow or greedy clients: %d connections refused (%d waiting from one address), %d closed "
-                        "for not finishing their headers within %d s", self._refused, self.tally.per_client,
-                        self._overdue, self.header_timeout)
+            log.warning(
+                "slow or greedy clients: %d connections refused (%d waiting from one address), %d closed "
+                "for not finishing their headers within %d s",
+                self._refused,
+                self.tally.per_client,
+                self._overdue,
+                self.header_timeout,
+            )
             self._refused = self._overdue = 0
 
 
@@ -174,9 +179,12 @@ def create_server(application, per_client=0, header_timeout=0, **options):
     dispatcher = ThreadedTaskDispatcher()
     dispatcher.set_thread_count(adj.threads)
     socket_map, tally = {}, Tally(per_client)
-    servers = [GuardedServer(application, socket_map, dispatcher, adj, sockinfo, tally, header_timeout)
-               for sockinfo in adj.listen]
+    servers = [
+        GuardedServer(application, socket_map, dispatcher, adj, sockinfo, tally, header_timeout)
+        for sockinfo in adj.listen
+    ]
     if len(servers) == 1:
         return servers[0]
-    return MultiSocketServer(socket_map, adj, [(s.effective_host, s.effective_port) for s in servers], dispatcher,
-                             servers[-1].log_info)
+    return MultiSocketServer(
+        socket_map, adj, [(s.effective_host, s.effective_port) for s in servers], dispatcher, servers[-1].log_info
+    )

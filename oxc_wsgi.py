@@ -36,16 +36,38 @@ from http import HTTPStatus
 
 import middleware
 import oxc_client
-from handlers import (accounts, auth, chats, events, keys, maintenance, media, messages, notifications, openapi,
-                      search, service, users)
-from handlers import web
-from handlers.http import (BadRequest, HTTPError, MethodNotAllowed, NotFound, Response,
-                           STORE_RETRY_AFTER, ServiceUnavailable, UnsupportedMediaType, json_response)
+from handlers import (
+    accounts,
+    auth,
+    chats,
+    events,
+    keys,
+    maintenance,
+    media,
+    messages,
+    notifications,
+    openapi,
+    push,
+    search,
+    service,
+    users,
+    web,
+)
+from handlers.http import (
+    STORE_RETRY_AFTER,
+    BadRequest,
+    HTTPError,
+    MethodNotAllowed,
+    NotFound,
+    Response,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+    json_response,
+)
 from handlers.hub import Hub
 from handlers.mail import Mailer
-from handlers import push
-from handlers.push import PushWorker
 from handlers.passwords import Passwords
+from handlers.push import PushWorker
 from handlers.tokens import AccessTokens
 from store import Conflict as StoreConflict
 from store import StoreError, StoreUnavailable, open_store
@@ -86,6 +108,7 @@ def _integer(low, high=None):
         if value < low or (high is not None and value > high):
             raise ValueError(f"must be from {low} to {high}" if high is not None else f"must be at least {low}")
         return value
+
     return parse
 
 
@@ -122,8 +145,19 @@ def _string(text):
 
 
 DEFAULT_MEDIA_TYPES = (
-    "image/jpeg", "image/png", "image/gif", "image/webp", "video/mp4", "video/webm", "audio/mpeg",
-    "audio/ogg", "audio/wav", "audio/webm", "application/pdf", "text/plain", "application/zip",
+    "image/jpeg",
+    "image/png",
+    "image/gif",
+    "image/webp",
+    "video/mp4",
+    "video/webm",
+    "audio/mpeg",
+    "audio/ogg",
+    "audio/wav",
+    "audio/webm",
+    "application/pdf",
+    "text/plain",
+    "application/zip",
     "application/octet-stream",
 )
 
@@ -141,6 +175,7 @@ def _choice(*allowed):
         if value not in allowed:
             raise ValueError(f"must be one of: {', '.join(allowed)}")
         return value
+
     return parse
 
 
@@ -311,14 +346,18 @@ class Settings:
         """Raise ConfigError for settings that are unsafe where they are used."""
         if self.jwt_secret_key == DEV_JWT_SECRET:
             # Published in 0xC's and older oxc's .env.example: anyone could sign tokens with it.
-            raise ConfigError("JWT_SECRET_KEY is the published development value; remove it (oxc then "
-                              "generates a key and keeps it with the data) or set a random one")
+            raise ConfigError(
+                "JWT_SECRET_KEY is the published development value; remove it (oxc then "
+                "generates a key and keeps it with the data) or set a random one"
+            )
         if self.environment != "production":
             return
         if self.jwt_secret_key and len(self.jwt_secret_key.encode()) < MIN_SECRET_BYTES:
-            raise ConfigError(f"JWT_SECRET_KEY must be at least {MIN_SECRET_BYTES} random bytes in production, "
-                              "or left unset to have one generated (try: python -c 'import secrets; "
-                              "print(secrets.token_urlsafe(48))')")
+            raise ConfigError(
+                f"JWT_SECRET_KEY must be at least {MIN_SECRET_BYTES} random bytes in production, "
+                "or left unset to have one generated (try: python -c 'import secrets; "
+                "print(secrets.token_urlsafe(48))')"
+            )
         if self.secret_key_enabled and (self.secret_key == DEV_API_KEY or len(self.secret_key) < 16):
             raise ConfigError("SECRET_KEY must be set to a private value of 16+ characters in production")
         if self.bcrypt_rounds < 12:
@@ -336,7 +375,7 @@ def read_env_file(path):
             if not line or line.startswith("#"):
                 continue
             if line.startswith("export "):
-                line = line[len("export "):].lstrip()
+                line = line[len("export ") :].lstrip()
             name, sep, value = line.partition("=")
             name = name.strip()
             if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
@@ -411,8 +450,14 @@ class Request:
         if self._query is None:
             raw = self.environ.get("QUERY_STRING", "")
             try:
-                pairs = urllib.parse.parse_qsl(raw, keep_blank_values=True, strict_parsing=False,
-                                               encoding="utf-8", errors="strict", max_num_fields=50)
+                pairs = urllib.parse.parse_qsl(
+                    raw,
+                    keep_blank_values=True,
+                    strict_parsing=False,
+                    encoding="utf-8",
+                    errors="strict",
+                    max_num_fields=50,
+                )
             except (ValueError, UnicodeDecodeError):
                 raise BadRequest("Malformed query string") from None
             query = {}
@@ -470,6 +515,7 @@ class Request:
 # =============================================================================
 # Router
 # =============================================================================
+
 
 class Route:
     """One line of the route table."""
@@ -542,6 +588,7 @@ class Router:
 # The application
 # =============================================================================
 
+
 def signing_secret(settings, store):
     """JWT_SECRET_KEY, or else the random key kept with the data (generated on first start).
 
@@ -554,11 +601,16 @@ def signing_secret(settings, store):
         return settings.jwt_secret_key
     secret, where = store.signing_key(secrets.token_urlsafe(48))
     if where is None:
-        log.info("JWT_SECRET_KEY is not set: access tokens are signed with a random key held in memory, "
-                 "so they end with this process")
+        log.info(
+            "JWT_SECRET_KEY is not set: access tokens are signed with a random key held in memory, "
+            "so they end with this process"
+        )
     else:
-        log.warning("JWT_SECRET_KEY is not set: access tokens are signed with a random key generated on first "
-                    "start and kept in %s (set JWT_SECRET_KEY to choose one)", where)
+        log.warning(
+            "JWT_SECRET_KEY is not set: access tokens are signed with a random key generated on first "
+            "start and kept in %s (set JWT_SECRET_KEY to choose one)",
+            where,
+        )
     return secret
 
 
@@ -573,14 +625,17 @@ class Context:
         self.started_at = clock()
         self.passwords = Passwords(settings.bcrypt_rounds, concurrency=max(1, min(4, settings.threads // 2)))
         secret = signing_secret(settings, store)
-        self.tokens = AccessTokens(secret, settings.access_token_expires * 60,
-                                   settings.token_refresh_seconds, clock)
+        self.tokens = AccessTokens(secret, settings.access_token_expires * 60, settings.token_refresh_seconds, clock)
         self.login_throttle = auth.LoginThrottle(store, secret, clock)
         self.mailer = Mailer(settings)
         self.codes = accounts.Codes(store, secret, clock, self.mailer)
-        self.events = Hub(store, clock, capacity=settings.events_kept,
-                          max_listeners=settings.realtime_max_clients,
-                          max_per_user=settings.realtime_max_per_user)
+        self.events = Hub(
+            store,
+            clock,
+            capacity=settings.events_kept,
+            max_listeners=settings.realtime_max_clients,
+            max_per_user=settings.realtime_max_per_user,
+        )
         self.thumbnails = media.Thumbnails(settings.thumbnail_concurrency)
         self.push = PushWorker(store, settings, clock)
         self.notifier = notifications.Notifier(self, self.push)
@@ -637,6 +692,7 @@ STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HT
 # =============================================================================
 # Routes and composition
 # =============================================================================
+
 
 def routes(prefix):
     """The whole route table: (method, path, handler, needs a user)."""
@@ -729,29 +785,48 @@ def create_app(settings=None, *, clock=time.time, store=None, **overrides):
     settings.check()
     if store is None:
         data_dir = None if settings.data_dir is None else os.fspath(settings.data_dir)
-        store = open_store(data_dir, compact_min=settings.compact_min, url=settings.store_url or None,
-                           pool_size=settings.db_pool_size, reserve=settings.store_free_space_reserve)
+        store = open_store(
+            data_dir,
+            compact_min=settings.compact_min,
+            url=settings.store_url or None,
+            pool_size=settings.db_pool_size,
+            reserve=settings.store_free_space_reserve,
+        )
     ctx = Context(settings, store, clock, __version__)
     router = Router(routes(settings.api_prefix))
     ctx.routes = router.routes
     app = core = App(ctx, router)
     # Innermost first; CORS sits outside every refusal so browsers can read them.
     uploads = re.compile(re.escape(settings.api_prefix) + r"/chats/[^/]+/attachments")
-    app = middleware.BodyLimit(app, settings.max_body_bytes,
-                               larger=((uploads, settings.media_max_bytes + media.UPLOAD_OVERHEAD),))
+    app = middleware.BodyLimit(
+        app, settings.max_body_bytes, larger=((uploads, settings.media_max_bytes + media.UPLOAD_OVERHEAD),)
+    )
     log.log(logging.INFO if media.imaging() else logging.WARNING, "attachments: %s", media.thumbnail_support())
     if settings.secret_key_enabled:
         stream = f"{settings.api_prefix}/events/stream"
-        app = middleware.ApiKey(app, [settings.secret_key], exempt_paths=(f"{settings.api_prefix}/health",),
-                                exempt_if=lambda environ: environ.get("PATH_INFO") == stream
-                                and "ticket=" in environ.get("QUERY_STRING", ""))
+        app = middleware.ApiKey(
+            app,
+            [settings.secret_key],
+            exempt_paths=(f"{settings.api_prefix}/health",),
+            exempt_if=lambda environ: (
+                environ.get("PATH_INFO") == stream and "ticket=" in environ.get("QUERY_STRING", "")
+            ),
+        )
     if settings.rate_limit_enabled or settings.auth_rate_limit_enabled:
         # The auth endpoints get the strict budget whenever either is on; the rest only with RATE_LIMIT_ENABLED.
-        strict = (settings.api_prefix + path for path in auth.THROTTLED_PATHS) if settings.auth_rate_limit_enabled \
+        strict = (
+            (settings.api_prefix + path for path in auth.THROTTLED_PATHS)
+            if settings.auth_rate_limit_enabled
             else (f"{settings.api_prefix}/auth/login", f"{settings.api_prefix}/auth/register")
-        app = middleware.RateLimit(app, middleware.RateLimitPolicy(
-            per_minute=settings.rate_limit if settings.rate_limit_enabled else None,
-            strict_per_minute=settings.auth_rate_limit, strict_paths=tuple(strict)))
+        )
+        app = middleware.RateLimit(
+            app,
+            middleware.RateLimitPolicy(
+                per_minute=settings.rate_limit if settings.rate_limit_enabled else None,
+                strict_per_minute=settings.auth_rate_limit,
+                strict_paths=tuple(strict),
+            ),
+        )
     app = middleware.Cors(app, settings.cors_origins)
     app = middleware.AccessLog(app)
     app.core = core
@@ -777,6 +852,7 @@ _application_lock = threading.Lock()
 # Command line
 # =============================================================================
 
+
 def settle_heap():
     """Exempt everything loaded so far from cyclic garbage collection.
 
@@ -790,8 +866,9 @@ def settle_heap():
 
 def configure_logging(level):
     """One format for oxc's, waitress's and the access log's lines."""
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr, force=True)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
+    )
 
 
 def waitress_options(settings):
@@ -823,8 +900,12 @@ def serve(settings):
 
     app = create_app(settings)
     settle_heap()
-    server = oxc_server.create_server(app, per_client=settings.max_connections_per_client,
-                                      header_timeout=settings.header_timeout, **waitress_options(settings))
+    server = oxc_server.create_server(
+        app,
+        per_client=settings.max_connections_per_client,
+        header_timeout=settings.header_timeout,
+        **waitress_options(settings),
+    )
 
     def stop(signum, frame):
         log.info("received %s: finishing requests in flight", signal.Signals(signum).name)
@@ -835,8 +916,7 @@ def serve(settings):
     signal.signal(signal.SIGINT, stop)
     where = os.path.abspath(os.fspath(settings.data_dir))
     host, port = server.effective_host, server.effective_port
-    log.info("oxc %s listening on http://%s:%s%s/ (data in %s)", __version__, host, port,
-             settings.api_prefix, where)
+    log.info("oxc %s listening on http://%s:%s%s/ (data in %s)", __version__, host, port, settings.api_prefix, where)
     print(f"oxc listening on http://{host}:{port} (data in {where})", flush=True)
     try:
         server.run()
@@ -849,6 +929,7 @@ def _admin_password(args):
     if args.password_stdin or not sys.stdin.isatty():
         return sys.stdin.readline().rstrip("\n")
     import getpass
+
     first = getpass.getpass("New password: ")
     if first != getpass.getpass("Again: "):
         raise ValueError("the passwords differ")
@@ -871,8 +952,10 @@ def admin(args, settings):
     data_dir = os.fspath(settings.data_dir)
     action = args.action
     if settings.store_url and action in ("backup", "restore", "compact"):
-        print(f"oxc: admin {action} acts on a JSON data directory; with STORE_URL use pg_dump "
-              "(or oxc migrate-store)", file=sys.stderr)
+        print(
+            f"oxc: admin {action} acts on a JSON data directory; with STORE_URL use pg_dump (or oxc migrate-store)",
+            file=sys.stderr,
+        )
         return 1
     try:
         if action == "backup":
@@ -907,8 +990,15 @@ def admin(args, settings):
                 username = text({"username": args.username}, "username", max_length=32)
                 if not auth.USERNAME.match(username):
                     raise HTTPError("usernames are 3 to 32 letters, digits, '_' or '-'", status=400)
-                store.create_user({"id": str(uuid.uuid4()), "username": username, "email": args.email,
-                                   "password_hash": passwords.hash(password), "created_at": iso_time(time.time())})
+                store.create_user(
+                    {
+                        "id": str(uuid.uuid4()),
+                        "username": username,
+                        "email": args.email,
+                        "password_hash": passwords.hash(password),
+                        "created_at": iso_time(time.time()),
+                    }
+                )
                 print(f"created {username}")
             else:
                 user = store.find_user(args.username)
@@ -938,15 +1028,21 @@ def check_data(action, data_dir, blobs_only):
         for row in damage:
             print(f"damaged: {row}")
         what = "attachment blobs" if blobs_only else "journal, snapshot and attachment blobs"
-        print(f"{len(damage)} damaged in {data_dir} ({what} checked)" if damage
-              else f"no damage in {data_dir} ({what} checked)")
+        print(
+            f"{len(damage)} damaged in {data_dir} ({what} checked)"
+            if damage
+            else f"no damage in {data_dir} ({what} checked)"
+        )
         return 1 if damage else 0
     if blobs_only:
         print("oxc: with STORE_URL, repair acts on no database; verify lists damaged blobs", file=sys.stderr)
         return 1
     lost = integrity.repair(data_dir)
-    print(f"repaired {data_dir}: {len(lost)} records or files could not be kept" if lost
-          else f"no damage in {data_dir}; nothing changed")
+    print(
+        f"repaired {data_dir}: {len(lost)} records or files could not be kept"
+        if lost
+        else f"no damage in {data_dir}; nothing changed"
+    )
     return 0
 
 
@@ -960,8 +1056,10 @@ def migrate(args, settings):
     if args.command == "migrate-store":
         blobs = args.blobs or os.path.join(os.fspath(settings.data_dir), "blobs")
         counts = transfer.copy_store(args.source, args.destination, blob_dir=blobs, progress=_show_progress)
-        print(f"copied {sum(counts.values())} records ({', '.join(f'{n} {t}' for t, n in counts.items() if n)}) "
-              f"to {'the database' if transfer.is_url(args.destination) else args.destination}")
+        print(
+            f"copied {sum(counts.values())} records ({', '.join(f'{n} {t}' for t, n in counts.items() if n)}) "
+            f"to {'the database' if transfer.is_url(args.destination) else args.destination}"
+        )
         return 0
     if not postgres.is_url(settings.store_url):
         print("oxc: migrate needs STORE_URL=postgresql://...", file=sys.stderr)
@@ -993,10 +1091,16 @@ def build_parser():
         if name == "create-user":
             sub.add_argument("--email")
     actions.add_parser("compact", help="write a fresh snapshot and drop the journal")
-    actions.add_parser("verify", help="check every journal record, the snapshot and every attachment's "
-                       "bytes; exit 1 if anything is damaged (safe while the server runs)")
-    actions.add_parser("repair", help="make a damaged store open again, keeping a copy of every damaged "
-                       "file and naming every record it could not keep (the server must be stopped)")
+    actions.add_parser(
+        "verify",
+        help="check every journal record, the snapshot and every attachment's "
+        "bytes; exit 1 if anything is damaged (safe while the server runs)",
+    )
+    actions.add_parser(
+        "repair",
+        help="make a damaged store open again, keeping a copy of every damaged "
+        "file and naming every record it could not keep (the server must be stopped)",
+    )
     sub = actions.add_parser("backup", help="write the whole store to a .tar.gz file")
     sub.add_argument("file")
     sub = actions.add_parser("restore", help="replace the store with a backup")
@@ -1006,14 +1110,22 @@ def build_parser():
     sub.add_argument("source")
     migrate_parser = commands.add_parser("migrate", help="create or upgrade the PostgreSQL schema at STORE_URL")
     migrate_parser.add_argument("--show", action="store_true", help="only show the schema version")
-    move_parser = commands.add_parser("migrate-store", help="copy a whole store between a data directory "
-                                      "and PostgreSQL (either way)")
-    move_parser.add_argument("--from", dest="source", required=True, metavar="SRC",
-                             help="a data directory or a postgresql:// URL")
-    move_parser.add_argument("--to", dest="destination", required=True, metavar="DST",
-                             help="an empty data directory or an empty postgresql:// database")
-    move_parser.add_argument("--blobs", help="where the PostgreSQL side keeps attachment bytes "
-                             "(default: DATA_DIR/blobs)")
+    move_parser = commands.add_parser(
+        "migrate-store", help="copy a whole store between a data directory and PostgreSQL (either way)"
+    )
+    move_parser.add_argument(
+        "--from", dest="source", required=True, metavar="SRC", help="a data directory or a postgresql:// URL"
+    )
+    move_parser.add_argument(
+        "--to",
+        dest="destination",
+        required=True,
+        metavar="DST",
+        help="an empty data directory or an empty postgresql:// database",
+    )
+    move_parser.add_argument(
+        "--blobs", help="where the PostgreSQL side keeps attachment bytes (default: DATA_DIR/blobs)"
+    )
     oxc_client.add_client_commands(commands, [oxc_client.client_options(argparse.ArgumentParser(add_help=False))])
     return parser
 

@@ -57,25 +57,48 @@ def main():
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    rows = [("ceiling GET", f"{get_ceiling[0]:.0f}", f"{get_ceiling[1]:.1f}", "1.00", "", ""),
-            ("ceiling POST", f"{post_ceiling[0]:.0f}", f"{post_ceiling[1]:.1f}", "1.00", "", "")]
+    rows = [
+        ("ceiling GET", f"{get_ceiling[0]:.0f}", f"{get_ceiling[1]:.1f}", "1.00", "", ""),
+        ("ceiling POST", f"{post_ceiling[0]:.0f}", f"{post_ceiling[1]:.1f}", "1.00", "", ""),
+    ]
     targets = {"GET one message": 0.60, "GET page of 50": 0.40, "POST message": 0.40}
     for name, (rate, p99, bad) in results.items():
         base = post_ceiling if name.startswith("POST") else get_ceiling
         target = targets[name.split(" (")[0]]
         ratio = rate / base[0]
-        rows.append((name, f"{rate:.0f}", f"{p99:.1f}", f"{ratio:.2f}",
-                     f">= {target:.2f} {'ok' if ratio >= target else 'MISSED'}", bad))
-    table(f"oxc vs a bare WSGI app on waitress ({args.threads} threads, wrk -c{args.connections}, "
-          f"{args.seconds} s each)", ("scenario", "req/s", "p99 ms", "ratio", "target", "non-2xx"), rows)
+        rows.append(
+            (
+                name,
+                f"{rate:.0f}",
+                f"{p99:.1f}",
+                f"{ratio:.2f}",
+                f">= {target:.2f} {'ok' if ratio >= target else 'MISSED'}",
+                bad,
+            )
+        )
+    table(
+        f"oxc vs a bare WSGI app on waitress ({args.threads} threads, wrk -c{args.connections}, {args.seconds} s each)",
+        ("scenario", "req/s", "p99 ms", "ratio", "target", "non-2xx"),
+        rows,
+    )
     cost_rows = []
     for name in targets:
         small, large = results[f"{name} (1k stored)"][0], results[f"{name} (100k stored)"][0]
         growth = small / large
-        cost_rows.append((name, f"{1000 / small:.3f}", f"{1000 / large:.3f}", f"{growth:.2f}",
-                          "<= 1.25 ok" if growth <= 1.25 else "<= 1.25 MISSED"))
-    table("cost per request as the store grows (ms of server time per request = 1000 / req/s)",
-          ("operation", "at 1k", "at 100k", "100k/1k", "target"), cost_rows)
+        cost_rows.append(
+            (
+                name,
+                f"{1000 / small:.3f}",
+                f"{1000 / large:.3f}",
+                f"{growth:.2f}",
+                "<= 1.25 ok" if growth <= 1.25 else "<= 1.25 MISSED",
+            )
+        )
+    table(
+        "cost per request as the store grows (ms of server time per request = 1000 / req/s)",
+        ("operation", "at 1k", "at 100k", "100k/1k", "target"),
+        cost_rows,
+    )
 
 
 if __name__ == "__main__":

@@ -23,24 +23,50 @@ CHATS = 1_000
 
 def seed(data_dir, messages):
     from store import open_store
+
     store = open_store(data_dir)
     try:
         user = bench_user(store, "bench")
-        member = {"user_id": user["id"], "role": "owner", "joined_at": "2026-01-01T00:00:00+00:00",
-                  "muted": False, "read_seq": 0, "delivered_seq": 0}
-        chats = [store.create_chat({"id": str(uuid.uuid4()), "type": "group", "name": f"chat {n}",
-                                    "description": None, "created_by": user["id"],
-                                    "created_at": "2026-01-01T00:00:00+00:00"}, [member])
-                 for n in range(CHATS)]
+        member = {
+            "user_id": user["id"],
+            "role": "owner",
+            "joined_at": "2026-01-01T00:00:00+00:00",
+            "muted": False,
+            "read_seq": 0,
+            "delivered_seq": 0,
+        }
+        chats = [
+            store.create_chat(
+                {
+                    "id": str(uuid.uuid4()),
+                    "type": "group",
+                    "name": f"chat {n}",
+                    "description": None,
+                    "created_by": user["id"],
+                    "created_at": "2026-01-01T00:00:00+00:00",
+                },
+                [member],
+            )
+            for n in range(CHATS)
+        ]
         big = chats[0]["id"]
         words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
 
         def write(number):
-            store.add_chat_message({
-                "id": str(uuid.uuid4()), "chat_id": big, "user_id": user["id"], "username": "bench",
-                "content": f"{words[number % 8]} {words[(number // 8) % 8]} message {number}",
-                "reply_to_id": None, "mentions": [], "created_at": "2026-01-01T00:00:00+00:00",
-                "edited_at": None, "deleted": False})
+            store.add_chat_message(
+                {
+                    "id": str(uuid.uuid4()),
+                    "chat_id": big,
+                    "user_id": user["id"],
+                    "username": "bench",
+                    "content": f"{words[number % 8]} {words[(number // 8) % 8]} message {number}",
+                    "reply_to_id": None,
+                    "mentions": [],
+                    "created_at": "2026-01-01T00:00:00+00:00",
+                    "edited_at": None,
+                    "deleted": False,
+                }
+            )
 
         in_parallel(write, messages)
         store.compact()
@@ -55,11 +81,13 @@ def measure(data_dir, big, args):
         token = login(server)["access_token"]
         url = server.url + "/api"
         return {
-            "list my chats (1,000 chats, page of 50)": wrk(f"{url}/chats?limit=50", args.seconds,
-                                                           args.connections, token),
+            "list my chats (1,000 chats, page of 50)": wrk(
+                f"{url}/chats?limit=50", args.seconds, args.connections, token
+            ),
             "history page of 50": wrk(f"{url}/chats/{big}/messages?limit=50", args.seconds, args.connections, token),
-            "search 2 words, 20 hits": wrk(f"{url}/search?q=alpha+bravo&limit=20", args.seconds,
-                                           args.connections, token),
+            "search 2 words, 20 hits": wrk(
+                f"{url}/search?q=alpha+bravo&limit=20", args.seconds, args.connections, token
+            ),
         }
     finally:
         server.stop()
@@ -85,12 +113,24 @@ def main():
     for name in results[1_000]:
         small, large = results[1_000][name], results[100_000][name]
         growth = small[0] / large[0]
-        rows.append((name, f"{small[0]:.0f}", f"{large[0]:.0f}", f"{small[1]:.1f}", f"{large[1]:.1f}",
-                     f"{growth:.2f}", "<= 1.5 ok" if growth <= 1.5 else "<= 1.5 MISSED", small[2] + large[2]))
-    table(f"conversation queries at 1k and 100k stored messages ({args.threads} threads, wrk -c{args.connections}, "
-          f"{args.seconds} s each)",
-          ("query", "req/s 1k", "req/s 100k", "p99 ms 1k", "p99 ms 100k", "cost 100k/1k", "target", "non-2xx"),
-          rows)
+        rows.append(
+            (
+                name,
+                f"{small[0]:.0f}",
+                f"{large[0]:.0f}",
+                f"{small[1]:.1f}",
+                f"{large[1]:.1f}",
+                f"{growth:.2f}",
+                "<= 1.5 ok" if growth <= 1.5 else "<= 1.5 MISSED",
+                small[2] + large[2],
+            )
+        )
+    table(
+        f"conversation queries at 1k and 100k stored messages ({args.threads} threads, wrk -c{args.connections}, "
+        f"{args.seconds} s each)",
+        ("query", "req/s 1k", "req/s 100k", "p99 ms 1k", "p99 ms 100k", "cost 100k/1k", "target", "non-2xx"),
+        rows,
+    )
 
 
 if __name__ == "__main__":

@@ -43,15 +43,35 @@ class Server(ChildServer):
     def __init__(self, kind, listeners, data_dir):
         self.port = free_port()
         self.kind = kind
-        env = dict(DATA_DIR=data_dir, BCRYPT_ROUNDS="4", LOG_LEVEL="WARNING", OXC_ENV="testing",
-                   REALTIME_MAX_CLIENTS=str(listeners + 20), REALTIME_MAX_PER_USER=str(listeners + 20),
-                   HOST="127.0.0.1", PORT=str(self.port))
+        env = dict(
+            DATA_DIR=data_dir,
+            BCRYPT_ROUNDS="4",
+            LOG_LEVEL="WARNING",
+            OXC_ENV="testing",
+            REALTIME_MAX_CLIENTS=str(listeners + 20),
+            REALTIME_MAX_PER_USER=str(listeners + 20),
+            HOST="127.0.0.1",
+            PORT=str(self.port),
+        )
         if kind == "waitress":
             command = [sys.executable, "oxc_wsgi.py", "serve"]
         else:
-            command = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1",
-                       "--worker-connections", str(listeners + 500), "-b", f"127.0.0.1:{self.port}",
-                       "--log-level", "warning", "oxc_wsgi:application"]
+            command = [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-k",
+                "gevent",
+                "-w",
+                "1",
+                "--worker-connections",
+                str(listeners + 500),
+                "-b",
+                f"127.0.0.1:{self.port}",
+                "--log-level",
+                "warning",
+                "oxc_wsgi:application",
+            ]
         self.start(command, env)
 
     def worker_pid(self):
@@ -67,8 +87,10 @@ class Listeners:
     def __init__(self, server, token, count):
         self.selector = selectors.DefaultSelector()
         self.buffers = {}
-        request = (f"GET /api/events/stream HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\n"
-                   f"Accept: text/event-stream\r\n\r\n").encode()
+        request = (
+            f"GET /api/events/stream HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\n"
+            f"Accept: text/event-stream\r\n\r\n"
+        ).encode()
         for _ in range(count):
             sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
             sock.sendall(request)
@@ -143,6 +165,7 @@ def measure(kind, listeners, messages, work):
 def sequential_get(port, path, token, count):
     """Latencies (ms) of ``count`` GETs one after another on one keep-alive connection."""
     import http.client
+
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     times = []
     for _ in range(count):
@@ -186,8 +209,9 @@ def main():
             import gevent  # noqa: F401
             import gunicorn  # noqa: F401
         except ImportError:
-            print("bench: gunicorn/gevent missing (pip install -e '.[gevent]'); measuring waitress only",
-                  file=sys.stderr)
+            print(
+                "bench: gunicorn/gevent missing (pip install -e '.[gevent]'); measuring waitress only", file=sys.stderr
+            )
             kinds = [kind for kind in kinds if kind != "gevent"]
     work = tempfile.mkdtemp(prefix="oxc-bench-events-")
     rows = []
@@ -200,14 +224,19 @@ def main():
         held = held_get(args.gevent_held, args.seconds, work) if "gevent" in kinds and args.gevent_held else None
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    table(f"publish-to-receive latency over SSE ({args.messages} public messages, each to every listener)",
-          ("server", "listeners", "p50 ms", "p99 ms", "RSS kB per listener"), rows)
+    table(
+        f"publish-to-receive latency over SSE ({args.messages} public messages, each to every listener)",
+        ("server", "listeners", "p50 ms", "p99 ms", "RSS kB per listener"),
+        rows,
+    )
     if held:
         count, p50, p99, rate, saturated, bad = held
-        table(f"gunicorn -k gevent -w 1 holding {count} SSE listeners: GET one message, 500 in a row "
-              f"(target p99 <= 10 ms), then wrk -c16 for {args.seconds} s",
-              ("listeners held", "p50 ms", "p99 ms", "wrk req/s", "wrk p99 ms", "non-2xx"),
-              [(count, f"{p50:.2f}", f"{p99:.2f}", f"{rate:.0f}", f"{saturated:.1f}", bad)])
+        table(
+            f"gunicorn -k gevent -w 1 holding {count} SSE listeners: GET one message, 500 in a row "
+            f"(target p99 <= 10 ms), then wrk -c16 for {args.seconds} s",
+            ("listeners held", "p50 ms", "p99 ms", "wrk req/s", "wrk p99 ms", "non-2xx"),
+            [(count, f"{p50:.2f}", f"{p99:.2f}", f"{rate:.0f}", f"{saturated:.1f}", bad)],
+        )
 
 
 if __name__ == "__main__":

@@ -119,8 +119,10 @@ def rate(size, repeat, action):
 
 
 def multipart(path, boundary="oxc-bench-boundary"):
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"ten.bin\"\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="ten.bin"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
     return [head, path, f"\r\n--{boundary}--\r\n".encode()], f"multipart/form-data; boundary={boundary}"
 
 
@@ -138,9 +140,17 @@ def main():
             for _ in range(size // READ):
                 f.write(os.urandom(READ))
     static = Served("bench.static:application", args.threads, env={"STATIC_DIR": files})
-    oxc = Served("oxc_wsgi:application", args.threads, env={
-        "DATA_DIR": os.path.join(work, "data"), "BCRYPT_ROUNDS": "4", "LOG_LEVEL": "WARNING",
-        "OXC_ENV": "testing", "MEDIA_MAX_BYTES": str(128 * 1024 * 1024)})
+    oxc = Served(
+        "oxc_wsgi:application",
+        args.threads,
+        env={
+            "DATA_DIR": os.path.join(work, "data"),
+            "BCRYPT_ROUNDS": "4",
+            "LOG_LEVEL": "WARNING",
+            "OXC_ENV": "testing",
+            "MEDIA_MAX_BYTES": str(128 * 1024 * 1024),
+        },
+    )
     try:
         token = login(oxc)["access_token"]
         auth = {"Authorization": f"Bearer {token}"}
@@ -157,8 +167,9 @@ def main():
         rows = []
         static_up = rate(TEN_MB, args.repeat, lambda: post(static.port, "/", [ten], raw))
         oxc_up = rate(TEN_MB, args.repeat, upload_raw)
-        oxc_form = rate(TEN_MB, args.repeat,
-                        lambda: post(oxc.port, upload_path, pieces, dict(auth, **{"Content-Type": form_type})))
+        oxc_form = rate(
+            TEN_MB, args.repeat, lambda: post(oxc.port, upload_path, pieces, dict(auth, **{"Content-Type": form_type}))
+        )
         content = f"/api/attachments/{kept[0]}/content"
         static_down = rate(TEN_MB, args.repeat, lambda: get(static.port, "/ten.bin", {}))
         oxc_down = rate(TEN_MB, args.repeat, lambda: get(oxc.port, content, auth))
@@ -177,19 +188,30 @@ def main():
         with PeakMemory(static.process.pid) as static_memory:
             assert get(static.port, "/hundred.bin", {}) == HUNDRED_MB
         for label, mine, theirs in (
-                ("RSS before the 100 MB download (MB)", oxc_memory.before, static_memory.before),
-                ("RSS peak during the 100 MB download (MB)", oxc_memory.peak, static_memory.peak),
-                ("RSS growth during the 100 MB download (MB)", oxc_memory.peak - oxc_memory.before,
-                 static_memory.peak - static_memory.before),
-                ("RSS growth during a 100 MB upload (MB)", oxc_up_memory.peak - oxc_up_memory.before,
-                 static_up_memory.peak - static_up_memory.before)):
+            ("RSS before the 100 MB download (MB)", oxc_memory.before, static_memory.before),
+            ("RSS peak during the 100 MB download (MB)", oxc_memory.peak, static_memory.peak),
+            (
+                "RSS growth during the 100 MB download (MB)",
+                oxc_memory.peak - oxc_memory.before,
+                static_memory.peak - static_memory.before,
+            ),
+            (
+                "RSS growth during a 100 MB upload (MB)",
+                oxc_up_memory.peak - oxc_up_memory.before,
+                static_up_memory.peak - static_up_memory.before,
+            ),
+        ):
             rows.append((label, f"{mine:.1f}", f"{theirs:.1f}", ""))
-        table(f"Attachments on loopback, waitress with {args.threads} threads, median of {args.repeat}",
-              ("measurement", "oxc", "static file", "oxc/static"), rows)
+        table(
+            f"Attachments on loopback, waitress with {args.threads} threads, median of {args.repeat}",
+            ("measurement", "oxc", "static file", "oxc/static"),
+            rows,
+        )
     finally:
         oxc.stop()
         static.stop()
         import shutil
+
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -29,14 +29,31 @@ MEMBERS = 50
 
 def seed(data_dir):
     from store import open_store
+
     store = open_store(data_dir)
     try:
         people = [bench_user(store, name) for name in ["bench"] + [f"member{n:02d}" for n in range(MEMBERS)]]
-        chat = store.create_chat({"id": str(uuid.uuid4()), "type": "group", "name": "everyone", "description": None,
-                                  "created_by": people[0]["id"], "created_at": "2026-01-01T00:00:00+00:00"},
-                                 [{"user_id": p["id"], "role": "owner" if i == 0 else "member",
-                                   "joined_at": "2026-01-01T00:00:00+00:00", "muted": False, "read_seq": 0,
-                                   "delivered_seq": 0} for i, p in enumerate(people)])
+        chat = store.create_chat(
+            {
+                "id": str(uuid.uuid4()),
+                "type": "group",
+                "name": "everyone",
+                "description": None,
+                "created_by": people[0]["id"],
+                "created_at": "2026-01-01T00:00:00+00:00",
+            },
+            [
+                {
+                    "user_id": p["id"],
+                    "role": "owner" if i == 0 else "member",
+                    "joined_at": "2026-01-01T00:00:00+00:00",
+                    "muted": False,
+                    "read_seq": 0,
+                    "delivered_seq": 0,
+                }
+                for i, p in enumerate(people)
+            ],
+        )
         return chat["id"]
     finally:
         store.close()
@@ -46,6 +63,7 @@ def paced(port, path, token, body, rate, count):
     """Latencies (ms) of ``count`` POSTs sent ``rate`` a second on one keep-alive connection."""
     import http.client
     import time
+
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     times, start = [], time.perf_counter()
@@ -75,12 +93,16 @@ def main():
     receiver = Served("ceiling:application", 4)
     try:
         chat_id = seed(os.path.join(work, "data"))
-        os.environ.update(PUSH_WEBHOOK_URL=receiver.url + "/push", PUSH_WEBHOOK_SECRET="bench-secret-0123456789",
-                          PUSH_ALLOWED_ADDRESSES="127.0.0.1")  # the receiver is on loopback
+        os.environ.update(
+            PUSH_WEBHOOK_URL=receiver.url + "/push",
+            PUSH_WEBHOOK_SECRET="bench-secret-0123456789",
+            PUSH_ALLOWED_ADDRESSES="127.0.0.1",
+        )  # the receiver is on loopback
         server = oxc_server(os.path.join(work, "data"), 8)
         try:
-            status, answer = server.request("POST", "/api/auth/login",
-                                            {"username": "bench", "password": "benchmark-password"})
+            status, answer = server.request(
+                "POST", "/api/auth/login", {"username": "bench", "password": "benchmark-password"}
+            )
             token = answer["data"]["access_token"]
             url = f"{server.url}/api/chats/{chat_id}/messages"
             plain = json.dumps({"content": "a message for everyone, naming nobody"})
@@ -101,13 +123,24 @@ def main():
     rows = []
     for name, (median, p99), (busy_rate, busy_p99, bad) in results:
         cost = median / base
-        rows.append((name, f"{median:.2f}", f"{p99:.2f}", f"{cost:.2f}",
-                     "" if name == "no mentions" else ("<= 2.00 ok" if cost <= 2 else "<= 2.00 MISSED"),
-                     f"{busy_rate:.0f}", f"{plain_rate / busy_rate:.2f}", bad))
-    table(f"POST a chat message with push on: {args.rate}/s on one connection for {args.seconds} s, "
-          f"then saturated with wrk -c{args.connections}",
-          ("message", "median ms", "p99 ms", "cost vs plain", "target", "saturated req/s",
-           "saturated cost", "non-2xx"), rows)
+        rows.append(
+            (
+                name,
+                f"{median:.2f}",
+                f"{p99:.2f}",
+                f"{cost:.2f}",
+                "" if name == "no mentions" else ("<= 2.00 ok" if cost <= 2 else "<= 2.00 MISSED"),
+                f"{busy_rate:.0f}",
+                f"{plain_rate / busy_rate:.2f}",
+                bad,
+            )
+        )
+    table(
+        f"POST a chat message with push on: {args.rate}/s on one connection for {args.seconds} s, "
+        f"then saturated with wrk -c{args.connections}",
+        ("message", "median ms", "p99 ms", "cost vs plain", "target", "saturated req/s", "saturated cost", "non-2xx"),
+        rows,
+    )
 
 
 if __name__ == "__main__":

@@ -58,7 +58,6 @@ import time
 import urllib.parse
 
 import psycopg
-
 from common import ROOT, ChildServer, Served, bench_user, free_port, login, seed_store, table, wrk
 
 OPERATIONS = ("GET one message", "GET page of 50", "POST message")
@@ -101,6 +100,7 @@ class Database:
     def create_user(self, username="bench"):
         """Create the tables (oxc's own migrations) and ``username``; returns the user."""
         from store import open_store
+
         store = open_store(None, url=self.url, pool_size=1)
         try:
             return bench_user(store, username)
@@ -118,15 +118,24 @@ class Database:
         have, started = self.count(), time.monotonic()
         while have < total:
             count = min(batch, total - have)
-            params = {"user_id": user["id"], "username": user["username"], "timestamp": TIMESTAMP,
-                      "first_number": have, "first_seq": self.last_seq() + 1, "count": count}
+            params = {
+                "user_id": user["id"],
+                "username": user["username"],
+                "timestamp": TIMESTAMP,
+                "first_number": have,
+                "first_seq": self.last_seq() + 1,
+                "count": count,
+            }
             with self.conn.transaction():
                 self.conn.execute(INSERT_MESSAGES, params)
                 self.conn.execute(INSERT_POSTINGS, params)
                 self.conn.execute("SELECT setval('oxc_seq', %s)", (params["first_seq"] + count - 1,))
             have += count
-            print(f"seeding PostgreSQL: {have:,}/{total:,} messages ({time.monotonic() - started:.0f} s)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"seeding PostgreSQL: {have:,}/{total:,} messages ({time.monotonic() - started:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
         print("seeding PostgreSQL: vacuum and analyze ...", file=sys.stderr, flush=True)
         self.settle()
 
@@ -148,12 +157,13 @@ class Database:
                 stat = f.read()
         except OSError:
             return None
-        return int(stat[stat.rindex(")") + 2:].split()[1]) if "(postgres)" in stat else None
+        return int(stat[stat.rindex(")") + 2 :].split()[1]) if "(postgres)" in stat else None
 
     def middle_message(self):
         """The id of the message halfway through the table by seq."""
-        return self.conn.execute("SELECT id FROM messages ORDER BY seq OFFSET %s LIMIT 1",
-                                 (self.count() // 2,)).fetchone()[0]
+        return self.conn.execute(
+            "SELECT id FROM messages ORDER BY seq OFFSET %s LIMIT 1", (self.count() // 2,)
+        ).fetchone()[0]
 
     def drop(self):
         self.conn.close()
@@ -166,8 +176,15 @@ class Oxc(ChildServer):
 
     def __init__(self, data_dir, args, store_url=None):
         self.port = free_port()
-        env = {"HOST": "127.0.0.1", "PORT": str(self.port), "THREADS": str(args.threads), "DATA_DIR": data_dir,
-               "BCRYPT_ROUNDS": "4", "LOG_LEVEL": "WARNING", "OXC_ENV": "testing"}
+        env = {
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "THREADS": str(args.threads),
+            "DATA_DIR": data_dir,
+            "BCRYPT_ROUNDS": "4",
+            "LOG_LEVEL": "WARNING",
+            "OXC_ENV": "testing",
+        }
         if store_url:
             env.update(STORE_URL=store_url, DB_POOL_SIZE=str(args.pool_size))
         self.start([sys.executable, "-m", "oxc_wsgi", "serve"], env)
@@ -207,8 +224,10 @@ class CpuMeter:
     def __exit__(self, *exc_info):
         elapsed = time.monotonic() - self.started
         busy, served, postgres, wrk = (after - before for before, after in zip(self.ticks, self._sample()))
-        self.cores = [ticks / os.sysconf("SC_CLK_TCK") / elapsed
-                      for ticks in (served, postgres, wrk, busy - served - postgres - wrk)]
+        self.cores = [
+            ticks / os.sysconf("SC_CLK_TCK") / elapsed
+            for ticks in (served, postgres, wrk, busy - served - postgres - wrk)
+        ]
 
     def _sample(self):
         with open("/proc/stat") as f:
@@ -221,7 +240,7 @@ class CpuMeter:
                     stat = f.read()
             except OSError:
                 continue  # gone meanwhile
-            fields = stat[stat.rindex(")") + 2:].split()
+            fields = stat[stat.rindex(")") + 2 :].split()
             ticks = int(fields[11]) + int(fields[12])  # utime + stime
             if int(name) in self.pids:
                 served += ticks
@@ -249,8 +268,11 @@ def load(servers, path, args, token=None, post=False):
 def measure(servers, message_id, args, operations=OPERATIONS):
     """The operations on ``servers`` (logged in through the first), as {operation: load(...)}."""
     token = login(servers[0])["access_token"]
-    paths = {"GET one message": f"/api/messages/{message_id}", "GET page of 50": "/api/messages?limit=50",
-             "POST message": "/api/messages"}
+    paths = {
+        "GET one message": f"/api/messages/{message_id}",
+        "GET page of 50": "/api/messages?limit=50",
+        "POST message": "/api/messages",
+    }
     return {name: load(servers, paths[name], args, token, post=name.startswith("POST")) for name in operations}
 
 
@@ -272,8 +294,11 @@ def count_label(count):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=5, help="per measurement")
-    parser.add_argument("--url", default=os.environ.get("OXC_TEST_POSTGRES_URL", "postgresql:///test"),
-                        help="the PostgreSQL database to make a throwaway schema in")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("OXC_TEST_POSTGRES_URL", "postgresql:///test"),
+        help="the PostgreSQL database to make a throwaway schema in",
+    )
     parser.add_argument("--processes", default="1,2,4", help="numbers of oxc processes on PostgreSQL")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections in all, split between processes")
     parser.add_argument("--threads", type=int, default=8, help="waitress threads per process (THREADS)")
@@ -356,24 +381,66 @@ def report(results, grown, processes, args, small, large):
             if (scenario, count, name) == ("PostgreSQL", 2, "GET one message"):
                 target = f">= 1.30 {'ok' if scaling >= 1.3 else 'MISSED'}"
             label = f"ceiling {name.split()[0]}" if scenario == "ceiling" else f"{name}, {scenario}"
-            rows.append((label, count, f"{rate:.0f}", f"{p99:.1f}", f"{rate / ceiling:.2f}",
-                         "" if scenario == "JSON store" else f"{scaling:.2f}", target, cores, bad))
-    table(f"oxc on PostgreSQL by processes, vs a bare WSGI app and the JSON store "
-          f"({small:,} messages; waitress THREADS={args.threads}, DB_POOL_SIZE={args.pool_size}, "
-          f"wrk -c{args.connections} in all, {args.seconds} s each; {os.cpu_count()} cores)",
-          ("scenario", "procs", "req/s", "p99 ms", "/ceiling", "/1 proc", "target", "cores served/pg/wrk/rest",
-           "non-2xx"), rows)
+            rows.append(
+                (
+                    label,
+                    count,
+                    f"{rate:.0f}",
+                    f"{p99:.1f}",
+                    f"{rate / ceiling:.2f}",
+                    "" if scenario == "JSON store" else f"{scaling:.2f}",
+                    target,
+                    cores,
+                    bad,
+                )
+            )
+    table(
+        f"oxc on PostgreSQL by processes, vs a bare WSGI app and the JSON store "
+        f"({small:,} messages; waitress THREADS={args.threads}, DB_POOL_SIZE={args.pool_size}, "
+        f"wrk -c{args.connections} in all, {args.seconds} s each; {os.cpu_count()} cores)",
+        (
+            "scenario",
+            "procs",
+            "req/s",
+            "p99 ms",
+            "/ceiling",
+            "/1 proc",
+            "target",
+            "cores served/pg/wrk/rest",
+            "non-2xx",
+        ),
+        rows,
+    )
 
     cost_rows = []
     for name in OPERATIONS:
         at_small, at_large = results["PostgreSQL", 1][name][0], grown[name][0]
         growth = at_small / at_large
-        cost_rows.append((name, f"{1000 / at_small:.3f}", f"{1000 / at_large:.3f}", f"{growth:.2f}",
-                          f"<= 1.25 {'ok' if growth <= 1.25 else 'MISSED'}", grown[name][3], grown[name][2]))
+        cost_rows.append(
+            (
+                name,
+                f"{1000 / at_small:.3f}",
+                f"{1000 / at_large:.3f}",
+                f"{growth:.2f}",
+                f"<= 1.25 {'ok' if growth <= 1.25 else 'MISSED'}",
+                grown[name][3],
+                grown[name][2],
+            )
+        )
     big = count_label(large)
-    table("PostgreSQL, 1 process: ms of server time per request (1000 / req/s) as the table grows",
-          ("operation", f"at {count_label(small)}", f"at {big}", f"{big}/{count_label(small)}", "target",
-           f"cores at {big}", "non-2xx"), cost_rows)
+    table(
+        "PostgreSQL, 1 process: ms of server time per request (1000 / req/s) as the table grows",
+        (
+            "operation",
+            f"at {count_label(small)}",
+            f"at {big}",
+            f"{big}/{count_label(small)}",
+            "target",
+            f"cores at {big}",
+            "non-2xx",
+        ),
+        cost_rows,
+    )
 
 
 if __name__ == "__main__":

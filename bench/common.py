@@ -10,8 +10,8 @@ import subprocess
 import sys
 import tempfile
 import threading
-import uuid
 import time
+import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -40,8 +40,9 @@ class ChildServer:
     """A server in a child process on a loopback port: raw requests and a clean stop."""
 
     def start(self, command, env=None):
-        self.process = subprocess.Popen(command, cwd=ROOT, env=dict(os.environ, **(env or {})),
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=dict(os.environ, **(env or {})), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_for_port(self.port, self.process)
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -70,18 +71,33 @@ class Served(ChildServer):
 
     def __init__(self, target, threads, env=None):
         self.port = free_port()
-        self.start([sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{self.port}", f"--threads={threads}",
-                    "--connection-limit=1000", "--channel-timeout=30", target], env)
+        self.start(
+            [
+                sys.executable,
+                "-m",
+                "waitress",
+                f"--listen=127.0.0.1:{self.port}",
+                f"--threads={threads}",
+                "--connection-limit=1000",
+                "--channel-timeout=30",
+                target,
+            ],
+            env,
+        )
 
 
 def oxc_server(data_dir, threads):
-    return Served("oxc_wsgi:application", threads, env={
-        "DATA_DIR": data_dir, "BCRYPT_ROUNDS": "4", "LOG_LEVEL": "WARNING", "OXC_ENV": "testing"})
+    return Served(
+        "oxc_wsgi:application",
+        threads,
+        env={"DATA_DIR": data_dir, "BCRYPT_ROUNDS": "4", "LOG_LEVEL": "WARNING", "OXC_ENV": "testing"},
+    )
 
 
 def login(server, username="bench", password="benchmark-password"):
     """Register (if needed) and log in through the client library; returns the tokens."""
     from oxc_client import BadRequest, Client
+
     client = Client(server.url)
     try:
         client.register(username, password)
@@ -97,14 +113,22 @@ def seed_store(data_dir, count, username="bench"):
     Writers in 16 threads share journal flushes, so 100,000 take seconds.
     """
     from store import open_store
+
     store = open_store(data_dir)
     try:
         user = store.find_user(username) or bench_user(store, username)
 
         def write(number):
-            store.add_message({"id": str(uuid.uuid4()), "user_id": user["id"], "username": username,
-                               "content": f"seed {number}", "timestamp": "2026-01-01T00:00:00+00:00",
-                               "recipient_id": None})
+            store.add_message(
+                {
+                    "id": str(uuid.uuid4()),
+                    "user_id": user["id"],
+                    "username": username,
+                    "content": f"seed {number}",
+                    "timestamp": "2026-01-01T00:00:00+00:00",
+                    "recipient_id": None,
+                }
+            )
 
         in_parallel(write, count)
         store.compact()
@@ -118,16 +142,26 @@ BENCH_HASH = []
 def bench_user(store, username, password=b"benchmark-password"):
     """Create ``username`` in a stopped store (bcrypt at the cheapest cost, hashed once per run)."""
     import bcrypt
+
     if not BENCH_HASH:
         BENCH_HASH.append(bcrypt.hashpw(password, bcrypt.gensalt(4)).decode())
-    return store.create_user({"id": str(uuid.uuid4()), "username": username, "email": None,
-                              "password_hash": BENCH_HASH[0], "created_at": "2026-01-01T00:00:00+00:00"})
+    return store.create_user(
+        {
+            "id": str(uuid.uuid4()),
+            "username": username,
+            "email": None,
+            "password_hash": BENCH_HASH[0],
+            "created_at": "2026-01-01T00:00:00+00:00",
+        }
+    )
 
 
 def in_parallel(write, count, threads=16):
     """Call ``write(n)`` for n in range(count) from ``threads`` threads, which share journal flushes."""
-    workers = [threading.Thread(target=lambda first=first: [write(n) for n in range(first, count, threads)])
-               for first in range(threads)]
+    workers = [
+        threading.Thread(target=lambda first=first: [write(n) for n in range(first, count, threads)])
+        for first in range(threads)
+    ]
     for worker in workers:
         worker.start()
     for worker in workers:

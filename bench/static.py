@@ -35,6 +35,7 @@ def application(environ, start_response):
     if not os.path.isfile(path):
         start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "0")])
         return []
-    start_response("200 OK", [("Content-Type", "application/octet-stream"),
-                              ("Content-Length", str(os.path.getsize(path)))])
+    start_response(
+        "200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(os.path.getsize(path)))]
+    )
     return environ["wsgi.file_wrapper"](open(path, "rb"), BLOCK)

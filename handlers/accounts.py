@@ -41,17 +41,25 @@ WRONG_GUESSES_PER_DAY = 20  # per address and purpose; far more typos than anyon
 DECOY_SLOTS = 1024
 BAD_CODE = "Invalid or expired code"
 PURPOSES = {
-    "verify": ("Your oxc verification code", "Your code to verify this e-mail address is {code}.\n"
-               "It expires in 15 minutes. If you did not ask for it, ignore this message."),
-    "reset": ("Your oxc password reset code", "Your code to reset your oxc password is {code}.\n"
-              "It expires in 15 minutes. If you did not ask for it, ignore this message; "
-              "your password stays as it is."),
+    "verify": (
+        "Your oxc verification code",
+        "Your code to verify this e-mail address is {code}.\n"
+        "It expires in 15 minutes. If you did not ask for it, ignore this message.",
+    ),
+    "reset": (
+        "Your oxc password reset code",
+        "Your code to reset your oxc password is {code}.\n"
+        "It expires in 15 minutes. If you did not ask for it, ignore this message; "
+        "your password stays as it is.",
+    ),
 }
 
-TAKEN_NOTICE = ("Someone tried to register with your e-mail address",
-                "Someone just tried to register a new oxc account with this e-mail address. It already "
-                "belongs to your account, so no other account got it, and nothing about your account "
-                "changed.\nIf it was you: log in instead, or reset your password if you forgot it.")
+TAKEN_NOTICE = (
+    "Someone tried to register with your e-mail address",
+    "Someone just tried to register a new oxc account with this e-mail address. It already "
+    "belongs to your account, so no other account got it, and nothing about your account "
+    "changed.\nIf it was you: log in instead, or reset your password if you forgot it.",
+)
 
 
 class Codes:
@@ -84,22 +92,34 @@ class Codes:
 
     def throttle(self, purpose, address):
         """429 if ``address`` asked for a ``purpose`` code within RESEND_AFTER seconds, or too often today."""
-        self._count("ask", purpose, address, RESEND_AFTER, 1,
-                    "A code was sent to this address a moment ago; try again later")
-        self._count("day", purpose, address, DAY, CODES_PER_DAY,
-                    "This address was sent as many codes today as a day allows; try again later")
+        self._count(
+            "ask", purpose, address, RESEND_AFTER, 1, "A code was sent to this address a moment ago; try again later"
+        )
+        self._count(
+            "day",
+            purpose,
+            address,
+            DAY,
+            CODES_PER_DAY,
+            "This address was sent as many codes today as a day allows; try again later",
+        )
 
     def send(self, purpose, user, address):
         """Make a new code for ``user`` and mail it to ``address``; with ``user`` None, the same work but no mail."""
         code = f"{secrets.randbelow(10**6):06d}"
         owner = None if user is None else user["id"]
-        self._store.put_code({
-            "id": self._record_id(purpose, user, address), "user_id": owner, "purpose": purpose,
-            # A decoy keeps no address, only what makes it look like a code record.
-            "email": address if user is not None else self._digest("nobody", purpose, address.casefold()),
-            "code_hash": self._digest(purpose, owner, code), "attempts": 0,
-            "expires_at": self._clock() + CODE_TTL,
-        })
+        self._store.put_code(
+            {
+                "id": self._record_id(purpose, user, address),
+                "user_id": owner,
+                "purpose": purpose,
+                # A decoy keeps no address, only what makes it look like a code record.
+                "email": address if user is not None else self._digest("nobody", purpose, address.casefold()),
+                "code_hash": self._digest(purpose, owner, code),
+                "attempts": 0,
+                "expires_at": self._clock() + CODE_TTL,
+            }
+        )
         subject, body = PURPOSES[purpose]
         if user is not None:
             self._mailer.send(address, subject, body.format(code=code))
@@ -122,8 +142,14 @@ class Codes:
         With ``user`` None (no such account) the guess costs the same and is wrong.
         Beyond WRONG_GUESSES_PER_DAY wrong guesses at ``address`` today: TooManyRequests.
         """
-        self._count("guess", purpose, address, DAY, WRONG_GUESSES_PER_DAY,
-                    "Too many wrong codes for this address today; try again later")
+        self._count(
+            "guess",
+            purpose,
+            address,
+            DAY,
+            WRONG_GUESSES_PER_DAY,
+            "Too many wrong codes for this address today; try again later",
+        )
         record = self._store.spend_code(self._record_id(purpose, user, address), self._clock(), MAX_ATTEMPTS)
         if record is None:
             return False

@@ -32,8 +32,15 @@ SESSION_ENDED = "Session has ended; log in again"
 LAST_SEEN_RESOLUTION = 60  # seconds; "last seen" is written at most this often per user
 #: Paths (under API_PREFIX) where passwords are checked or codes asked for and guessed. Each client
 #: gets AUTH_RATE_LIMIT requests a minute to all of them together (on unless AUTH_RATE_LIMIT_ENABLED=0).
-THROTTLED_PATHS = ("/auth/register", "/auth/login", "/auth/refresh", "/auth/verify-email",
-                   "/auth/verify-email/request", "/auth/password-reset", "/auth/password-reset/request")
+THROTTLED_PATHS = (
+    "/auth/register",
+    "/auth/login",
+    "/auth/refresh",
+    "/auth/verify-email",
+    "/auth/verify-email/request",
+    "/auth/password-reset",
+    "/auth/password-reset/request",
+)
 
 
 class LoginThrottle:
@@ -156,15 +163,18 @@ def start_session(req, user):
     now = req.ctx.clock()
     session_id = secrets.token_urlsafe(12)
     refresh_token = new_refresh_token(session_id)
-    started = req.ctx.store.add_session({
-        "id": session_id,
-        "user_id": user["id"],
-        "token_hash": token_hash(refresh_token),
-        "previous_hash": None,
-        "rotated_at": None,
-        "created_at": now,
-        "expires_at": now + req.ctx.settings.refresh_token_expires * 86400,
-    }, password_hash=user["password_hash"])
+    started = req.ctx.store.add_session(
+        {
+            "id": session_id,
+            "user_id": user["id"],
+            "token_hash": token_hash(refresh_token),
+            "previous_hash": None,
+            "rotated_at": None,
+            "created_at": now,
+            "expires_at": now + req.ctx.settings.refresh_token_expires * 86400,
+        },
+        password_hash=user["password_hash"],
+    )
     if started is None:
         raise Unauthorized(BAD_LOGIN)
     return _grant(req, user, session_id, refresh_token)
@@ -257,8 +267,11 @@ def _refresh_session(req, presented):
     if session is None:
         session_id = session_of(presented)
         family = store.get_session(session_id) if session_id else None
-        if family is None or not family.get("previous_hash") or \
-                not hmac.compare_digest(family["previous_hash"], digest):
+        if (
+            family is None
+            or not family.get("previous_hash")
+            or not hmac.compare_digest(family["previous_hash"], digest)
+        ):
             raise Unauthorized(BAD_REFRESH)
         if now - family["rotated_at"] <= req.ctx.settings.refresh_reuse_grace:
             # Two refreshes racing from one client: the loser is refused, not punished.
@@ -302,12 +315,14 @@ def post_logout(req):
 def get_token_info(req):
     """The current user and the timing of the access token in use."""
     claims = req.claims
-    return success({
-        "user": public_user(req.user),
-        "token_info": {
-            "type": "access",
-            "issued_at": claims["iat"],
-            "expires_at": claims["exp"],
-            "refresh_at": req.ctx.tokens.refresh_at(claims["iat"], claims["exp"]),
-        },
-    })
+    return success(
+        {
+            "user": public_user(req.user),
+            "token_info": {
+                "type": "access",
+                "issued_at": claims["iat"],
+                "expires_at": claims["exp"],
+                "refresh_at": req.ctx.tokens.refresh_at(claims["iat"], claims["exp"]),
+            },
+        }
+    )

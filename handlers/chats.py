@@ -17,18 +17,26 @@ is what keeps one owner per group and each attachment in one message.
 import re
 import uuid
 
-from store import ChatChange
+from store import ChatChange, Missing
 from store import Conflict as StoreConflict
-from store import Missing
 
 from . import views
-from .fields import text
 from .fields import limit as read_limit
+from .fields import text
 from .http import BadRequest, Forbidden, NotFound, success
 from .keys import check_envelope
 from .paging import page_answer
-from .roles import (acting, adding, changing_role, check_message_deletion, deleting, in_chat, removing, renaming,
-                    updating_self)
+from .roles import (
+    acting,
+    adding,
+    changing_role,
+    check_message_deletion,
+    deleting,
+    in_chat,
+    removing,
+    renaming,
+    updating_self,
+)
 
 MENTION = re.compile(r"(?<![\w@])@([A-Za-z0-9_-]{3,32})")
 MAX_INITIAL_MEMBERS = 100
@@ -91,6 +99,7 @@ def _details(req, chat, me):
 
 # -- chats ------------------------------------------------------------------
 
+
 def get_chats(req):
     """My chats, newest activity first, each with last message, unread count, role."""
     store, user_id = req.ctx.store, req.user["id"]
@@ -109,8 +118,11 @@ def post_group_chat(req):
     name = text(body, "name", max_length=100)
     description = text(body, "description", required=False, min_length=0, max_length=1000)
     invited = body.get("members", [])
-    if not isinstance(invited, list) or len(invited) > MAX_INITIAL_MEMBERS or \
-            not all(isinstance(entry, str) for entry in invited):
+    if (
+        not isinstance(invited, list)
+        or len(invited) > MAX_INITIAL_MEMBERS
+        or not all(isinstance(entry, str) for entry in invited)
+    ):
         raise BadRequest(f"Field 'members' must be a list of at most {MAX_INITIAL_MEMBERS} user ids or usernames")
     store, now = req.ctx.store, _now(req)
     members = {req.user["id"]: _member_record(req.user["id"], "owner", now)}
@@ -119,9 +131,17 @@ def post_group_chat(req):
         if user is None:
             raise BadRequest(f"User {entry} not found")
         members.setdefault(user["id"], _member_record(user["id"], "member", now))
-    chat = store.create_chat({"id": str(uuid.uuid4()), "type": "group", "name": name,
-                              "description": description, "created_by": req.user["id"], "created_at": now},
-                             list(members.values()))
+    chat = store.create_chat(
+        {
+            "id": str(uuid.uuid4()),
+            "type": "group",
+            "name": name,
+            "description": description,
+            "created_by": req.user["id"],
+            "created_at": now,
+        },
+        list(members.values()),
+    )
     shown = _details(req, chat, members[req.user["id"]])
     _tell(req, chat["id"], "chat.created", views.chat(chat, len(members)))
     return success(shown, "Chat created", status=201)
@@ -137,9 +157,17 @@ def post_direct_chat(req):
     now = _now(req)
     store = req.ctx.store
     chat, created = store.direct_chat(
-        {"id": str(uuid.uuid4()), "type": "direct", "name": None, "description": None,
-         "created_by": req.user["id"], "created_at": now},
-        _member_record(req.user["id"], "member", now), _member_record(peer["id"], "member", now))
+        {
+            "id": str(uuid.uuid4()),
+            "type": "direct",
+            "name": None,
+            "description": None,
+            "created_by": req.user["id"],
+            "created_at": now,
+        },
+        _member_record(req.user["id"], "member", now),
+        _member_record(peer["id"], "member", now),
+    )
     me = store.get_member(chat["id"], req.user["id"])
     if created:
         _tell(req, chat["id"], "chat.created", views.chat(chat, 2))
@@ -188,6 +216,7 @@ def _deleted(req, chat, audience):
 
 # -- members ----------------------------------------------------------------
 
+
 @in_chat()
 def get_members(req, chat, me):
     """Everyone in a chat, with their roles."""
@@ -204,8 +233,9 @@ def post_member(req, chat, me):
     if role not in ("member", "admin"):
         raise BadRequest("Field 'role' must be 'member' or 'admin'")
     record = _member_record(user["id"], role, _now(req))
-    _, members = req.ctx.store.change_chat(chat["id"], [me["user_id"], user["id"]],
-                                           adding(chat["id"], me["user_id"], record, user["username"]))
+    _, members = req.ctx.store.change_chat(
+        chat["id"], [me["user_id"], user["id"]], adding(chat["id"], me["user_id"], record, user["username"])
+    )
     record = members[user["id"]]
     _tell(req, chat["id"], "member.added", dict(views.member(record, user), chat_id=chat["id"], by=me["user_id"]))
     return success(views.member(record, user), "Member added", status=201)
@@ -222,13 +252,13 @@ def delete_member(req, chat, me, user_id):
     """Remove a member (admins and owner), or leave (anyone)."""
     _target(req, chat, user_id)
     audience = req.ctx.events.chat_audience(chat["id"])
-    left, _ = req.ctx.store.change_chat(chat["id"], [me["user_id"], user_id],
-                                        removing(chat["id"], me["user_id"], user_id))
+    left, _ = req.ctx.store.change_chat(
+        chat["id"], [me["user_id"], user_id], removing(chat["id"], me["user_id"], user_id)
+    )
     if left is None:
         _deleted(req, chat, audience)
         return success(message="You left the chat; it had no other members and was deleted")
-    _tell(req, chat["id"], "member.removed", {"chat_id": chat["id"], "user_id": user_id,
-                                              "by": me["user_id"]}, audience)
+    _tell(req, chat["id"], "member.removed", {"chat_id": chat["id"], "user_id": user_id, "by": me["user_id"]}, audience)
     return success(message="Member removed" if user_id != me["user_id"] else "You left the chat")
 
 
@@ -237,12 +267,17 @@ def patch_member(req, chat, me, user_id):
     """Change a member's role; making someone owner transfers ownership."""
     _target(req, chat, user_id)
     role = text(req.json, "role", max_length=10)
-    _, members = req.ctx.store.change_chat(chat["id"], [me["user_id"], user_id],
-                                           changing_role(chat["id"], me["user_id"], user_id, role))
+    _, members = req.ctx.store.change_chat(
+        chat["id"], [me["user_id"], user_id], changing_role(chat["id"], me["user_id"], user_id, role)
+    )
     changed = [members[user_id]] + ([members[me["user_id"]]] if role == "owner" else [])
     for record in changed:
-        _tell(req, chat["id"], "member.role_changed",
-              {"chat_id": chat["id"], "user_id": record["user_id"], "role": record["role"], "by": me["user_id"]})
+        _tell(
+            req,
+            chat["id"],
+            "member.role_changed",
+            {"chat_id": chat["id"], "user_id": record["user_id"], "role": record["role"], "by": me["user_id"]},
+        )
     return success(views.member(changed[0], req.ctx.store.get_user(user_id)), "Role changed")
 
 
@@ -252,12 +287,14 @@ def put_mute(req, chat, me):
     muted = req.json.get("muted")
     if not isinstance(muted, bool):
         raise BadRequest("Field 'muted' must be true or false")
-    req.ctx.store.change_chat(chat["id"], [me["user_id"]],
-                              updating_self(chat["id"], me["user_id"], lambda mine: dict(mine, muted=muted)))
+    req.ctx.store.change_chat(
+        chat["id"], [me["user_id"]], updating_self(chat["id"], me["user_id"], lambda mine: dict(mine, muted=muted))
+    )
     return success({"chat_id": chat["id"], "muted": muted})
 
 
 # -- messages in a chat -------------------------------------------------------
+
 
 def _mentions(req, chat, content):
     """Members named as @username in ``content``, in order, once each."""
@@ -292,8 +329,9 @@ def _send(req, chat, me, content, reply_to_id, attachment=None, envelope=None):
     if envelope is not None:
         record.update(encrypted=True, envelope=envelope)
     if attachment is not None:
-        record.update(attachment_id=attachment["id"],
-                      attachment=views.attachment(dict(attachment, message_id=record["id"])))
+        record.update(
+            attachment_id=attachment["id"], attachment=views.attachment(dict(attachment, message_id=record["id"]))
+        )
     try:
         message = store.add_chat_message(record)
     except Missing:
@@ -325,9 +363,15 @@ ALREADY_SENT = "Field 'attachment_id' names an attachment already sent with a me
 
 def _tombstone_of(message, by, now):
     """The changes that make ``message`` a tombstone (the store drops its attachment with them)."""
-    return {"deleted": True, "content": None, "mentions": [], "deleted_by": by, "deleted_at": now,
-            **({"attachment": None} if "attachment" in message else {}),
-            **({"envelope": None} if "envelope" in message else {})}
+    return {
+        "deleted": True,
+        "content": None,
+        "mentions": [],
+        "deleted_by": by,
+        "deleted_at": now,
+        **({"attachment": None} if "attachment" in message else {}),
+        **({"envelope": None} if "envelope" in message else {}),
+    }
 
 
 def _tombstone(req, chat, message, by, rule=None):
@@ -416,11 +460,14 @@ def post_chat_message(req, chat, me):
     body = req.json
     envelope = check_envelope(req, body["encrypted"]) if body.get("encrypted") is not None else None
     attachment = _attachment_in(req, chat, text(body, "attachment_id", required=False, max_length=64))
-    content = text(body, "content", required=envelope is None and attachment is None,
-                   max_length=req.ctx.settings.max_message_length)
+    content = text(
+        body,
+        "content",
+        required=envelope is None and attachment is None,
+        max_length=req.ctx.settings.max_message_length,
+    )
     if envelope is not None and content is not None:
-        raise BadRequest("Give 'content' or 'encrypted', not both: the server must not see an encrypted "
-                         "message's text")
+        raise BadRequest("Give 'content' or 'encrypted', not both: the server must not see an encrypted message's text")
     reply_to_id = text(body, "reply_to_id", required=False, max_length=64)
     if reply_to_id is not None:
         replied = req.ctx.store.get_chat_message(reply_to_id)
@@ -436,9 +483,14 @@ def patch_chat_message(req, chat, me, message_id):
     message = _message_in(req, chat, message_id)
     _editable(me, message)
     content = text(req.json, "content", max_length=req.ctx.settings.max_message_length)
-    changes = {"content": content, "mentions": [
-        {"user_id": uid, "username": req.ctx.store.get_user(uid)["username"]} for uid in _mentions(req, chat, content)],
-        "edited_at": _now(req)}
+    changes = {
+        "content": content,
+        "mentions": [
+            {"user_id": uid, "username": req.ctx.store.get_user(uid)["username"]}
+            for uid in _mentions(req, chat, content)
+        ],
+        "edited_at": _now(req),
+    }
 
     def decide(current, member):
         if current is None:
@@ -494,8 +546,12 @@ def advance_pointer(ctx, chat_id, member, message, kind):
 
     chat, members = ctx.store.change_chat(chat_id, [user_id], decide)
     if moved:
-        ctx.events.publish(f"message.{kind}", {"chat_id": chat_id, "user_id": user_id, "message_id": message["id"]},
-                           ctx.events.chat_audience(chat_id), chat_id=chat_id)
+        ctx.events.publish(
+            f"message.{kind}",
+            {"chat_id": chat_id, "user_id": user_id, "message_id": message["id"]},
+            ctx.events.chat_audience(chat_id),
+            chat_id=chat_id,
+        )
     return chat, members[user_id]
 
 
@@ -527,10 +583,12 @@ def get_receipts(req, chat, me, message_id):
         if record["user_id"] == message["user_id"]:
             continue
         user = store.get_user(record["user_id"])
-        receipts.append({
-            "user_id": record["user_id"],
-            "username": user["username"] if user else None,
-            "delivered": record.get("delivered_seq", 0) >= message["seq"],
-            "read": record.get("read_seq", 0) >= message["seq"],
-        })
+        receipts.append(
+            {
+                "user_id": record["user_id"],
+                "username": user["username"] if user else None,
+                "delivered": record.get("delivered_seq", 0) >= message["seq"],
+                "read": record.get("read_seq", 0) >= message["seq"],
+            }
+        )
     return success({"message_id": message_id, "receipts": receipts})

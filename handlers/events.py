@@ -26,9 +26,9 @@ import logging
 import time
 
 from .auth import SESSION_ENDED, authenticate, session_is_open
+from .chats import advance_pointer
 from .http import BadRequest, HTTPError, Response, ServiceUnavailable, TooManyRequests, Unauthorized, success
 from .hub import Busy, CursorGone, UserBusy
-from .chats import advance_pointer
 from .roles import in_chat
 from .views import iso_time
 
@@ -80,8 +80,9 @@ def _listen(hub, user_id):
     try:
         hub.listen(user_id)
     except UserBusy:
-        raise TooManyRequests("You have too many open event listeners; close one or try again shortly",
-                              retry_after=5) from None
+        raise TooManyRequests(
+            "You have too many open event listeners; close one or try again shortly", retry_after=5
+        ) from None
     except Busy:
         raise ServiceUnavailable("Too many open event listeners; try again shortly", retry_after=5) from None
 
@@ -168,8 +169,9 @@ class _Stream:
                 if self.session.ended(force=True):
                     yield b": session ended\n\n"
                     return
-                yield "".join(f"id: {hub.cursor(event.seq)}\ndata: {json.dumps(render(hub, event))}\n\n"
-                              for event in events).encode()
+                yield "".join(
+                    f"id: {hub.cursor(event.seq)}\ndata: {json.dumps(render(hub, event))}\n\n" for event in events
+                ).encode()
                 mark_delivered(ctx, self.user_id, events)
                 continue
             now = time.monotonic()
@@ -213,11 +215,15 @@ def get_event_stream(req):
     hub = req.ctx.events
     after = _position(hub, req.header("Last-Event-ID") or req.query.get("since"))
     _listen(hub, user["id"])
-    return Response(_Stream(req, user["id"], session_id, after, ends_at), 200, [
-        ("Content-Type", "text/event-stream; charset=utf-8"),
-        ("Cache-Control", "no-cache, no-store"),
-        ("X-Accel-Buffering", "no"),
-    ])
+    return Response(
+        _Stream(req, user["id"], session_id, after, ends_at),
+        200,
+        [
+            ("Content-Type", "text/event-stream; charset=utf-8"),
+            ("Cache-Control", "no-cache, no-store"),
+            ("X-Accel-Buffering", "no"),
+        ],
+    )
 
 
 def post_stream_ticket(req):

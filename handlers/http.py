@@ -91,8 +91,11 @@ class Response:
 def json_response(payload, status=200, headers=()):
     """A Response carrying ``payload`` as UTF-8 JSON."""
     body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    return Response([body], status, [("Content-Type", "application/json; charset=utf-8"),
-                                     ("Content-Length", str(len(body)))] + list(headers))
+    return Response(
+        [body],
+        status,
+        [("Content-Type", "application/json; charset=utf-8"), ("Content-Length", str(len(body)))] + list(headers),
+    )
 
 
 def success(data=None, message=None, status=200, **extra):

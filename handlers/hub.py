@@ -55,8 +55,10 @@ EVERYONE = None
 
 #: A deletion event's type -> the types of the earlier events about the same message (data ``id``)
 #: whose data it replaces.
-RETRACTS = {"chat.message.deleted": ("chat.message.created", "chat.message.edited"),
-            "message.deleted": ("message.created",)}
+RETRACTS = {
+    "chat.message.deleted": ("chat.message.created", "chat.message.edited"),
+    "message.deleted": ("message.created",),
+}
 #: What a retracted event keeps of a field that held text or pointed at an attachment.
 TEXT_FIELDS = {"content": None, "envelope": None, "attachment": None, "mentions": [], "preview": None}
 #: Retracted message ids remembered, so that events about them arriving later are scrubbed too.
@@ -78,6 +80,7 @@ def retraction(type, data):
         if event_data.get("message_id") == message_id and event_data.get("preview") is not None:
             return dict(event_data, preview=None)
         return None
+
     return retract
 
 
@@ -118,8 +121,16 @@ class Hub:
 
     PULL = 500  # events read from a shared log per query
 
-    def __init__(self, store, clock=time.time, capacity=10_000, max_listeners=100, max_per_user=None,
-                 typing_ttl=6.0, offline_after=10.0):
+    def __init__(
+        self,
+        store,
+        clock=time.time,
+        capacity=10_000,
+        max_listeners=100,
+        max_per_user=None,
+        typing_ttl=6.0,
+        offline_after=10.0,
+    ):
         self.store = store
         self.clock = clock
         self.capacity = capacity
@@ -295,6 +306,7 @@ class Hub:
             except StoreError as exc:
                 if not self._closed:
                     log.warning("events: could not read the shared event log: %s", exc)
+
         self._shared.follow(wake, lambda: self._closed)
 
     def chat_audience(self, chat_id):
@@ -387,9 +399,12 @@ class Hub:
                 self._typing.pop(key, None)
         if active == was:
             return  # a refresh of a notice already shown, or a stop of none
-        self.publish("typing.started" if active else "typing.stopped",
-                     {"chat_id": chat_id, "user_id": user_id, "username": username},
-                     self.chat_audience(chat_id), chat_id=chat_id)
+        self.publish(
+            "typing.started" if active else "typing.stopped",
+            {"chat_id": chat_id, "user_id": user_id, "username": username},
+            self.chat_audience(chat_id),
+            chat_id=chat_id,
+        )
 
     # -- timers -----------------------------------------------------------------------
 
@@ -421,15 +436,18 @@ class Hub:
             for user in gone:
                 del self._going_offline[user]
         for (chat_id, user_id), username in stale_typing:
-            self.publish("typing.stopped", {"chat_id": chat_id, "user_id": user_id, "username": username},
-                         self.chat_audience(chat_id), chat_id=chat_id)
+            self.publish(
+                "typing.stopped",
+                {"chat_id": chat_id, "user_id": user_id, "username": username},
+                self.chat_audience(chat_id),
+                chat_id=chat_id,
+            )
         for user_id in gone:
             try:
                 self.store.touch_user(user_id, now)
             except StoreError as exc:
                 log.warning("events: could not record last_seen of %s: %s", user_id, exc)
-            self.publish("presence.offline", {"user_id": user_id, "last_seen": iso_time(now)},
-                         self.contacts(user_id))
+            self.publish("presence.offline", {"user_id": user_id, "last_seen": iso_time(now)}, self.contacts(user_id))
 
     def close(self):
         """Wake every listener so that streams end."""

@@ -47,12 +47,16 @@ ENVELOPE_VERSION = 1
 MIN_WRAPPED_KEY, MAX_WRAPPED_KEY = 16, 2048  # bytes: an AES-GCM wrap is 48, an RSA-16384 OAEP wrap 2048
 CIPHERTEXT_SLACK = 1024  # bytes beyond 4 per character: tag, padding, a small wrapper (a file's key)
 
-_P = 2 ** 255 - 19
+_P = 2**255 - 19
 _D = (-121665 * pow(121666, _P - 2, _P)) % _P
 #: u-coordinates of the X25519 points of small order (RFC 7748; Bernstein's list).
-_LOW_ORDER_U = {0, 1, _P - 1,
-                325606250916557431795983626356110631294008115727848805560023387167927233504,
-                39382357235489614581723060781553021112529911719440698176882885853963445705823}
+_LOW_ORDER_U = {
+    0,
+    1,
+    _P - 1,
+    325606250916557431795983626356110631294008115727848805560023387167927233504,
+    39382357235489614581723060781553021112529911719440698176882885853963445705823,
+}
 _RSA_OID = bytes.fromhex("2a864886f70d010101")
 
 
@@ -75,6 +79,7 @@ def _decode(value, pattern, field):
 # =============================================================================
 # Checking public keys (standard library only)
 # =============================================================================
+
 
 def _looks_private(text_value, raw=None):
     if "PRIVATE" in text_value.upper():
@@ -107,13 +112,16 @@ def _raw_key(value, algorithm):
     except ValueError:
         if _looks_private(stripped):
             raise _private() from None
-        raise BadRequest(f"Field 'public_key' must be the base64 of the raw {RAW_KEY_BYTES}-byte "
-                         f"{algorithm} public key") from None
+        raise BadRequest(
+            f"Field 'public_key' must be the base64 of the raw {RAW_KEY_BYTES}-byte {algorithm} public key"
+        ) from None
     if _looks_private(stripped, raw):
         raise _private()
     if len(raw) != RAW_KEY_BYTES:
-        raise BadRequest(f"Field 'public_key' must be the base64 of the raw {RAW_KEY_BYTES}-byte {algorithm} "
-                         f"public key (got {len(raw)} bytes)")
+        raise BadRequest(
+            f"Field 'public_key' must be the base64 of the raw {RAW_KEY_BYTES}-byte {algorithm} "
+            f"public key (got {len(raw)} bytes)"
+        )
     if algorithm == "ed25519" and not _ed25519_on_curve(raw):
         raise BadRequest("Field 'public_key' is not a valid Ed25519 public key (not a point on the curve)")
     if algorithm == "x25519":
@@ -124,8 +132,10 @@ def _raw_key(value, algorithm):
 
 
 def _private():
-    return BadRequest("Field 'public_key' looks like a private key. Publish only public keys: the server "
-                      "never accepts, generates or stores private keys")
+    return BadRequest(
+        "Field 'public_key' looks like a private key. Publish only public keys: the server "
+        "never accepts, generates or stores private keys"
+    )
 
 
 def _der(data, offset, tag):
@@ -137,7 +147,7 @@ def _der(data, offset, tag):
         count = length & 0x7F
         if not 1 <= count <= 4 or offset + count > len(data):
             raise ValueError("bad DER length")
-        length = int.from_bytes(data[offset:offset + count], "big")
+        length = int.from_bytes(data[offset : offset + count], "big")
         offset += count
     if offset + length > len(data):
         raise ValueError("DER element runs past the end")
@@ -147,7 +157,7 @@ def _der(data, offset, tag):
 def _rsa_bits(der):
     """The modulus size of an RSA SubjectPublicKeyInfo; ValueError for anything else."""
     start, end = _der(der, 0, 0x30)
-    if der[start:start + 1] == b"\x02":
+    if der[start : start + 1] == b"\x02":
         raise PermissionError("a private key")  # PKCS#1 or PKCS#8 private keys start with a version
     if end != len(der):
         raise ValueError("trailing bytes")
@@ -185,11 +195,12 @@ def _rsa_key(value):
     except PermissionError:
         raise _private() from None
     except ValueError:
-        raise BadRequest("Field 'public_key' must be an RSA public key as a PEM 'PUBLIC KEY' block or "
-                         "base64 DER (SubjectPublicKeyInfo)") from None
+        raise BadRequest(
+            "Field 'public_key' must be an RSA public key as a PEM 'PUBLIC KEY' block or "
+            "base64 DER (SubjectPublicKeyInfo)"
+        ) from None
     if not MIN_RSA_BITS <= bits <= MAX_RSA_BITS:
-        raise BadRequest(f"Field 'public_key' must be an RSA key of {MIN_RSA_BITS} to {MAX_RSA_BITS} bits "
-                         f"(got {bits})")
+        raise BadRequest(f"Field 'public_key' must be an RSA key of {MIN_RSA_BITS} to {MAX_RSA_BITS} bits (got {bits})")
     return der
 
 
@@ -203,6 +214,7 @@ def check_public_key(algorithm, value):
 # =============================================================================
 # Handlers
 # =============================================================================
+
 
 def _now(req):
     return views.iso_time(req.ctx.clock())
@@ -225,9 +237,18 @@ def post_key(req):
     replaces = text(body, "replaces", required=False, max_length=MAX_ID, strip=False)
     key_bytes = check_public_key(algorithm, public_key)
     fingerprint, now = hashlib.sha256(key_bytes).hexdigest(), _now(req)
-    key = {"id": str(uuid.uuid4()), "user_id": req.user["id"], "device_id": device_id, "algorithm": algorithm,
-           "public_key": base64.b64encode(key_bytes).decode("ascii"), "fingerprint": fingerprint,
-           "created_at": now, "revoked_at": None, "replaces": replaces, "replaced_by": None}
+    key = {
+        "id": str(uuid.uuid4()),
+        "user_id": req.user["id"],
+        "device_id": device_id,
+        "algorithm": algorithm,
+        "public_key": base64.b64encode(key_bytes).decode("ascii"),
+        "fingerprint": fingerprint,
+        "created_at": now,
+        "revoked_at": None,
+        "replaces": replaces,
+        "replaced_by": None,
+    }
 
     def decide(keys):
         # On the user's keys as the store holds them when it writes: two publishes or
@@ -237,11 +258,14 @@ def post_key(req):
             if other["fingerprint"] == fingerprint:
                 raise Conflict(f"This public key is already published as key {other['id']}")
         if replaces is None:
-            current = next((other for other in live
-                            if other["device_id"] == device_id and other["algorithm"] == algorithm), None)
+            current = next(
+                (other for other in live if other["device_id"] == device_id and other["algorithm"] == algorithm), None
+            )
             if current is not None:
-                raise Conflict(f"Device {device_id} already has a live {algorithm} key ({current['id']}); "
-                               "rotate it by publishing with 'replaces'")
+                raise Conflict(
+                    f"Device {device_id} already has a live {algorithm} key ({current['id']}); "
+                    "rotate it by publishing with 'replaces'"
+                )
             if len(live) >= MAX_LIVE_KEYS:
                 raise Conflict(f"You have {MAX_LIVE_KEYS} live keys; revoke some before publishing more")
             return [key], {}
@@ -350,13 +374,18 @@ def check_envelope(req, envelope):
         seen.add(key_id)
         wrapped = wrap["wrapped_key"]
         if isinstance(wrapped, str) and not base64_chars(MIN_WRAPPED_KEY) <= len(wrapped) <= base64_chars(
-                MAX_WRAPPED_KEY):
+            MAX_WRAPPED_KEY
+        ):
             raise BadRequest(f"Field '{where}.wrapped_key' must hold {MIN_WRAPPED_KEY} to {MAX_WRAPPED_KEY} bytes")
         _decode(wrapped, BASE64, f"{where}.wrapped_key")
         if "nonce" in wrap:
             _decode(wrap["nonce"], BASE64_12, f"{where}.nonce")
     key = req.ctx.store.get_key(sender_key_id)
-    if key is None or key["user_id"] != req.user["id"] or key.get("revoked_at") is not None \
-            or key["algorithm"] != "ed25519":
+    if (
+        key is None
+        or key["user_id"] != req.user["id"]
+        or key.get("revoked_at") is not None
+        or key["algorithm"] != "ed25519"
+    ):
         raise BadRequest("Field 'encrypted.sender_key_id' must be a live Ed25519 key of yours")
     return envelope

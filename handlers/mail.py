@@ -80,8 +80,9 @@ class Mailer:
         settings = self.settings
         try:
             if settings.smtp_security == "ssl":
-                client = smtplib.SMTP_SSL(settings.smtp_host, settings.smtp_port, timeout=15,
-                                          context=ssl.create_default_context())
+                client = smtplib.SMTP_SSL(
+                    settings.smtp_host, settings.smtp_port, timeout=15, context=ssl.create_default_context()
+                )
             else:
                 client = smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=15)
             with client:

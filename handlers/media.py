@@ -59,8 +59,18 @@ from store import DamagedBlob, Missing, OutOfSpace, QuotaExceeded, TooLarge
 from . import views
 from .chats import _send, detach_attachment
 from .fields import text
-from .http import (STORE_RETRY_AFTER, BadRequest, Forbidden, HTTPError, NotFound, PayloadTooLarge, Response,
-                   ServiceUnavailable, UnsupportedMediaType, success)
+from .http import (
+    STORE_RETRY_AFTER,
+    BadRequest,
+    Forbidden,
+    HTTPError,
+    NotFound,
+    PayloadTooLarge,
+    Response,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+    success,
+)
 from .multipart import MultipartError, Parts, boundary
 from .roles import in_chat, may_moderate
 
@@ -102,8 +112,16 @@ SNIFFABLE = {mime for _, _, mime in SIGNATURES} | {"image/webp", "audio/wav", "a
 #: Declared types that the same magic bytes stand for.
 SAME_BYTES = {
     "video/webm": {"audio/webm", "video/x-matroska", "audio/x-matroska"},
-    "video/mp4": {"audio/mp4", "audio/x-m4a", "audio/m4a", "video/quicktime", "video/3gpp", "image/avif",
-                  "image/heic", "image/heif"},
+    "video/mp4": {
+        "audio/mp4",
+        "audio/x-m4a",
+        "audio/m4a",
+        "video/quicktime",
+        "video/3gpp",
+        "image/avif",
+        "image/heic",
+        "image/heif",
+    },
     "audio/ogg": {"video/ogg", "application/ogg", "audio/opus"},
     "audio/mpeg": {"audio/mp3"},
     "application/zip": {"application/epub+zip", "application/java-archive"},
@@ -111,14 +129,26 @@ SAME_BYTES = {
 }
 ZIP_DOCUMENTS = ("application/vnd.openxmlformats-officedocument.", "application/vnd.oasis.opendocument.")
 ALIASES = {
-    "image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "audio/mp3": "audio/mpeg",
-    "audio/x-wav": "audio/wav", "audio/wave": "audio/wav", "audio/vnd.wave": "audio/wav",
-    "application/x-zip-compressed": "application/zip", "application/x-pdf": "application/pdf",
+    "image/jpg": "image/jpeg",
+    "image/pjpeg": "image/jpeg",
+    "audio/mp3": "audio/mpeg",
+    "audio/x-wav": "audio/wav",
+    "audio/wave": "audio/wav",
+    "audio/vnd.wave": "audio/wav",
+    "application/x-zip-compressed": "application/zip",
+    "application/x-pdf": "application/pdf",
     "audio/x-aac": "audio/aac",
 }
 GENERIC = {"application/octet-stream", "binary/octet-stream", "application/unknown", "application/x-download"}
-DOCUMENTS = {"application/pdf", "application/msword", "application/rtf", "application/epub+zip",
-             "application/vnd.ms-excel", "application/vnd.ms-powerpoint", "application/json"}
+DOCUMENTS = {
+    "application/pdf",
+    "application/msword",
+    "application/rtf",
+    "application/epub+zip",
+    "application/vnd.ms-excel",
+    "application/vnd.ms-powerpoint",
+    "application/json",
+}
 _TEXT_CONTROLS = re.compile(rb"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]")
 _MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
 
@@ -126,7 +156,7 @@ _MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^
 def sniff(head):
     """The MIME type the first bytes of a file show, or None when they show nothing known."""
     for offset, magic, mime in SIGNATURES:
-        if head[offset:offset + len(magic)] == magic:
+        if head[offset : offset + len(magic)] == magic:
             return mime
     if head[:4] == b"RIFF" and head[8:12] in (b"WEBP", b"WAVE"):
         return "image/webp" if head[8:12] == b"WEBP" else "audio/wav"
@@ -166,13 +196,19 @@ def resolve_type(declared, head):
     if declared is None or declared in GENERIC:
         return sniffed or "application/octet-stream"
     if sniffed is None:
-        recognisable = declared in SNIFFABLE or declared.startswith("text/") or any(
-            declared in same for same in SAME_BYTES.values() if same is not SAME_BYTES["text/plain"])
+        recognisable = (
+            declared in SNIFFABLE
+            or declared.startswith("text/")
+            or any(declared in same for same in SAME_BYTES.values() if same is not SAME_BYTES["text/plain"])
+        )
         if not recognisable:
             return declared
-    elif declared == sniffed or declared in SAME_BYTES.get(sniffed, ()) or (
-            sniffed == "text/plain" and declared.startswith("text/")) or (
-            sniffed == "application/zip" and declared.startswith(ZIP_DOCUMENTS)):
+    elif (
+        declared == sniffed
+        or declared in SAME_BYTES.get(sniffed, ())
+        or (sniffed == "text/plain" and declared.startswith("text/"))
+        or (sniffed == "application/zip" and declared.startswith(ZIP_DOCUMENTS))
+    ):
         return declared
     shown = sniffed or "unrecognised binary data"
     raise UnsupportedMediaType(f"The file was declared {declared} but its bytes look like {shown}")
@@ -189,8 +225,7 @@ def kind_of(media_type):
     major = media_type.split("/", 1)[0]
     if major in ("image", "video", "audio"):
         return major
-    if major == "text" or media_type in DOCUMENTS or media_type.startswith(ZIP_DOCUMENTS + (
-            "application/vnd.ms-",)):
+    if major == "text" or media_type in DOCUMENTS or media_type.startswith(ZIP_DOCUMENTS + ("application/vnd.ms-",)):
         return "document"
     return "other"
 
@@ -289,6 +324,7 @@ def jpeg_coefficient_bytes(f):
 # =============================================================================
 # Thumbnails (Pillow, optional)
 # =============================================================================
+
 
 def imaging():
     """(PIL.Image, PIL.ImageOps), or None when Pillow is not installed."""
@@ -392,8 +428,10 @@ class Thumbnails:
             self._slots.release()
 
     def _too_big(self, cost):
-        return _none(f"Making a thumbnail of this image would take about {cost // MB} MB of memory, "
-                     f"more than the {self.memory // MB} MB this server allows")
+        return _none(
+            f"Making a thumbnail of this image would take about {cost // MB} MB of memory, "
+            f"more than the {self.memory // MB} MB this server allows"
+        )
 
     def _make(self, modules, store, digest):
         image_module, image_ops = modules
@@ -419,8 +457,13 @@ class Thumbnails:
             log.info("no thumbnail for %s: %s", digest, exc)
             return _none("The image could not be decoded"), None
         thumbnail_digest = store.save_blob_bytes(out.getvalue())
-        return {"status": "ready", "reason": None, "content_type": "image/png" if clear else "image/jpeg",
-                "width": size[0], "height": size[1]}, thumbnail_digest
+        return {
+            "status": "ready",
+            "reason": None,
+            "content_type": "image/png" if clear else "image/jpeg",
+            "width": size[0],
+            "height": size[1],
+        }, thumbnail_digest
 
     @staticmethod
     def _cost(image, f, whole):
@@ -441,6 +484,7 @@ class Thumbnails:
 # =============================================================================
 # Uploading
 # =============================================================================
+
 
 class _Body:
     """Exactly CONTENT_LENGTH bytes of wsgi.input (or all of it when no length was declared)."""
@@ -502,15 +546,17 @@ def _store_file(req, chat, me, read, declared, name, expected=None):
     if declared is not None and not _MEDIA_TYPE.fullmatch(declared):
         raise UnsupportedMediaType(f"The file's declared type {declared!r} is not a MIME type")
     if declared is not None and declared not in GENERIC and not allowed(declared, settings.media_types):
-        raise UnsupportedMediaType(f"Files of type {declared} are not accepted here; allowed: "
-                                   f"{', '.join(settings.media_types)}")
+        raise UnsupportedMediaType(
+            f"Files of type {declared} are not accepted here; allowed: {', '.join(settings.media_types)}"
+        )
     head = _head(read)
     if not head:
         raise BadRequest("The file is empty")
     media_type = resolve_type(declared, head)
     if not allowed(media_type, settings.media_types):
-        raise UnsupportedMediaType(f"Files of type {media_type} are not accepted here; allowed: "
-                                   f"{', '.join(settings.media_types)}")
+        raise UnsupportedMediaType(
+            f"Files of type {media_type} are not accepted here; allowed: {', '.join(settings.media_types)}"
+        )
     pending = [head]
 
     def rest(size):
@@ -528,8 +574,7 @@ def _store_file(req, chat, me, read, declared, name, expected=None):
     except TooLarge:
         if limit < settings.media_max_bytes:
             raise over_quota(used, quota) from None
-        raise PayloadTooLarge(f"The file is larger than {settings.media_max_bytes} bytes "
-                              "(MEDIA_MAX_BYTES)") from None
+        raise PayloadTooLarge(f"The file is larger than {settings.media_max_bytes} bytes (MEDIA_MAX_BYTES)") from None
     except OutOfSpace as exc:
         raise disk_full(exc) from None
     saved = [digest]
@@ -540,10 +585,19 @@ def _store_file(req, chat, me, read, declared, name, expected=None):
                 width, height = image_size(f)
         thumbnail, thumbnail_digest = req.ctx.thumbnails.make(store, digest, media_type, width, height)
         record = {
-            "id": str(uuid.uuid4()), "chat_id": chat["id"], "uploader_id": me["user_id"], "message_id": None,
-            "name": clean_name(name, media_type), "size": size, "content_type": media_type,
-            "kind": kind_of(media_type), "sha256": digest, "width": width, "height": height,
-            "thumbnail": thumbnail, "created_at": views.iso_time(req.ctx.clock()),
+            "id": str(uuid.uuid4()),
+            "chat_id": chat["id"],
+            "uploader_id": me["user_id"],
+            "message_id": None,
+            "name": clean_name(name, media_type),
+            "size": size,
+            "content_type": media_type,
+            "kind": kind_of(media_type),
+            "sha256": digest,
+            "width": width,
+            "height": height,
+            "thumbnail": thumbnail,
+            "created_at": views.iso_time(req.ctx.clock()),
         }
         if thumbnail_digest is not None:
             record["thumbnail_sha256"] = thumbnail_digest
@@ -565,15 +619,18 @@ def _store_file(req, chat, me, read, declared, name, expected=None):
 
 def over_quota(used, quota):
     """The 413 for an upload that would take its uploader past ATTACHMENT_QUOTA_BYTES."""
-    return PayloadTooLarge(f"Your attachments would hold more than your quota of {quota} bytes "
-                           f"(ATTACHMENT_QUOTA_BYTES; {used} used): delete some to make room")
+    return PayloadTooLarge(
+        f"Your attachments would hold more than your quota of {quota} bytes "
+        f"(ATTACHMENT_QUOTA_BYTES; {used} used): delete some to make room"
+    )
 
 
 def disk_full(exc):
     """The 503 for an upload the disk has no room for (it is full, or the reserve would be used)."""
     log.warning("upload refused: %s", exc)
-    return ServiceUnavailable("The server's disk is too full to keep this file now; try again later",
-                              retry_after=STORE_RETRY_AFTER)
+    return ServiceUnavailable(
+        "The server's disk is too full to keep this file now; try again later", retry_after=STORE_RETRY_AFTER
+    )
 
 
 def _give_up(store, digests):
@@ -661,6 +718,7 @@ def post_attachment(req, chat, me):
 # Reading and deleting
 # =============================================================================
 
+
 @in_chat()
 def _membership(req, chat, me):
     return chat, me
@@ -677,9 +735,11 @@ def _visible(req, attachment_id):
 
 def _members_only(handler):
     """Decorate ``f(req, attachment, chat, me)`` to be reached by members of the attachment's chat only."""
+
     @functools.wraps(handler)
     def guarded(req, attachment_id):
         return handler(req, *_visible(req, attachment_id))
+
     return guarded
 
 
@@ -693,8 +753,14 @@ def get_attachment(req, attachment, chat, me):
 def get_attachment_content(req, attachment, chat, me):
     """The attachment's bytes; Range, If-None-Match and If-Range are honoured."""
     inline = attachment["kind"] in ("image", "video", "audio") and "svg" not in attachment["content_type"]
-    return _send_file(req, attachment["sha256"], attachment["content_type"], attachment["size"],
-                      _disposition("inline" if inline else "attachment", attachment["name"]), attachment)
+    return _send_file(
+        req,
+        attachment["sha256"],
+        attachment["content_type"],
+        attachment["size"],
+        _disposition("inline" if inline else "attachment", attachment["name"]),
+        attachment,
+    )
 
 
 @_members_only
@@ -725,8 +791,9 @@ def delete_attachment(req, attachment, chat, me):
     store = req.ctx.store
     if attachment.get("message_id") is None and not store.delete_attachment(attachment["id"], unsent_only=True):
         attachment = store.get_attachment(attachment["id"])  # sent, or deleted, meanwhile
-    if attachment is None or (attachment.get("message_id") is not None
-                              and not detach_attachment(req, chat, me, attachment)):
+    if attachment is None or (
+        attachment.get("message_id") is not None and not detach_attachment(req, chat, me, attachment)
+    ):
         raise NotFound("The attachment is already deleted")
     return success(message=f"Attachment with ID {attachment['id']} deleted successfully")
 
@@ -734,6 +801,7 @@ def delete_attachment(req, attachment, chat, me):
 # =============================================================================
 # Sending bytes
 # =============================================================================
+
 
 def _disposition(kind, name):
     """A Content-Disposition with an ASCII fallback and the UTF-8 name (RFC 6266, RFC 8187)."""
@@ -766,8 +834,9 @@ def _byte_range(req, size, etag):
     if last != "" and int(last) < first:
         return None
     if first >= size:
-        raise RangeNotSatisfiable(f"The range starts past the end ({size} bytes)",
-                                  [("Content-Range", f"bytes */{size}")])
+        raise RangeNotSatisfiable(
+            f"The range starts past the end ({size} bytes)", [("Content-Range", f"bytes */{size}")]
+        )
     return first, size - 1 if last == "" else min(int(last), size - 1)
 
 
@@ -830,15 +899,19 @@ def _open_whole(req, digest, attachment):
         return req.ctx.store.open_blob(digest)
     except DamagedBlob as exc:
         log.error("attachment %s (chat %s) cannot be served: %s", attachment["id"], attachment["chat_id"], exc)
-        raise DamagedData("Attachment data is damaged: the server's copy no longer matches its "
-                          "SHA-256") from None
+        raise DamagedData("Attachment data is damaged: the server's copy no longer matches its SHA-256") from None
 
 
 def _send_file(req, digest, media_type, size, disposition, attachment):
     etag = f'"{digest}"'
-    headers = [("ETag", etag), ("Accept-Ranges", "bytes"), ("Cache-Control", "private, no-cache"),
-               ("Content-Disposition", disposition), ("X-Content-Type-Options", "nosniff"),
-               ("Content-Security-Policy", "default-src 'none'; sandbox")]
+    headers = [
+        ("ETag", etag),
+        ("Accept-Ranges", "bytes"),
+        ("Cache-Control", "private, no-cache"),
+        ("Content-Disposition", disposition),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Content-Security-Policy", "default-src 'none'; sandbox"),
+    ]
     if_none_match = req.environ.get("HTTP_IF_NONE_MATCH")
     if if_none_match is not None and (if_none_match.strip() == "*" or etag in _etags(if_none_match)):
         return Response([], 304, headers)

@@ -17,8 +17,8 @@ from .views import iso_time, public_message
 def visible_to(message, user_id):
     """True when ``user_id`` may see the 0xC ``message``: public, or sent by or to them."""
     return message is not None and (
-        message.get("recipient_id") is None
-        or user_id in (message["user_id"], message["recipient_id"]))
+        message.get("recipient_id") is None or user_id in (message["user_id"], message["recipient_id"])
+    )
 
 
 def _audience(message):
@@ -39,17 +39,23 @@ def _listed(message, rule, user_id):
 def get_messages(req):
     """Messages the current user may see: public, and private to or from them."""
     user_id, store = req.user["id"], req.ctx.store
-    return page_answer(req, lambda **kw: store.visible_messages(user_id, **kw),
-                       lambda message_id: _listed(store.get_message(message_id), visible_to, user_id),
-                       public_message)
+    return page_answer(
+        req,
+        lambda **kw: store.visible_messages(user_id, **kw),
+        lambda message_id: _listed(store.get_message(message_id), visible_to, user_id),
+        public_message,
+    )
 
 
 def get_my_messages(req):
     """Messages the current user sent."""
     user_id, store = req.user["id"], req.ctx.store
-    return page_answer(req, lambda **kw: store.sent_messages(user_id, **kw),
-                       lambda message_id: _listed(store.get_message(message_id), _sent_by, user_id),
-                       public_message)
+    return page_answer(
+        req,
+        lambda **kw: store.sent_messages(user_id, **kw),
+        lambda message_id: _listed(store.get_message(message_id), _sent_by, user_id),
+        public_message,
+    )
 
 
 def post_message(req):
@@ -59,14 +65,16 @@ def post_message(req):
     recipient_id = text(body, "recipient_id", required=False, max_length=64)
     if recipient_id is not None and req.ctx.store.get_user(recipient_id) is None:
         raise BadRequest(f"Recipient with ID {recipient_id} not found")
-    message = req.ctx.store.add_message({
-        "id": str(uuid.uuid4()),
-        "user_id": req.user["id"],
-        "username": req.user["username"],
-        "content": content,
-        "timestamp": iso_time(req.ctx.clock()),
-        "recipient_id": recipient_id,
-    })
+    message = req.ctx.store.add_message(
+        {
+            "id": str(uuid.uuid4()),
+            "user_id": req.user["id"],
+            "username": req.user["username"],
+            "content": content,
+            "timestamp": iso_time(req.ctx.clock()),
+            "recipient_id": recipient_id,
+        }
+    )
     req.ctx.events.publish("message.created", public_message(message), _audience(message))
     return success(public_message(message), "Message created successfully", status=201)
 

@@ -152,12 +152,12 @@ class Parts:
         while True:
             at = self._buffer.find(self._delimiter)
             if at >= 0:
-                del self._buffer[:at + len(self._delimiter)]
+                del self._buffer[: at + len(self._delimiter)]
                 self._after_delimiter()
                 return
             keep = len(self._delimiter) - 1
             if len(self._buffer) > keep:
-                del self._buffer[:len(self._buffer) - keep]
+                del self._buffer[: len(self._buffer) - keep]
             if self._eof:
                 raise MultipartError("The multipart body holds no boundary delimiter")
             self._fill(len(self._buffer) + CHUNK)
@@ -253,7 +253,7 @@ class Parts:
             del self._buffer[:take]
             return data
         # At the delimiter: this part is over.
-        del self._buffer[:len(self._delimiter)]
+        del self._buffer[: len(self._delimiter)]
         self._in_body = False
         self._after_delimiter()
         return b""

@@ -154,8 +154,11 @@ class Notifier:
         mentioned = [m["user_id"] for m in message.get("mentions", []) if m["user_id"] != author]
         targets = [(uid, "mention") for uid in mentioned if store.get_member(chat["id"], uid)]
         if chat["type"] == "direct":
-            targets += [(uid, "direct_message") for uid in chat["pair"]
-                        if uid != author and uid not in mentioned and not self._muted(chat["id"], uid)]
+            targets += [
+                (uid, "direct_message")
+                for uid in chat["pair"]
+                if uid != author and uid not in mentioned and not self._muted(chat["id"], uid)
+            ]
         return self._make(targets, chat, author, message)
 
     def _notes(self, event):
@@ -164,8 +167,15 @@ class Notifier:
         if chat is None:
             return []
         if event.type == "chat.created" and chat["type"] == "group":
-            return self._make([(member["user_id"], "added_to_chat") for member in store.members(chat["id"])
-                               if member["user_id"] != chat["created_by"]], chat, chat["created_by"])
+            return self._make(
+                [
+                    (member["user_id"], "added_to_chat")
+                    for member in store.members(chat["id"])
+                    if member["user_id"] != chat["created_by"]
+                ],
+                chat,
+                chat["created_by"],
+            )
         if event.type == "member.added":
             return self._make([(data["user_id"], "added_to_chat")], chat, data.get("by"))
         if event.type == "member.role_changed" and not self._muted(chat["id"], data["user_id"]):
@@ -178,21 +188,28 @@ class Notifier:
             return []
         actor = self.ctx.store.get_user(actor_id) if actor_id else None
         common = {
-            "chat_id": chat["id"], "chat_name": chat.get("name"),
-            "message_id": message["id"] if message else None, "actor_id": actor_id,
+            "chat_id": chat["id"],
+            "chat_name": chat.get("name"),
+            "message_id": message["id"] if message else None,
+            "actor_id": actor_id,
             "actor_username": actor["username"] if actor else None,
             "preview": _preview(message),
-            "role": role, "created_at": views.iso_time(self.ctx.clock()), "read": False,
+            "role": role,
+            "created_at": views.iso_time(self.ctx.clock()),
+            "read": False,
         }
         batch = uuid.uuid4().hex
-        return [dict(common, id=f"{batch}-{number}", user_id=user_id, kind=kind)
-                for number, (user_id, kind) in enumerate(targets)]
+        return [
+            dict(common, id=f"{batch}-{number}", user_id=user_id, kind=kind)
+            for number, (user_id, kind) in enumerate(targets)
+        ]
 
     def _deliver(self, notes, **mark):
         ctx = self.ctx
         views_of = [shown(note) for note in notes]
-        notes, accepted, refused = ctx.store.add_notifications(notes, self._jobs(notes, views_of),
-                                                               ctx.settings.push_queue_max, **mark)
+        notes, accepted, refused = ctx.store.add_notifications(
+            notes, self._jobs(notes, views_of), ctx.settings.push_queue_max, **mark
+        )
         for note, view in zip(notes, views_of):
             ctx.events.publish("notification.created", view, {note["user_id"]})
         self._scrub_deleted(notes)
@@ -212,8 +229,9 @@ class Notifier:
         for message_id in dict.fromkeys(note["message_id"] for note in notes if note.get("message_id")):
             message = store.get_chat_message(message_id)
             if message is None or message.get("deleted"):
-                self.ctx.events.scrub("chat.message.deleted",
-                                      views.chat_message(message) if message else {"id": message_id})
+                self.ctx.events.scrub(
+                    "chat.message.deleted", views.chat_message(message) if message else {"id": message_id}
+                )
 
     def _jobs(self, notes, views_of):
         """One push job per receiving URL, carrying every notification of the batch meant for it."""
@@ -225,13 +243,29 @@ class Notifier:
             for device in devices:
                 if device.get("endpoint"):
                     batches.setdefault(device["endpoint"], []).append(
-                        dict(item, device_id=device["id"], token=device.get("token")))
+                        dict(item, device_id=device["id"], token=device.get("token"))
+                    )
             if settings.push_webhook_url:
-                batches.setdefault(settings.push_webhook_url, []).append(dict(item, devices=[
-                    {"device_id": d["id"], "platform": d["platform"], "token": d.get("token")} for d in devices]))
-        return [{"id": str(uuid.uuid4()), "url": url, "payload": {"deliveries": items}, "attempts": 0,
-                 "last_error": None, "next_attempt_at": now, "created_at": views.iso_time(now)}
-                for url, items in batches.items()]
+                batches.setdefault(settings.push_webhook_url, []).append(
+                    dict(
+                        item,
+                        devices=[
+                            {"device_id": d["id"], "platform": d["platform"], "token": d.get("token")} for d in devices
+                        ],
+                    )
+                )
+        return [
+            {
+                "id": str(uuid.uuid4()),
+                "url": url,
+                "payload": {"deliveries": items},
+                "attempts": 0,
+                "last_error": None,
+                "next_attempt_at": now,
+                "created_at": views.iso_time(now),
+            }
+            for url, items in batches.items()
+        ]
 
 
 def _preview(message):
@@ -246,12 +280,26 @@ def _preview(message):
 
 def shown(note):
     """A notification as its user sees it."""
-    return {key: note.get(key) for key in (
-        "id", "kind", "chat_id", "chat_name", "message_id", "actor_id", "actor_username", "preview",
-        "role", "created_at", "read")}
+    return {
+        key: note.get(key)
+        for key in (
+            "id",
+            "kind",
+            "chat_id",
+            "chat_name",
+            "message_id",
+            "actor_id",
+            "actor_username",
+            "preview",
+            "role",
+            "created_at",
+            "read",
+        )
+    }
 
 
 # -- the feed ---------------------------------------------------------------------------
+
 
 def _feed(req, kind=None):
     store, user_id, query = req.ctx.store, req.user["id"], req.query
@@ -266,9 +314,11 @@ def _feed(req, kind=None):
             raise BadRequest("Query parameter 'before' is not one of your notifications")
         before = anchor["seq"]
     notes, more = store.user_notifications(user_id, before=before, limit=size, kind=kind, unread_only=unread_only)
-    return success(notifications=[shown(note) for note in notes],
-                   unread_count=store.unread_notification_count(user_id),
-                   paging={"limit": size, "before": notes[-1]["id"] if more else None})
+    return success(
+        notifications=[shown(note) for note in notes],
+        unread_count=store.unread_notification_count(user_id),
+        paging={"limit": size, "before": notes[-1]["id"] if more else None},
+    )
 
 
 def get_notifications(req):
@@ -303,6 +353,7 @@ def post_notifications_read_all(req):
 
 # -- devices ------------------------------------------------------------------------------
 
+
 def _endpoint(req, body):
     url = text(body, "endpoint", required=False, max_length=500)
     if url is None:
@@ -332,9 +383,17 @@ def post_device(req):
     if token is None and endpoint is None:
         raise BadRequest("Give a device 'token', an 'endpoint' URL, or both")
     try:
-        device = req.ctx.store.add_device({"id": str(uuid.uuid4()), "user_id": req.user["id"], "platform": platform,
-                                           "token": token, "endpoint": endpoint,
-                                           "created_at": views.iso_time(req.ctx.clock())}, limit=MAX_DEVICES)
+        device = req.ctx.store.add_device(
+            {
+                "id": str(uuid.uuid4()),
+                "user_id": req.user["id"],
+                "platform": platform,
+                "token": token,
+                "endpoint": endpoint,
+                "created_at": views.iso_time(req.ctx.clock()),
+            },
+            limit=MAX_DEVICES,
+        )
     except Conflict:  # counted by the store in the write, so concurrent registrations cannot pass the cap
         raise BadRequest(f"At most {MAX_DEVICES} devices per user; remove one first") from None
     return success(_device(device), "Device registered", status=201)
@@ -364,5 +423,9 @@ def get_dead_letters(req):
         raise Forbidden("Only the server's admins may see failed deliveries")
     size = read_limit(req.query)
     jobs = req.ctx.store.dead_push_jobs(limit=size)
-    return success([{key: job.get(key) for key in ("id", "url", "attempts", "last_error", "created_at", "payload")}
-                    for job in jobs])
+    return success(
+        [
+            {key: job.get(key) for key in ("id", "url", "attempts", "last_error", "created_at", "payload")}
+            for job in jobs
+        ]
+    )

@@ -34,5 +34,6 @@ def page_answer(req, listing, anchor, view):
     else:
         older = query.get("after") if page.older else None
         newer = query.get("before") if page.newer else None
-    return success(messages=[view(record) for record in page.items],
-                   paging={"limit": size, "before": older, "after": newer})
+    return success(
+        messages=[view(record) for record in page.items], paging={"limit": size, "before": older, "after": newer}
+    )

@@ -49,6 +49,7 @@ def _off_the_event_loop():
     if not monkey.is_module_patched("threading"):
         return None
     import gevent
+
     return lambda work, *args: gevent.get_hub().threadpool.apply(work, args)
 
 
@@ -63,8 +64,9 @@ def _on_low_priority_threads(concurrency):
     """On Linux, a runner that hashes on ``concurrency`` threads of lower CPU priority; elsewhere None."""
     if not sys.platform.startswith("linux"):
         return None
-    pool = concurrent.futures.ThreadPoolExecutor(concurrency, thread_name_prefix="oxc-hash",
-                                                 initializer=_lower_priority)
+    pool = concurrent.futures.ThreadPoolExecutor(
+        concurrency, thread_name_prefix="oxc-hash", initializer=_lower_priority
+    )
     return lambda work, *args: pool.submit(work, *args).result()
 
 

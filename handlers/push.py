@@ -55,6 +55,7 @@ RESPONSE_BYTES = 1024
 # Where a delivery may go
 # =============================================================================
 
+
 class UnsafeURL(ValueError):
     """A push URL the server will not call; the message says why, to follow a name ("must not ...")."""
 
@@ -70,8 +71,10 @@ class Target:
 
 
 #: A host name's labels (letters, digits, hyphens) or an IPv4 address, then an optional port.
-_AUTHORITY = re.compile(r"(?P<host>[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*)"
-                        r"(?::(?P<port>[0-9]{1,5}))?")
+_AUTHORITY = re.compile(
+    r"(?P<host>[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*)"
+    r"(?::(?P<port>[0-9]{1,5}))?"
+)
 _IPV6_AUTHORITY = re.compile(r"\[(?P<host>[0-9a-f:.]+)\](?::(?P<port>[0-9]{1,5}))?")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -88,7 +91,7 @@ def parse_url(url):
     if "\\" in url:
         raise UnsafeURL("must not contain backslashes")
     parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme not in DEFAULT_PORTS or not url[len(parsed.scheme):].startswith("://"):
+    if parsed.scheme not in DEFAULT_PORTS or not url[len(parsed.scheme) :].startswith("://"):
         raise UnsafeURL("must be an http(s) URL")
     authority = parsed.netloc.lower()
     if "@" in authority:
@@ -118,16 +121,14 @@ def allowed_networks(entries):
         try:
             networks.append(ipaddress.ip_network(entry.strip(), strict=False))
         except ValueError:
-            raise ValueError(f"must be IP addresses or networks like 10.0.0.0/8 or fd00::/8 (not {entry!r})") \
-                from None
+            raise ValueError(f"must be IP addresses or networks like 10.0.0.0/8 or fd00::/8 (not {entry!r})") from None
     return tuple(networks)
 
 
 #: Ports a delivery may use on an address that PUSH_ALLOWED_ADDRESSES does not name.
 PUBLIC_PORTS = (80, 443)
 #: Instance metadata services (AWS, GCP, Azure, Oracle; AWS ECS; AWS over IPv6; Alibaba).
-METADATA = {ipaddress.ip_address(a) for a in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254",
-                                               "100.100.100.200")}
+METADATA = {ipaddress.ip_address(a) for a in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200")}
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
@@ -141,11 +142,16 @@ def _private_kind(ip):
                 return f"{_private_kind(inner)} inside an IPv6 address"
     if ip in METADATA:
         return "a cloud metadata address"
-    for kind, test in (("an unspecified address", ip.is_unspecified), ("a loopback address", ip.is_loopback),
-                       ("a link-local address", ip.is_link_local), ("a multicast address", ip.is_multicast),
-                       ("a private address", ip.is_private),
-                       ("a site-local address", getattr(ip, "is_site_local", False)),
-                       ("a reserved address", ip.is_reserved), ("not a public address", not ip.is_global)):
+    for kind, test in (
+        ("an unspecified address", ip.is_unspecified),
+        ("a loopback address", ip.is_loopback),
+        ("a link-local address", ip.is_link_local),
+        ("a multicast address", ip.is_multicast),
+        ("a private address", ip.is_private),
+        ("a site-local address", getattr(ip, "is_site_local", False)),
+        ("a reserved address", ip.is_reserved),
+        ("not a public address", not ip.is_global),
+    ):
         if test:
             return kind
     return None
@@ -275,8 +281,12 @@ class PushWorker:
     def _deliver(self, job):
         body = json.dumps(job["payload"], separators=(",", ":")).encode("utf-8")
         timestamp = str(int(self.clock()))
-        headers = {"Content-Type": "application/json", "User-Agent": "oxc-push",
-                   "X-Oxc-Timestamp": timestamp, "X-Oxc-Delivery": job["id"]}
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "oxc-push",
+            "X-Oxc-Timestamp": timestamp,
+            "X-Oxc-Delivery": job["id"],
+        }
         if self.settings.push_webhook_secret:
             headers["X-Oxc-Signature"] = sign(self.settings.push_webhook_secret, timestamp, body)
         attempts = job["attempts"] + 1
@@ -285,8 +295,9 @@ class PushWorker:
         except UnsafeURL as exc:
             # Asking again would not change the answer: a dead letter at once, never sent.
             log.warning("push: refused to deliver to %s: %s", job["url"], exc)
-            self.store.update_push_job(job["id"], {"attempts": attempts, "status": "dead",
-                                                   "last_error": f"refused: {exc}"})
+            self.store.update_push_job(
+                job["id"], {"attempts": attempts, "status": "dead", "last_error": f"refused: {exc}"}
+            )
             return
         except OSError as exc:  # the name did not resolve (now): an ordinary failure, retried
             error = f"cannot resolve {job['url']}: {exc}"
@@ -303,8 +314,10 @@ class PushWorker:
             log.warning("push: giving up on %s after %d tries: %s", job["url"], attempts, error)
             self.store.update_push_job(job["id"], {"attempts": attempts, "status": "dead", "last_error": error})
         else:
-            self.store.update_push_job(job["id"], {"attempts": attempts, "last_error": error,
-                                                   "next_attempt_at": self.clock() + backoff(attempts)})
+            self.store.update_push_job(
+                job["id"],
+                {"attempts": attempts, "last_error": error, "next_attempt_at": self.clock() + backoff(attempts)},
+            )
 
     def check(self, url):
         """(Target, the addresses to call) for ``url``, looked up once; UnsafeURL says why not."""
@@ -321,8 +334,9 @@ class PushWorker:
         for address in addresses:
             refusal = address_refusal(address, target.port, self.allowed)
             if refusal is not None:
-                raise UnsafeURL(refusal if address == target.host
-                                else f"{target.host} resolves to {address}; {refusal}")
+                raise UnsafeURL(
+                    refusal if address == target.host else f"{target.host} resolves to {address}; {refusal}"
+                )
         return target, addresses
 
     def _post(self, target, addresses, body, headers):

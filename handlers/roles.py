@@ -36,6 +36,7 @@ def in_chat(role="member", groups_only=None):
     ``groups_only`` names what direct chats cannot do ("gain members"): asked of
     a direct chat, the answer is 400 whatever the caller's role.
     """
+
     def decorate(handler):
         @functools.wraps(handler)
         def guarded(req, chat_id, **params):
@@ -49,8 +50,10 @@ def in_chat(role="member", groups_only=None):
                 raise BadRequest(f"Direct chats cannot {groups_only}")
             _check_rank(me, role)
             return handler(req, chat, me, **params)
+
         guarded.required_role = role
         return guarded
+
     return decorate
 
 
@@ -106,22 +109,27 @@ def check_message_deletion(me, message):
 
 def renaming(chat_id, caller_id, changes):
     """The decision (for ``Store.change_chat``) to apply ``changes`` to a group: admins and owner."""
+
     def decide(chat, members, count):
         acting(chat_id, chat, members[caller_id], "admin")
         return ChatChange(chat=changes)
+
     return decide
 
 
 def deleting(chat_id, caller_id):
     """The decision to delete a group with everything in it: the owner only."""
+
     def decide(chat, members, count):
         acting(chat_id, chat, members[caller_id], "owner")
         return ChatChange(delete=True)
+
     return decide
 
 
 def adding(chat_id, caller_id, record, name):
     """The decision to add the member ``record`` (named ``name``): admins add members, the owner admins too."""
+
     def decide(chat, members, count):
         me = acting(chat_id, chat, members[caller_id], "admin")
         if record["role"] == "admin" and me["role"] != "owner":
@@ -129,6 +137,7 @@ def adding(chat_id, caller_id, record, name):
         if members[record["user_id"]] is not None:
             raise BadRequest(f"User {name} is already a member of this chat")
         return ChatChange(members={record["user_id"]: record})
+
     return decide
 
 
@@ -137,6 +146,7 @@ def removing(chat_id, caller_id, user_id):
 
     The owner leaves only as the last member, and the group goes with them.
     """
+
     def decide(chat, members, count):
         me = acting(chat_id, chat, members[caller_id])
         target = _still_member(members[user_id], user_id)
@@ -144,11 +154,13 @@ def removing(chat_id, caller_id, user_id):
         if target["role"] == "owner" and count > 1:
             raise BadRequest("The owner must transfer ownership before leaving")
         return ChatChange(members={user_id: None})
+
     return decide
 
 
 def changing_role(chat_id, caller_id, user_id, role):
     """The decision to give ``user_id`` the role ``role``; 'owner' transfers ownership (the owner becomes an admin)."""
+
     def decide(chat, members, count):
         me = acting(chat_id, chat, members[caller_id], "owner")
         target = _still_member(members[user_id], user_id)
@@ -157,12 +169,15 @@ def changing_role(chat_id, caller_id, user_id, role):
         if role == "owner":
             updates[caller_id] = dict(me, role="admin")
         return ChatChange(members=updates)
+
     return decide
 
 
 def updating_self(chat_id, caller_id, update):
     """The decision to change the caller's own membership: ``update(record)`` gives the new one (None: none)."""
+
     def decide(chat, members, count):
         record = update(acting(chat_id, chat, members[caller_id]))
         return None if record is None else ChatChange(members={caller_id: record})
+
     return decide

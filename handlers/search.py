@@ -8,9 +8,9 @@ postings of the scopes the caller may see, never every message.
 from store import search_terms
 
 from . import views
-from .messages import visible_to
 from .fields import limit as read_limit
 from .http import BadRequest, Forbidden, NotFound, success
+from .messages import visible_to
 
 MAX_QUERY = 200
 

@@ -9,8 +9,10 @@ def get_root(req):
     web_enabled = req.ctx.settings.web_enabled
     if web_enabled and web.prefers_html(req.header("Accept")):
         return web.page(req)
-    answer = success({"name": "oxc", "version": req.ctx.version, "api_prefix": req.ctx.settings.api_prefix},
-                     "oxc chat API is running")
+    answer = success(
+        {"name": "oxc", "version": req.ctx.version, "api_prefix": req.ctx.settings.api_prefix},
+        "oxc chat API is running",
+    )
     if web_enabled:
         answer.headers.append(("Vary", "Accept"))
     return answer
@@ -31,5 +33,8 @@ def get_health(req):
     }
     if healthy:
         return success(data)
-    return json_response({"status": "error", "message": f"The store refuses writes: {problem}", "data": data},
-                         status=503, headers=[("Retry-After", str(STORE_RETRY_AFTER))])
+    return json_response(
+        {"status": "error", "message": f"The store refuses writes: {problem}", "data": data},
+        status=503,
+        headers=[("Retry-After", str(STORE_RETRY_AFTER))],
+    )

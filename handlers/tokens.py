@@ -76,8 +76,13 @@ class AccessTokens:
         """A new token and its timing: (token, issued_at, expires_at, refresh_at)."""
         issued_at = int(self._clock())
         expires_at = issued_at + self.lifetime
-        claims = {"sub": user_id, "sid": session_id, "iat": issued_at, "exp": expires_at,
-                  "jti": secrets.token_urlsafe(8)}
+        claims = {
+            "sub": user_id,
+            "sid": session_id,
+            "iat": issued_at,
+            "exp": expires_at,
+            "jti": secrets.token_urlsafe(8),
+        }
         token = jwt.encode(claims, self._secret, algorithm="HS256", headers={"typ": ACCESS_TYPE})
         return token, issued_at, expires_at, self.refresh_at(issued_at, expires_at)
 
@@ -103,8 +108,13 @@ class AccessTokens:
     def issue_ticket(self, user_id, session_id, expires_at):
         """A ticket that opens the event stream for a minute: (ticket, seconds it lasts)."""
         now = int(self._clock())
-        claims = {"sub": user_id, "sid": session_id, "exp": min(now + TICKET_TTL, expires_at),
-                  "end": expires_at, "jti": secrets.token_urlsafe(12)}
+        claims = {
+            "sub": user_id,
+            "sid": session_id,
+            "exp": min(now + TICKET_TTL, expires_at),
+            "end": expires_at,
+            "jti": secrets.token_urlsafe(12),
+        }
         return jwt.encode(claims, self._ticket_key, algorithm="HS256", headers={"typ": TICKET_TYPE}), TICKET_TTL
 
     def read_ticket(self, ticket):
@@ -130,13 +140,20 @@ def _claims(token, key, kind, times):
     Expiry is left to the caller (it has the injected clock); InvalidToken otherwise.
     """
     try:
-        decoded = jwt.decode_complete(token, key, algorithms=["HS256"],
-                                      options={"require": [*times, "sub"], "verify_exp": False,
-                                               "verify_iat": False})
+        decoded = jwt.decode_complete(
+            token,
+            key,
+            algorithms=["HS256"],
+            options={"require": [*times, "sub"], "verify_exp": False, "verify_iat": False},
+        )
     except jwt.PyJWTError:
         raise InvalidToken("Invalid token") from None
     claims = decoded["payload"]
-    if decoded["header"].get("typ") != kind or not isinstance(claims.get("sub"), str) or \
-            not isinstance(claims.get("sid"), str) or not all(isinstance(claims.get(name), int) for name in times):
+    if (
+        decoded["header"].get("typ") != kind
+        or not isinstance(claims.get("sub"), str)
+        or not isinstance(claims.get("sid"), str)
+        or not all(isinstance(claims.get(name), int) for name in times)
+    ):
         raise InvalidToken("Invalid token")
     return claims

@@ -70,8 +70,14 @@ def post_password(req):
     if not ctx.passwords.verify(current, req.user["password_hash"]):
         raise Forbidden("The current password is not correct")
     # Over the hash just checked only: of two changes racing from one current password, one wins.
-    if ctx.store.update_user(req.user["id"], {"password_hash": ctx.passwords.hash(new)},
-                             expected={"password_hash": req.user["password_hash"]}) is None:
+    if (
+        ctx.store.update_user(
+            req.user["id"],
+            {"password_hash": ctx.passwords.hash(new)},
+            expected={"password_hash": req.user["password_hash"]},
+        )
+        is None
+    ):
         raise Forbidden("The current password is not correct")
     ended = ctx.store.delete_user_sessions(req.user["id"], keep=req.claims.get("sid"))
     return success({"other_sessions_ended": ended}, "Password changed")
@@ -84,8 +90,10 @@ def get_users(req):
         raise BadRequest("Query parameter 'q' must be at most 32 characters")
     size = read_limit(req.query, default=20, maximum=100)
     users, more = req.ctx.store.users_by_prefix(prefix, limit=size, after=req.query.get("after"))
-    return success(users=[views.profile(user) for user in users],
-                   paging={"limit": size, "after": users[-1]["username"] if more else None})
+    return success(
+        users=[views.profile(user) for user in users],
+        paging={"limit": size, "after": users[-1]["username"] if more else None},
+    )
 
 
 def get_user(req, user_id):

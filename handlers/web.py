@@ -36,16 +36,18 @@ STATIC_TYPES = {
     "app.js": "text/javascript; charset=utf-8",
     "icon.svg": "image/svg+xml",
 }
-CONTENT_SECURITY_POLICY = "; ".join([
-    "default-src 'none'",
-    "script-src 'self'",
-    "style-src 'self'",
-    "img-src 'self' data: blob:",
-    "connect-src 'self'",
-    "form-action 'self'",
-    "frame-ancestors 'none'",
-    "base-uri 'none'",
-])
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data: blob:",
+        "connect-src 'self'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+    ]
+)
 SECURITY_HEADERS = (
     ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
     ("X-Content-Type-Options", "nosniff"),
@@ -60,6 +62,7 @@ PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 # =============================================================================
 # Content negotiation
 # =============================================================================
+
 
 def _media_ranges(accept):
     """(type, subtype, q) for each media range of an Accept header; bad q values count as 0."""
@@ -117,11 +120,12 @@ def prefers_html(accept):
 # Files
 # =============================================================================
 
+
 def _etag(data):
     return '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _read(name):
     """(bytes, ETag) of a file in the static directory, read once per process."""
     with open(os.path.join(STATIC_DIR, name), "rb") as f:
@@ -142,8 +146,13 @@ def asset_version():
 def render_page(base, api, register, attachments):
     """(bytes, ETag) of the page for a mount point and settings; values are HTML-escaped."""
     template = _read(PAGE_FILE)[0].decode("utf-8")
-    values = {"base": base, "api": api, "register": "on" if register else "off",
-              "attachments": "on" if attachments else "off", "asset": asset_version()}
+    values = {
+        "base": base,
+        "api": api,
+        "register": "on" if register else "off",
+        "attachments": "on" if attachments else "off",
+        "asset": asset_version(),
+    }
     body = PLACEHOLDER.sub(lambda match: html.escape(values[match.group(1)], quote=True), template).encode()
     return body, _etag(body)
 
@@ -166,6 +175,7 @@ def _answer(req, body, etag, content_type, cache_control, extra=()):
 # =============================================================================
 # Handlers
 # =============================================================================
+
 
 def page(req):
     """The chat page (get_root delegates here for browsers)."""

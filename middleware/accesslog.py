@@ -90,9 +90,7 @@ class _Exchange:
         duration_ms = (self._access_log.clock() - self._started_at) * 1000
         method, path = self.describe()
         status = "-" if self.status_code is None else self.status_code
-        self._access_log.logger.info(
-            "%s %s %s %.1fms rid=%s", method, path, status, duration_ms, self.request_id
-        )
+        self._access_log.logger.info("%s %s %s %.1fms rid=%s", method, path, status, duration_ms, self.request_id)
 
 
 class _LoggedBody:

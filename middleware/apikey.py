@@ -64,8 +64,11 @@ class ApiKey:
         self._accepted_digests = tuple(_digest(key.encode("ascii")) for key in keys)
 
     def __call__(self, environ, start_response):
-        if (environ.get("REQUEST_METHOD") == "OPTIONS" or environ.get("PATH_INFO", "") in self.exempt_paths
-                or (self.exempt_if is not None and self.exempt_if(environ))):
+        if (
+            environ.get("REQUEST_METHOD") == "OPTIONS"
+            or environ.get("PATH_INFO", "") in self.exempt_paths
+            or (self.exempt_if is not None and self.exempt_if(environ))
+        ):
             return self.app(environ, start_response)
         presented = environ.get("HTTP_X_API_KEY", "")
         if not presented:

@@ -26,9 +26,7 @@ import re
 
 ALLOWED_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 ALLOWED_HEADERS = "Authorization, Content-Type, X-API-Key, Last-Event-ID, X-Request-ID"
-EXPOSED_HEADERS = (
-    "Retry-After, RateLimit, RateLimit-Policy, X-Request-ID, ETag, Content-Disposition, Content-Range"
-)
+EXPOSED_HEADERS = "Retry-After, RateLimit, RateLimit-Policy, X-Request-ID, ETag, Content-Disposition, Content-Range"
 PREFLIGHT_MAX_AGE = "600"
 
 # A serialised origin: scheme "://" host [":" port], nothing after. Hosts are
@@ -48,8 +46,7 @@ def _checked_origin(origin):
     normalised = origin.lower()
     if not _ORIGIN.fullmatch(normalised):
         raise ValueError(
-            f"CORS origin {origin!r} must look like scheme://host[:port], "
-            "with no path, query or trailing slash"
+            f"CORS origin {origin!r} must look like scheme://host[:port], with no path, query or trailing slash"
         )
     return normalised
 

@@ -185,9 +185,7 @@ class RateLimit:
             ("RateLimit", f'"{budget.name}";r={remaining};t={wait}'),
         ]
         if not allowed:
-            return error_answer(
-                start_response, 429, "Too many requests", [("Retry-After", str(wait)), *limit_headers]
-            )
+            return error_answer(start_response, 429, "Too many requests", [("Retry-After", str(wait)), *limit_headers])
 
         def start_with_limits(status, response_headers, exc_info=None):
             headers = [*response_headers, *limit_headers]

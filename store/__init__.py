@@ -11,14 +11,22 @@ backend: the embedded JSON store under a data directory, or PostgreSQL when a
 
 import os
 
-from . import backup
+from . import backup as backup
 from .base import ChatChange, Page, Store, search_terms
 from .blobs import TooLarge
-from .errors import (Conflict, DamagedBlob, Missing, OutOfSpace, QuotaExceeded, StoreCorrupt, StoreError,
-                     StoreLocked, StoreUnavailable)
+from .errors import (
+    Conflict,
+    DamagedBlob,
+    Missing,
+    OutOfSpace,
+    QuotaExceeded,
+    StoreCorrupt,
+    StoreError,
+    StoreLocked,
+    StoreUnavailable,
+)
 from .jsonstore import JsonStore
 from .legacy import has_legacy_data, read_legacy
-
 
 #: Uploads leave this many reserves free: a full disk of attachments still lets text messages
 #: through (the journal stops only at the reserve itself).
@@ -54,7 +62,22 @@ def _open_postgres(url, data_dir, pool_size):
 
 
 __all__ = [
-    "ChatChange", "Conflict", "DamagedBlob", "JsonStore", "Missing", "OutOfSpace", "QuotaExceeded", "TooLarge",
-    "Page", "Store", "StoreCorrupt", "StoreError",
-    "StoreLocked", "StoreUnavailable", "has_legacy_data", "open_store", "read_legacy", "search_terms",
+    "ChatChange",
+    "Conflict",
+    "DamagedBlob",
+    "JsonStore",
+    "Missing",
+    "OutOfSpace",
+    "QuotaExceeded",
+    "TooLarge",
+    "Page",
+    "Store",
+    "StoreCorrupt",
+    "StoreError",
+    "StoreLocked",
+    "StoreUnavailable",
+    "has_legacy_data",
+    "open_store",
+    "read_legacy",
+    "search_terms",
 ]

@@ -15,9 +15,9 @@ import tempfile
 import time
 
 from .blobs import DIGEST
-from .jsonstore import JsonStore
 from .files import LOCK
 from .journal import SNAPSHOT
+from .jsonstore import JsonStore
 
 FORMAT_NOTE = "oxc-backup-1"
 
@@ -59,7 +59,8 @@ def restore(source, data_dir, replace=False, progress=None):
     """Unpack the backup ``source`` into ``data_dir``; returns the file count."""
     data_dir = os.path.abspath(data_dir)
     if os.path.exists(os.path.join(data_dir, SNAPSHOT)) or any(
-            name.startswith("journal.") for name in (os.listdir(data_dir) if os.path.isdir(data_dir) else ())):
+        name.startswith("journal.") for name in (os.listdir(data_dir) if os.path.isdir(data_dir) else ())
+    ):
         if not replace:
             raise FileExistsError(f"{data_dir} already holds a store; pass replace=True (--force) to overwrite it")
     parent = os.path.dirname(data_dir)

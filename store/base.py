@@ -84,11 +84,17 @@ def push_message_ids(job):
 def without_preview(job, message_id):
     """``job`` with the previews of its notifications about ``message_id`` taken out (itself if none)."""
     deliveries = (job.get("payload") or {}).get("deliveries", ())
-    if not any((d.get("notification") or {}).get("message_id") == message_id
-               and d["notification"].get("preview") is not None for d in deliveries):
+    if not any(
+        (d.get("notification") or {}).get("message_id") == message_id and d["notification"].get("preview") is not None
+        for d in deliveries
+    ):
         return job
-    scrubbed = [dict(d, notification=dict(d["notification"], preview=None))
-                if (d.get("notification") or {}).get("message_id") == message_id else d for d in deliveries]
+    scrubbed = [
+        dict(d, notification=dict(d["notification"], preview=None))
+        if (d.get("notification") or {}).get("message_id") == message_id
+        else d
+        for d in deliveries
+    ]
     return dict(job, payload=dict(job["payload"], deliveries=scrubbed))
 
 

@@ -125,10 +125,12 @@ class Blobs:
                     if size > limit:
                         raise TooLarge(f"more than {limit} bytes")
                     if not self.has_room(len(chunk)):
-                        raise OutOfSpace(f"the disk under {self.directory} is nearly full (the store keeps "
-                                         f"{self.reserve} bytes free)")
+                        raise OutOfSpace(
+                            f"the disk under {self.directory} is nearly full (the store keeps "
+                            f"{self.reserve} bytes free)"
+                        )
                     if len(head) < 4096:
-                        head += chunk[:4096 - len(head)]
+                        head += chunk[: 4096 - len(head)]
                     hasher.update(chunk)
                     write_all(Disk(), fd, chunk)
                 os.fsync(fd)
@@ -157,7 +159,7 @@ class Blobs:
         offset = [0]
 
         def read(n):
-            chunk = view[offset[0]:offset[0] + n]
+            chunk = view[offset[0] : offset[0] + n]
             offset[0] += len(chunk)
             return bytes(chunk)
 

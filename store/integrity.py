@@ -23,8 +23,17 @@ from typing import NamedTuple
 from .blobs import Blobs
 from .errors import StoreCorrupt
 from .files import DirectoryLock, write_atomic
-from .journal import (FORMAT, SNAPSHOT, VERSION, check_line, decode_snapshot, encode_snapshot, journal_generations,
-                      journal_name, missing_generation)
+from .journal import (
+    FORMAT,
+    SNAPSHOT,
+    VERSION,
+    check_line,
+    decode_snapshot,
+    encode_snapshot,
+    journal_generations,
+    journal_name,
+    missing_generation,
+)
 
 
 class Damage(NamedTuple):
@@ -44,8 +53,14 @@ def _snapshot_damage(data_dir):
     generations = journal_generations(data_dir)
     if not os.path.exists(path):
         if generations and generations[0] > 0:
-            return None, [Damage(path, None, f"missing, though {journal_name(generations[0])} exists: the "
-                                             f"records before generation {generations[0]} are gone")]
+            return None, [
+                Damage(
+                    path,
+                    None,
+                    f"missing, though {journal_name(generations[0])} exists: the "
+                    f"records before generation {generations[0]} are gone",
+                )
+            ]
         return None, []
     try:
         with open(path, "rb") as f:
@@ -59,8 +74,11 @@ def _journal_damage(data_dir, first):
     found = []
     gap = missing_generation(data_dir, first, generations)
     if gap is not None:
-        found.append(Damage(os.path.join(data_dir, journal_name(gap)), None,
-                            "missing before a later journal: its records are gone"))
+        found.append(
+            Damage(
+                os.path.join(data_dir, journal_name(gap)), None, "missing before a later journal: its records are gone"
+            )
+        )
     for generation in generations:
         path = os.path.join(data_dir, journal_name(generation))
         offset = number = 0
@@ -79,8 +97,10 @@ def _blob_damage(blob_dir):
     if not os.path.isdir(blob_dir):
         return []
     # shared: a running server's uploads in flight are left alone.
-    return [Damage(path, None, problem.removeprefix("damaged: "))
-            for _, path, problem in Blobs(blob_dir, shared=True).check_all()]
+    return [
+        Damage(path, None, problem.removeprefix("damaged: "))
+        for _, path, problem in Blobs(blob_dir, shared=True).check_all()
+    ]
 
 
 def verify(data_dir, blobs_only=False):
@@ -142,10 +162,11 @@ def _repair_snapshot(data_dir, row):
             salvaged = None
     if salvaged is not None:
         write_atomic(path, encode_snapshot(salvaged))
-        return [f"{path}: {row.problem}; its records were read and kept, but one of them may hold a changed "
-                "byte (compare with a backup)"]
-    empty = {"format": FORMAT, "version": VERSION, "generation": generation, "next_seq": 1,
-             "tables": {}}
+        return [
+            f"{path}: {row.problem}; its records were read and kept, but one of them may hold a changed "
+            "byte (compare with a backup)"
+        ]
+    empty = {"format": FORMAT, "version": VERSION, "generation": generation, "next_seq": 1, "tables": {}}
     write_atomic(path, encode_snapshot(empty))
     return [f"{path}: {row.problem}; every record before journal generation {generation} is lost"]
 

@@ -71,8 +71,10 @@ SNAPSHOT_HEADER = re.compile(rb"oxc-snapshot crc32=([0-9a-f]{8}) length=([0-9]+)
 SPACE_CHECK_SECONDS = 0.25
 #: Free space needed before writes resume after the disk filled up, whatever the reserve.
 REARM_FREE = 1024 * 1024
-WHAT_TO_DO = ("nothing was changed. Run 'oxc admin verify' to list the damage, then restore a backup "
-              "or run 'oxc admin repair' (it keeps a copy of every file it changes)")
+WHAT_TO_DO = (
+    "nothing was changed. Run 'oxc admin verify' to list the damage, then restore a backup "
+    "or run 'oxc admin repair' (it keeps a copy of every file it changes)"
+)
 
 
 def encode_line(record):
@@ -109,6 +111,7 @@ def encode_snapshot(snapshot):
 
 def decode_snapshot(data, path):
     """The snapshot held by ``data`` (read from ``path``); StoreCorrupt when it does not hold."""
+
     def damaged(why):
         return StoreCorrupt(f"{path} is damaged ({why}); {WHAT_TO_DO}", problem=why)
 
@@ -216,7 +219,8 @@ class Journal:
         elif journals and journals[0] > 0:
             raise StoreCorrupt(
                 f"{snapshot_path} is missing but {self._journal_path(journals[0])} exists, so the records "
-                f"before generation {journals[0]} are gone; {WHAT_TO_DO}")
+                f"before generation {journals[0]} are gone; {WHAT_TO_DO}"
+            )
         gap = missing_generation(self.directory, self.generation, journals)
         if gap is not None:
             raise StoreCorrupt(f"{self._journal_path(gap)} is missing before a later journal; {WHAT_TO_DO}")
@@ -248,8 +252,7 @@ class Journal:
                 number += 1
                 _, problem = check_line(line)
                 if problem is not None and not (newest and not line.endswith(b"\n")):
-                    raise StoreCorrupt(f"{path} is damaged at byte {offset} (record {number}: {problem}); "
-                                       f"{WHAT_TO_DO}")
+                    raise StoreCorrupt(f"{path} is damaged at byte {offset} (record {number}: {problem}); {WHAT_TO_DO}")
                 offset += len(line)
 
     def _replay(self, generation, apply):
@@ -269,8 +272,12 @@ class Journal:
                     log.info("store: replaying %s: %d%%", os.path.basename(path), good * 100 // max(size, 1))
                     next_report = time.monotonic() + 2
         if good < size:
-            log.warning("store: cutting a torn final record (%d bytes, never acknowledged) off %s at byte %d",
-                        size - good, path, good)
+            log.warning(
+                "store: cutting a torn final record (%d bytes, never acknowledged) off %s at byte %d",
+                size - good,
+                path,
+                good,
+            )
             with open(path, "r+b") as f:
                 f.truncate(good)
                 os.fsync(f.fileno())
@@ -305,8 +312,10 @@ class Journal:
         if self.failed is not None:
             return f"a journal write failed ({self.failed}); retrying every second"
         if not self.has_room():
-            return (f"the disk is nearly full ({self._free // 1024} KiB free; the store keeps "
-                    f"{self.reserve // 1024} KiB in reserve)")
+            return (
+                f"the disk is nearly full ({self._free // 1024} KiB free; the store keeps "
+                f"{self.reserve // 1024} KiB in reserve)"
+            )
         return None
 
     # -- writing ----------------------------------------------------------
@@ -458,8 +467,12 @@ class Journal:
 
     def wants_compaction(self, live_records):
         """True when the journal has grown as large as the state it describes."""
-        return (self.records_since_snapshot >= max(self.compact_min, live_records) and not self._compacting
-                and self.failed is None and time.monotonic() >= self._compact_not_before)
+        return (
+            self.records_since_snapshot >= max(self.compact_min, live_records)
+            and not self._compacting
+            and self.failed is None
+            and time.monotonic() >= self._compact_not_before
+        )
 
     def claim_compaction(self):
         """Mark a compaction as under way, so that only one is started."""
@@ -498,8 +511,12 @@ class Journal:
             for old in journal_generations(self.directory):
                 if old < generation:
                     os.unlink(self._journal_path(old))
-            log.info("store: wrote snapshot generation %d (%d kB) in %.2f s",
-                     generation, len(data) // 1024, time.monotonic() - started)
+            log.info(
+                "store: wrote snapshot generation %d (%d kB) in %.2f s",
+                generation,
+                len(data) // 1024,
+                time.monotonic() - started,
+            )
             if rearm:
                 with self._cond:
                     self.failed = None

@@ -33,10 +33,18 @@ import os
 import threading
 import time
 
-from .base import (UNCHECKED, Page, Store, dropped_attachment, member_updates, push_message_ids, search_terms,
-                   without_preview)
-from .errors import Conflict, Missing, QuotaExceeded, StoreCorrupt, StoreUnavailable
+from .base import (
+    UNCHECKED,
+    Page,
+    Store,
+    dropped_attachment,
+    member_updates,
+    push_message_ids,
+    search_terms,
+    without_preview,
+)
 from .blobs import Blobs
+from .errors import Conflict, Missing, QuotaExceeded, StoreCorrupt, StoreUnavailable
 from .files import write_new
 from .journal import SNAPSHOT, Journal
 
@@ -49,8 +57,23 @@ SIGNING_KEY = "signing.key"
 MIN_SIGNING_KEY_BYTES = 32
 #: Seconds a used ticket is remembered past its expiry (clocks of processes may disagree a little).
 TICKET_MEMORY = 300
-TABLES = ("users", "messages", "sessions", "chats", "members", "chat_messages", "attachments", "keys",
-          "codes", "notifications", "devices", "push_jobs", "meta")
+TABLES = (
+    "users",
+    "messages",
+    "sessions",
+    "chats",
+    "members",
+    "chat_messages",
+    "attachments",
+    "keys",
+    "codes",
+    "notifications",
+    "devices",
+    "push_jobs",
+    "meta",
+)
+
+
 def member_key(chat_id, user_id):
     return f"{chat_id}:{user_id}"
 
@@ -155,8 +178,7 @@ class JsonStore(Store):
         self._journal = journal
         self.blobs = Blobs(os.path.join(data_dir, "blobs"))
         self._sweep_blobs()
-        if legacy_import is not None and self._is_empty() and not os.path.exists(
-                os.path.join(data_dir, SNAPSHOT)):
+        if legacy_import is not None and self._is_empty() and not os.path.exists(os.path.join(data_dir, SNAPSHOT)):
             self.import_legacy(legacy_import(data_dir))
 
     @property
@@ -235,8 +257,12 @@ class JsonStore(Store):
         undone = 0
         while self._undo and self._undo[-1][0][1] > durable:
             _, replaced = self._undo.pop()
-            self._apply([("put", table, key, old) if old is not None else ("del", table, key, None)
-                         for table, key, old in reversed(replaced)])
+            self._apply(
+                [
+                    ("put", table, key, old) if old is not None else ("del", table, key, None)
+                    for table, key, old in reversed(replaced)
+                ]
+            )
             undone += 1
         self._undo.clear()  # what is left is durable
         if undone:
@@ -269,8 +295,10 @@ class JsonStore(Store):
                 except OSError as exc:
                     log.error("store: still cannot write to %s: %s", self._journal.directory, exc)
                     return False
-                snapshot = {"next_seq": self._next_seq,
-                            "tables": {name: dict(rows) for name, rows in self._tables.items()}}
+                snapshot = {
+                    "next_seq": self._next_seq,
+                    "tables": {name: dict(rows) for name, rows in self._tables.items()},
+                }
             try:
                 self._journal.write_snapshot(generation, snapshot, rearm=True)
             except OSError as exc:
@@ -335,8 +363,12 @@ class JsonStore(Store):
     def import_legacy(self, legacy):
         """Take over a 0xC data directory's (users, messages, sessions), as read by ``read_legacy``."""
         users, messages, sessions = legacy
-        log.info("store: importing a 0xC data directory: %d users, %d messages, %d tokens",
-                 len(users), len(messages), len(sessions))
+        log.info(
+            "store: importing a 0xC data directory: %d users, %d messages, %d tokens",
+            len(users),
+            len(messages),
+            len(sessions),
+        )
         with self._lock:
             ops = [("put", "users", user["id"], user) for user in users]
             for message in messages:
@@ -347,8 +379,10 @@ class JsonStore(Store):
         self._wait(ticket)
         self.compact()
         if sessions:
-            log.warning("store: 0xC's tokens.json still holds raw refresh tokens; oxc keeps only "
-                        "their digests, so delete that file once 0xC itself is retired")
+            log.warning(
+                "store: 0xC's tokens.json still holds raw refresh tokens; oxc keeps only "
+                "their digests, so delete that file once 0xC itself is retired"
+            )
 
     # -- indexes ------------------------------------------------------------
 
@@ -482,8 +516,9 @@ class JsonStore(Store):
                 self._by_seq[record["seq"]] = record
             else:
                 self._by_seq.pop(record["seq"], None)
-        self._index_about(self._notes_about, old, new, lambda note: [note["message_id"]] if note.get("message_id")
-                          else [])
+        self._index_about(
+            self._notes_about, old, new, lambda note: [note["message_id"]] if note.get("message_id") else []
+        )
 
     @staticmethod
     def _index_about(index, old, new, message_ids):
@@ -601,13 +636,13 @@ class JsonStore(Store):
             chunks = []
             for seqs in lists:
                 start = bisect.bisect_right(seqs, after)
-                chunks.append(seqs[start:start + limit])
+                chunks.append(seqs[start : start + limit])
             picked = list(heapq.merge(*chunks))[:limit]
         else:
             chunks = []
             for seqs in lists:
                 end = len(seqs) if before is None else bisect.bisect_left(seqs, before)
-                chunks.append(seqs[max(0, end - limit):end])
+                chunks.append(seqs[max(0, end - limit) : end])
             picked = list(heapq.merge(*chunks))[-limit:] if limit else []
         if picked:
             older = _exists_below(lists, picked[0])
@@ -644,8 +679,9 @@ class JsonStore(Store):
             session = self._tables["sessions"].get(session_id)
             if session is None or session["token_hash"] != token_hash:
                 return None
-            session = dict(session, token_hash=new_hash, previous_hash=token_hash,
-                           rotated_at=now, expires_at=expires_at)
+            session = dict(
+                session, token_hash=new_hash, previous_hash=token_hash, rotated_at=now, expires_at=expires_at
+            )
             ticket = self._write([("put", "sessions", session_id, session)])
         self._wait(ticket)
         return session
@@ -660,8 +696,11 @@ class JsonStore(Store):
 
     def delete_user_sessions(self, user_id, keep=None):
         with self._lock:
-            doomed = [key for key, session in self._tables["sessions"].items()
-                      if session["user_id"] == user_id and key != keep]
+            doomed = [
+                key
+                for key, session in self._tables["sessions"].items()
+                if session["user_id"] == user_id and key != keep
+            ]
             if not doomed:
                 return 0
             ticket = self._write([("del", "sessions", key, None) for key in doomed])
@@ -687,8 +726,10 @@ class JsonStore(Store):
         with open(path, encoding="utf-8") as f:
             key = f.read().strip()
         if len(key.encode("utf-8")) < MIN_SIGNING_KEY_BYTES:
-            raise StoreCorrupt(f"{path} holds no usable signing key; remove it to have a new one generated "
-                               "(everyone's access tokens then end; refresh tokens keep working)")
+            raise StoreCorrupt(
+                f"{path} holds no usable signing key; remove it to have a new one generated "
+                "(everyone's access tokens then end; refresh tokens keep working)"
+            )
         if os.stat(path).st_mode & 0o077:
             log.warning("store: %s is readable by others; make it private: chmod 600 %s", path, path)
         return key, path
@@ -741,8 +782,9 @@ class JsonStore(Store):
         with self._lock:
             chat = dict(chat, seq=self._new_seq())
             ops = [("put", "chats", chat["id"], chat)]
-            ops += [("put", "members", member_key(chat["id"], m["user_id"]), dict(m, chat_id=chat["id"]))
-                    for m in members]
+            ops += [
+                ("put", "members", member_key(chat["id"], m["user_id"]), dict(m, chat_id=chat["id"])) for m in members
+            ]
             ticket = self._write(ops)
         self._wait(ticket)
         return chat
@@ -754,8 +796,10 @@ class JsonStore(Store):
                 return self._tables["chats"][existing], False
             chat = dict(chat, seq=self._new_seq(), pair=sorted((first["user_id"], second["user_id"])))
             ops = [("put", "chats", chat["id"], chat)]
-            ops += [("put", "members", member_key(chat["id"], m["user_id"]), dict(m, chat_id=chat["id"]))
-                    for m in (first, second)]
+            ops += [
+                ("put", "members", member_key(chat["id"], m["user_id"]), dict(m, chat_id=chat["id"]))
+                for m in (first, second)
+            ]
             ticket = self._write(ops)
         self._wait(ticket)
         return chat, True
@@ -867,8 +911,9 @@ class JsonStore(Store):
 
     def user_chats(self, user_id, limit=50, before=None):
         with self._lock:
-            ranked = sorted(((self._activity(chat_id), chat_id) for chat_id in self._chats_of.get(user_id, ())),
-                            reverse=True)
+            ranked = sorted(
+                ((self._activity(chat_id), chat_id) for chat_id in self._chats_of.get(user_id, ())), reverse=True
+            )
             if before is not None and before in self._tables["chats"]:
                 cursor = (self._activity(before), before)
                 ranked = [entry for entry in ranked if entry < cursor]
@@ -894,10 +939,10 @@ class JsonStore(Store):
 
     def update_members(self, updates):
         with self._lock:
-            records = [dict(self._members_of[chat_id][user_id], **changes)
-                       for (chat_id, user_id), changes in updates.items()]
-            ticket = self._write([("put", "members", member_key(r["chat_id"], r["user_id"]), r)
-                                  for r in records])
+            records = [
+                dict(self._members_of[chat_id][user_id], **changes) for (chat_id, user_id), changes in updates.items()
+            ]
+            ticket = self._write([("put", "members", member_key(r["chat_id"], r["user_id"]), r) for r in records])
         self._wait(ticket)
         return records
 
@@ -918,16 +963,26 @@ class JsonStore(Store):
             if author is None:
                 raise Missing(f"{message['user_id']} is not a member of chat {chat_id}")
             attachment = self._tables["attachments"].get(attachment_id) if attachment_id else None
-            if attachment_id and (attachment is None or attachment["chat_id"] != chat_id
-                                  or attachment.get("message_id") is not None):
+            if attachment_id and (
+                attachment is None or attachment["chat_id"] != chat_id or attachment.get("message_id") is not None
+            ):
                 raise Conflict(f"attachment {attachment_id} is not an unsent attachment of chat {chat_id}")
             message = dict(message, seq=self._new_seq())
             ops = [("put", "chat_messages", message["id"], message)]
             if attachment is not None:
                 ops.append(("put", "attachments", attachment_id, dict(attachment, message_id=message["id"])))
-            ops.append(("put", "members", member_key(chat_id, message["user_id"]),
-                        dict(author, read_seq=message["seq"],
-                             delivered_seq=max(author.get("delivered_seq", 0), message["seq"]))))
+            ops.append(
+                (
+                    "put",
+                    "members",
+                    member_key(chat_id, message["user_id"]),
+                    dict(
+                        author,
+                        read_seq=message["seq"],
+                        delivered_seq=max(author.get("delivered_seq", 0), message["seq"]),
+                    ),
+                )
+            )
             ticket = self._write(ops)
         self._wait(ticket)
         return message
@@ -1180,7 +1235,7 @@ class JsonStore(Store):
     def chat_messages_after(self, seq, limit=100):
         with self._lock:
             start = bisect.bisect_right(self._all_chat_seqs, seq)
-            return [self._by_seq[number] for number in self._all_chat_seqs[start:start + limit]]
+            return [self._by_seq[number] for number in self._all_chat_seqs[start : start + limit]]
 
     def get_notification(self, notification_id):
         return self._tables["notifications"].get(notification_id)
@@ -1219,10 +1274,17 @@ class JsonStore(Store):
         with self._lock:
             notes = [self._tables["notifications"][note_id] for note_id in self._notes_about.get(message_id, ())]
             jobs = [self._tables["push_jobs"][job_id] for job_id in self._jobs_about.get(message_id, ())]
-            ops = [("put", "notifications", note["id"], dict(note, preview=None))
-                   for note in notes if note.get("preview") is not None]
-            ops += [("put", "push_jobs", job["id"], scrubbed) for job in jobs
-                    for scrubbed in [without_preview(job, message_id)] if scrubbed is not job]
+            ops = [
+                ("put", "notifications", note["id"], dict(note, preview=None))
+                for note in notes
+                if note.get("preview") is not None
+            ]
+            ops += [
+                ("put", "push_jobs", job["id"], scrubbed)
+                for job in jobs
+                for scrubbed in [without_preview(job, message_id)]
+                if scrubbed is not job
+            ]
             if not ops:
                 return
             ticket = self._write(ops)

@@ -60,27 +60,31 @@ def read_legacy(directory):
     users = []
     for record in _records(directory, "users.json"):
         user_id = str(record.get("id") or record["_key"])
-        users.append({
-            "id": user_id,
-            "username": record["username"],
-            "email": record.get("email") or None,
-            "password_hash": record.get("password_hash") or record.get("password"),
-            "created_at": record.get("created_at"),
-        })
+        users.append(
+            {
+                "id": user_id,
+                "username": record["username"],
+                "email": record.get("email") or None,
+                "password_hash": record.get("password_hash") or record.get("password"),
+                "created_at": record.get("created_at"),
+            }
+        )
     known = {user["id"] for user in users}
     messages = []
     for record in _records(directory, "messages.json"):
         if str(record.get("user_id")) not in known:
             continue
         recipient = record.get("recipient_id")
-        messages.append({
-            "id": str(record.get("id") or record["_key"]),
-            "user_id": str(record["user_id"]),
-            "username": record.get("username"),
-            "content": record.get("content", ""),
-            "timestamp": record.get("timestamp"),
-            "recipient_id": str(recipient) if recipient else None,
-        })
+        messages.append(
+            {
+                "id": str(record.get("id") or record["_key"]),
+                "user_id": str(record["user_id"]),
+                "username": record.get("username"),
+                "content": record.get("content", ""),
+                "timestamp": record.get("timestamp"),
+                "recipient_id": str(recipient) if recipient else None,
+            }
+        )
     messages.sort(key=lambda message: _epoch(message["timestamp"]) or 0)
     sessions = []
     for record in _records(directory, "tokens.json"):
@@ -88,13 +92,15 @@ def read_legacy(directory):
         user_id = str(record.get("user_id"))
         if not token or user_id not in known or record.get("revoked"):
             continue
-        sessions.append({
-            "id": secrets.token_urlsafe(12),
-            "user_id": user_id,
-            "token_hash": hashlib.sha256(str(token).encode("utf-8")).hexdigest(),
-            "previous_hash": None,
-            "rotated_at": None,
-            "created_at": _epoch(record.get("created_at")),
-            "expires_at": _epoch(record.get("expires_at")),
-        })
+        sessions.append(
+            {
+                "id": secrets.token_urlsafe(12),
+                "user_id": user_id,
+                "token_hash": hashlib.sha256(str(token).encode("utf-8")).hexdigest(),
+                "previous_hash": None,
+                "rotated_at": None,
+                "created_at": _epoch(record.get("created_at")),
+                "expires_at": _epoch(record.get("expires_at")),
+            }
+        )
     return users, messages, sessions

@@ -44,8 +44,16 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Json
 from psycopg_pool import ConnectionPool
 
-from .base import (UNCHECKED, Page, Store, dropped_attachment, member_updates, push_message_ids, search_terms,
-                   without_preview)
+from .base import (
+    UNCHECKED,
+    Page,
+    Store,
+    dropped_attachment,
+    member_updates,
+    push_message_ids,
+    search_terms,
+    without_preview,
+)
 from .blobs import Blobs
 from .errors import Conflict, Missing, QuotaExceeded, StoreError, StoreUnavailable
 
@@ -64,47 +72,78 @@ PIN_LIFETIME = 3600
 #: Seconds a used stream ticket is remembered past its expiry (the processes' clocks may disagree).
 TICKET_MEMORY = 300
 
-NO_CURSOR = 2 ** 63 - 1
+NO_CURSOR = 2**63 - 1
 
 # table -> (key columns, indexed columns taken from a record, how to take them)
 TABLES = {
-    "users": (("id",), ("id", "username_key", "email_key"),
-              lambda r: (r["id"], _fold(r["username"]), _fold(r.get("email")) or None)),
-    "messages": (("id",), ("id", "seq", "user_id", "recipient_id"),
-                 lambda r: (r["id"], r["seq"], r["user_id"], r.get("recipient_id"))),
+    "users": (
+        ("id",),
+        ("id", "username_key", "email_key"),
+        lambda r: (r["id"], _fold(r["username"]), _fold(r.get("email")) or None),
+    ),
+    "messages": (
+        ("id",),
+        ("id", "seq", "user_id", "recipient_id"),
+        lambda r: (r["id"], r["seq"], r["user_id"], r.get("recipient_id")),
+    ),
     "sessions": (("id",), ("id", "user_id", "token_hash"), lambda r: (r["id"], r["user_id"], r["token_hash"])),
-    "chats": (("id",), ("id", "seq", "type", "pair_key", "activity"),
-              lambda r: (r["id"], r["seq"], r["type"],
-                         _pair_key(*r["pair"]) if r["type"] == "direct" else None, r["seq"])),
+    "chats": (
+        ("id",),
+        ("id", "seq", "type", "pair_key", "activity"),
+        lambda r: (r["id"], r["seq"], r["type"], _pair_key(*r["pair"]) if r["type"] == "direct" else None, r["seq"]),
+    ),
     "members": (("chat_id", "user_id"), ("chat_id", "user_id"), lambda r: (r["chat_id"], r["user_id"])),
     "chat_messages": (("id",), ("id", "chat_id", "seq"), lambda r: (r["id"], r["chat_id"], r["seq"])),
-    "attachments": (("id",), ("id", "chat_id", "sha256", "thumbnail_sha256", "uploader_id", "size"),
-                    lambda r: (r["id"], r["chat_id"], r["sha256"], r.get("thumbnail_sha256"), r.get("uploader_id"),
-                               r.get("size") or 0)),
+    "attachments": (
+        ("id",),
+        ("id", "chat_id", "sha256", "thumbnail_sha256", "uploader_id", "size"),
+        lambda r: (
+            r["id"],
+            r["chat_id"],
+            r["sha256"],
+            r.get("thumbnail_sha256"),
+            r.get("uploader_id"),
+            r.get("size") or 0,
+        ),
+    ),
     "keys": (("id",), ("id", "user_id"), lambda r: (r["id"], r["user_id"])),
     "codes": (("id",), ("id",), lambda r: (r["id"],)),
-    "notifications": (("id",), ("id", "user_id", "seq", "kind", "is_read"),
-                      lambda r: (r["id"], r["user_id"], r["seq"], r.get("kind"), bool(r.get("read")))),
+    "notifications": (
+        ("id",),
+        ("id", "user_id", "seq", "kind", "is_read"),
+        lambda r: (r["id"], r["user_id"], r["seq"], r.get("kind"), bool(r.get("read"))),
+    ),
     "devices": (("id",), ("id", "user_id"), lambda r: (r["id"], r["user_id"])),
-    "push_jobs": (("id",), ("id", "status", "next_attempt_at", "created_at", "message_ids"),
-                  lambda r: (r["id"], r["status"], r.get("next_attempt_at"), r.get("created_at"),
-                             push_message_ids(r))),
+    "push_jobs": (
+        ("id",),
+        ("id", "status", "next_attempt_at", "created_at", "message_ids"),
+        lambda r: (r["id"], r["status"], r.get("next_attempt_at"), r.get("created_at"), push_message_ids(r)),
+    ),
 }
 #: The tables that hold message text or copies of it, rewritten by ``compact``.
 COMPACTED = ("messages", "chat_messages", "postings", "events", "notifications", "push_jobs")
 #: Columns an update never changes (a chat's activity moves only with its messages).
 INSERT_ONLY = {"activity"}
 #: The order rows are read back in by ``export_records`` (the JSON store's dict order).
-EXPORT_ORDER = {"members": "position", "keys": "position", "devices": "position", "push_jobs": "position",
-                "messages": "seq", "chats": "seq", "chat_messages": "seq", "notifications": "seq"}
+EXPORT_ORDER = {
+    "members": "position",
+    "keys": "position",
+    "devices": "position",
+    "push_jobs": "position",
+    "messages": "seq",
+    "chats": "seq",
+    "chat_messages": "seq",
+    "notifications": "seq",
+}
 
 
 def _upsert_sql(table):
     keys, columns, _ = TABLES[table]
     names = ", ".join((*columns, "data"))
     marks = ", ".join(["%s"] * (len(columns) + 1))
-    changes = ", ".join(f"{name} = EXCLUDED.{name}" for name in (*columns, "data")
-                        if name not in keys and name not in INSERT_ONLY)
+    changes = ", ".join(
+        f"{name} = EXCLUDED.{name}" for name in (*columns, "data") if name not in keys and name not in INSERT_ONLY
+    )
     return f"INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {changes}"
 
 
@@ -148,13 +187,16 @@ def _searchable(message):
 
 def _absent_if_nul(default):
     """Answer ``default()`` for an id holding NUL: no record can have one, and PostgreSQL text refuses it."""
+
     def wrap(method):
         @functools.wraps(method)
         def checked(self, *args, **kwargs):
             if any(isinstance(value, str) and "\x00" in value for value in (*args, *kwargs.values())):
                 return default()
             return method(self, *args, **kwargs)
+
         return checked
+
     return wrap
 
 
@@ -171,9 +213,15 @@ def conninfo(url, connect_timeout=5):
     given = conninfo_to_dict(url)
     # Keepalives and tcp_user_timeout end a connection to a host that stopped
     # answering, where the server-side statement_timeout cannot help.
-    defaults = {"connect_timeout": connect_timeout, "application_name": "oxc", "keepalives": 1,
-                "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
-                "tcp_user_timeout": 10_000}
+    defaults = {
+        "connect_timeout": connect_timeout,
+        "application_name": "oxc",
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 10_000,
+    }
     return make_conninfo(url, **{name: value for name, value in defaults.items() if name not in given})
 
 
@@ -227,14 +275,17 @@ def _migrate(conn, directory):
     files = migration_files(directory)
     conn.execute("SELECT pg_advisory_lock(%s, hashtext(current_schema()))", (MIGRATION_LOCK,))
     try:
-        conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
-                     "version integer PRIMARY KEY, name text NOT NULL, "
-                     "applied_at timestamptz NOT NULL DEFAULT now())")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            "version integer PRIMARY KEY, name text NOT NULL, "
+            "applied_at timestamptz NOT NULL DEFAULT now())"
+        )
         done = _applied(conn)
         known = files[-1][0] if files else 0
         if max(done, default=0) > known:
-            raise StoreError(f"the database schema is at version {max(done)}, newer than this oxc "
-                             f"knows ({known}); upgrade oxc")
+            raise StoreError(
+                f"the database schema is at version {max(done)}, newer than this oxc knows ({known}); upgrade oxc"
+            )
         applied = []
         for version, name, path in files:
             if version in done:
@@ -304,9 +355,17 @@ class PostgresStore(Store):
             except UNAVAILABLE as exc:
                 raise StoreUnavailable(f"the database failed while migrating: {_reason(exc)}") from exc
         self._pool = ConnectionPool(
-            conninfo(url, connect_timeout), min_size=min(2, pool_size), max_size=pool_size,
-            kwargs={"autocommit": True}, configure=self._configure, check=_idle_and_open,
-            timeout=timeout, reconnect_timeout=max(10.0, 2 * timeout), name="oxc", open=False)
+            conninfo(url, connect_timeout),
+            min_size=min(2, pool_size),
+            max_size=pool_size,
+            kwargs={"autocommit": True},
+            configure=self._configure,
+            check=_idle_and_open,
+            timeout=timeout,
+            reconnect_timeout=max(10.0, 2 * timeout),
+            name="oxc",
+            open=False,
+        )
         self._pool.open(wait=False)
         # Unlike the JSON store, no sweep of unreferenced blob files at open: the
         # directory may be shared with another process, or still hold a JSON
@@ -316,9 +375,11 @@ class PostgresStore(Store):
         self._events = None
 
     def _configure(self, conn):
-        conn.execute("SELECT set_config('statement_timeout', %s, false), "
-                     "set_config('idle_in_transaction_session_timeout', %s, false)",
-                     (str(self._statement_timeout_ms), str(max(60_000, 4 * self._statement_timeout_ms))))
+        conn.execute(
+            "SELECT set_config('statement_timeout', %s, false), "
+            "set_config('idle_in_transaction_session_timeout', %s, false)",
+            (str(self._statement_timeout_ms), str(max(60_000, 4 * self._statement_timeout_ms))),
+        )
         if conn.execute("SHOW synchronous_commit").fetchone()[0] == "off":
             conn.execute("SET synchronous_commit TO on")  # an acknowledged write must survive a crash
 
@@ -434,11 +495,13 @@ class PostgresStore(Store):
             record = dict(self._locked(cur, table, key), **changes)
             self._put(cur, table, record)
             return record
+
         return self._write(work)
 
     def _delete(self, table, key):
         def work(cur):
             return self._execute(cur, f"DELETE FROM {table} WHERE id = %s", (key,)).rowcount > 0
+
         return self._write(work)
 
     def _seqs(self, cur, count):
@@ -452,12 +515,18 @@ class PostgresStore(Store):
         if not terms or not scopes:
             return
         if add:
-            self._execute(cur, "INSERT INTO postings (scope, term, seq) SELECT s, t, %s "
-                               "FROM unnest(%s::text[]) AS s, unnest(%s::text[]) AS t ON CONFLICT DO NOTHING",
-                          (seq, list(scopes), terms))
+            self._execute(
+                cur,
+                "INSERT INTO postings (scope, term, seq) SELECT s, t, %s "
+                "FROM unnest(%s::text[]) AS s, unnest(%s::text[]) AS t ON CONFLICT DO NOTHING",
+                (seq, list(scopes), terms),
+            )
         else:
-            self._execute(cur, "DELETE FROM postings WHERE scope = ANY(%s::text[]) AND term = ANY(%s::text[]) "
-                               "AND seq = %s", (list(scopes), terms, seq))
+            self._execute(
+                cur,
+                "DELETE FROM postings WHERE scope = ANY(%s::text[]) AND term = ANY(%s::text[]) AND seq = %s",
+                (list(scopes), terms, seq),
+            )
 
     def _orphans(self, cur, records):
         digests = sorted({d for r in records for d in (r["sha256"], r.get("thumbnail_sha256")) if d})
@@ -471,14 +540,22 @@ class PostgresStore(Store):
         # under the digest's lock: the same bytes may have been uploaded anew,
         # here or in another process, and be pinned.
         for digest in digests:
+
             def work(cur, digest=digest):
                 self._execute(cur, BLOB_LOCK, (digest,))
-                pinned = self._execute(cur, "SELECT 1 FROM blob_pins WHERE digest = %s AND created_at > %s LIMIT 1",
-                                       (digest, time.time() - PIN_LIFETIME)).fetchone()
+                pinned = self._execute(
+                    cur,
+                    "SELECT 1 FROM blob_pins WHERE digest = %s AND created_at > %s LIMIT 1",
+                    (digest, time.time() - PIN_LIFETIME),
+                ).fetchone()
                 if not pinned and self._execute(cur, ORPHANS, ([digest],)).fetchone():
                     self.blobs.delete(digest)  # under the lock, before the commit releases it
-                self._execute(cur, "DELETE FROM blob_pins WHERE digest = %s AND created_at <= %s",
-                              (digest, time.time() - PIN_LIFETIME))
+                self._execute(
+                    cur,
+                    "DELETE FROM blob_pins WHERE digest = %s AND created_at <= %s",
+                    (digest, time.time() - PIN_LIFETIME),
+                )
+
             self._write(work)
 
     @contextlib.contextmanager
@@ -492,8 +569,12 @@ class PostgresStore(Store):
     def _unpin(self, cur, record):
         """In the transaction that commits ``record``: its blobs are referred to, no longer merely pinned."""
         for digest in filter(None, (record.get("sha256"), record.get("thumbnail_sha256"))):
-            self._execute(cur, "DELETE FROM blob_pins WHERE id = "
-                               "(SELECT id FROM blob_pins WHERE digest = %s ORDER BY created_at LIMIT 1)", (digest,))
+            self._execute(
+                cur,
+                "DELETE FROM blob_pins WHERE id = "
+                "(SELECT id FROM blob_pins WHERE digest = %s ORDER BY created_at LIMIT 1)",
+                (digest,),
+            )
 
     # -- pages ---------------------------------------------------------------------
 
@@ -512,7 +593,7 @@ class PostgresStore(Store):
             params += [*values, *(() if cursor is None else (cursor,)), limit + 1]
         found = dict(self._rows(" UNION ALL ".join(parts), params))  # one message may come from two sources
         rows = sorted(found.items())
-        rows = rows[:limit + 1] if forward else rows[-(limit + 1):]
+        rows = rows[: limit + 1] if forward else rows[-(limit + 1) :]
         more = len(rows) > limit
         if forward:
             rows = rows[:limit]
@@ -531,8 +612,9 @@ class PostgresStore(Store):
         return Page([], False, False)
 
     def _exists(self, table, sources, bound, cursor):
-        checks = " OR ".join(f"EXISTS (SELECT 1 FROM {table} WHERE {condition} AND {bound})"
-                             for condition, _ in sources)
+        checks = " OR ".join(
+            f"EXISTS (SELECT 1 FROM {table} WHERE {condition} AND {bound})" for condition, _ in sources
+        )
         params = [value for _, values in sources for value in (*values, cursor)]
         return bool(self._rows(f"SELECT {checks}", params)[0][0])
 
@@ -541,8 +623,12 @@ class PostgresStore(Store):
     def import_legacy(self, legacy):
         """Take in a 0xC data directory's (users, messages, sessions), as read by ``read_legacy``."""
         users, messages, sessions = legacy
-        log.info("store: importing a 0xC data directory: %d users, %d messages, %d tokens",
-                 len(users), len(messages), len(sessions))
+        log.info(
+            "store: importing a 0xC data directory: %d users, %d messages, %d tokens",
+            len(users),
+            len(messages),
+            len(sessions),
+        )
 
         def work(cur):
             try:
@@ -555,6 +641,7 @@ class PostgresStore(Store):
                 self._put(cur, "messages", message)
                 self._index_terms(cur, _message_scopes(message), message.get("content"), seq)
             self._put_many(cur, "sessions", sessions)
+
         self._write(work, seq_lock=True)
 
     # -- users ---------------------------------------------------------------------------
@@ -592,6 +679,7 @@ class PostgresStore(Store):
             user = dict(user, **changes)
             self._put_user(cur, user)
             return user
+
         return self._write(work)
 
     # -- messages --------------------------------------------------------------------------
@@ -602,6 +690,7 @@ class PostgresStore(Store):
             self._put(cur, "messages", record)
             self._index_terms(cur, _message_scopes(record), record.get("content"), record["seq"])
             return record
+
         return self._write(work, seq_lock=True)
 
     @_absent_if_nul(lambda: None)
@@ -617,13 +706,22 @@ class PostgresStore(Store):
             message = row[0]
             self._index_terms(cur, _message_scopes(message), message.get("content"), message["seq"], add=False)
             return message
+
         return self._write(work)
 
     @_absent_if_nul(lambda: Page([], False, False))
     def visible_messages(self, user_id, before=None, after=None, limit=50):
-        return self._page("messages", [("recipient_id IS NULL", ()),
-                                       ("user_id = %s AND recipient_id IS NOT NULL", (user_id,)),
-                                       ("recipient_id = %s", (user_id,))], before, after, limit)
+        return self._page(
+            "messages",
+            [
+                ("recipient_id IS NULL", ()),
+                ("user_id = %s AND recipient_id IS NOT NULL", (user_id,)),
+                ("recipient_id = %s", (user_id,)),
+            ],
+            before,
+            after,
+            limit,
+        )
 
     @_absent_if_nul(lambda: Page([], False, False))
     def sent_messages(self, user_id, before=None, after=None, limit=50):
@@ -635,12 +733,14 @@ class PostgresStore(Store):
         def work(cur):
             if password_hash is not None:
                 # FOR SHARE: a password change (FOR UPDATE) waits for this commit, or this sees it.
-                row = self._execute(cur, "SELECT data->>'password_hash' FROM users WHERE id = %s FOR SHARE",
-                                    (session["user_id"],)).fetchone()
+                row = self._execute(
+                    cur, "SELECT data->>'password_hash' FROM users WHERE id = %s FOR SHARE", (session["user_id"],)
+                ).fetchone()
                 if row is None or row[0] != password_hash:
                     return None
             self._put(cur, "sessions", session)
             return session
+
         return self._write(work)
 
     @_absent_if_nul(lambda: None)
@@ -657,10 +757,10 @@ class PostgresStore(Store):
             row = self._execute(cur, "SELECT data FROM sessions WHERE id = %s FOR UPDATE", (session_id,)).fetchone()
             if row is None or row[0]["token_hash"] != token_hash:
                 return None
-            session = dict(row[0], token_hash=new_hash, previous_hash=token_hash, rotated_at=now,
-                           expires_at=expires_at)
+            session = dict(row[0], token_hash=new_hash, previous_hash=token_hash, rotated_at=now, expires_at=expires_at)
             self._put(cur, "sessions", session)
             return session
+
         return self._write(work)
 
     @_absent_if_nul(lambda: False)
@@ -672,27 +772,41 @@ class PostgresStore(Store):
         def work(cur):
             if keep is None:
                 return self._execute(cur, "DELETE FROM sessions WHERE user_id = %s", (user_id,)).rowcount
-            return self._execute(cur, "DELETE FROM sessions WHERE user_id = %s AND id <> %s",
-                                 (user_id, keep)).rowcount
+            return self._execute(cur, "DELETE FROM sessions WHERE user_id = %s AND id <> %s", (user_id, keep)).rowcount
+
         return self._write(work)
 
     # -- the signing key and stream tickets ------------------------------------------------------
 
     def signing_key(self, candidate):
         def work(cur):
-            self._execute(cur, "INSERT INTO signing_keys (name, value) VALUES ('jwt', %s) "
-                               "ON CONFLICT (name) DO NOTHING", (candidate,))
+            self._execute(
+                cur,
+                "INSERT INTO signing_keys (name, value) VALUES ('jwt', %s) ON CONFLICT (name) DO NOTHING",
+                (candidate,),
+            )
             return self._execute(cur, "SELECT value FROM signing_keys WHERE name = 'jwt'").fetchone()[0]
+
         return self._write(work), "the database (table signing_keys)"
 
     def use_ticket(self, ticket_id, expires_at, now):
         # One statement: of two processes inserting one id, exactly one gets its row back.
-        first = self._write(lambda cur: self._execute(
-            cur, "INSERT INTO stream_tickets (id, expires_at) VALUES (%s, %s) ON CONFLICT (id) DO NOTHING "
-                 "RETURNING id", (ticket_id, expires_at)).fetchone()) is not None
+        first = (
+            self._write(
+                lambda cur: self._execute(
+                    cur,
+                    "INSERT INTO stream_tickets (id, expires_at) VALUES (%s, %s) ON CONFLICT (id) DO NOTHING "
+                    "RETURNING id",
+                    (ticket_id, expires_at),
+                ).fetchone()
+            )
+            is not None
+        )
         # Housekeeping, well past expiry: another process's clock may be a little behind this one's.
-        self._write(lambda cur: self._execute(cur, "DELETE FROM stream_tickets WHERE expires_at < %s",
-                                              (now - TICKET_MEMORY,)), durable=False)
+        self._write(
+            lambda cur: self._execute(cur, "DELETE FROM stream_tickets WHERE expires_at < %s", (now - TICKET_MEMORY,)),
+            durable=False,
+        )
         return first
 
     # -- people -------------------------------------------------------------------------------
@@ -705,6 +819,7 @@ class PostgresStore(Store):
             user = dict(row[0], last_seen=seconds)
             self._put(cur, "users", user)
             return user
+
         # Not waited for: losing the last few seconds of "last seen" to a crash
         # is harmless, and a flush per request is not.
         return self._write(work, durable=False)
@@ -731,6 +846,7 @@ class PostgresStore(Store):
             self._put(cur, "chats", record)
             self._add_members(cur, record["id"], members)
             return record
+
         return self._write(work, seq_lock=True)
 
     def direct_chat(self, chat, first, second):
@@ -749,6 +865,7 @@ class PostgresStore(Store):
             self._put(cur, "chats", record)
             self._add_members(cur, record["id"], (first, second))
             return record, True
+
         return self._write(work, seq_lock=True)
 
     @_absent_if_nul(lambda: None)
@@ -764,6 +881,7 @@ class PostgresStore(Store):
             if self._execute(cur, "SELECT 1 FROM chats WHERE id = %s FOR UPDATE", (chat_id,)).fetchone() is None:
                 return None
             return self._remove_chat(cur, chat_id)
+
         orphans = self._write(work)
         if orphans is None:
             return False
@@ -775,8 +893,7 @@ class PostgresStore(Store):
         self._execute(cur, "DELETE FROM chat_messages WHERE chat_id = %s", (chat_id,))
         self._execute(cur, "DELETE FROM postings WHERE scope = %s", (chat_id,))
         self._execute(cur, "DELETE FROM members WHERE chat_id = %s", (chat_id,))
-        removed = self._execute(cur, "DELETE FROM attachments WHERE chat_id = %s RETURNING data",
-                                (chat_id,)).fetchall()
+        removed = self._execute(cur, "DELETE FROM attachments WHERE chat_id = %s RETURNING data", (chat_id,)).fetchall()
         self._execute(cur, "DELETE FROM chats WHERE id = %s", (chat_id,))
         return self._orphans(cur, [row[0] for row in removed])
 
@@ -787,17 +904,22 @@ class PostgresStore(Store):
         def work(cur):
             # Every operation that changes members locks the chat's row first, so they take
             # turns on one chat and each decides on what the one before it wrote.
-            row = None if "\x00" in chat_id else self._execute(
-                cur, "SELECT data FROM chats WHERE id = %s FOR UPDATE", (chat_id,)).fetchone()
+            row = (
+                None
+                if "\x00" in chat_id
+                else self._execute(cur, "SELECT data FROM chats WHERE id = %s FOR UPDATE", (chat_id,)).fetchone()
+            )
             chat = row[0] if row else None
             current, count = dict.fromkeys(user_ids), 0
             if chat is not None:
                 for user_id, data in self._execute(
-                        cur, "SELECT user_id, data FROM members WHERE chat_id = %s AND user_id = ANY(%s::text[]) "
-                             "ORDER BY user_id FOR UPDATE", (chat_id, readable)).fetchall():
+                    cur,
+                    "SELECT user_id, data FROM members WHERE chat_id = %s AND user_id = ANY(%s::text[]) "
+                    "ORDER BY user_id FOR UPDATE",
+                    (chat_id, readable),
+                ).fetchall():
                     current[user_id] = data
-                count = self._execute(cur, "SELECT count(*) FROM members WHERE chat_id = %s",
-                                      (chat_id,)).fetchone()[0]
+                count = self._execute(cur, "SELECT count(*) FROM members WHERE chat_id = %s", (chat_id,)).fetchone()[0]
             change = decide(chat, dict(current), count)
             if change is None:
                 return chat, current, []
@@ -813,13 +935,15 @@ class PostgresStore(Store):
             if change.delete or (updates and count - len(gone) + joined == 0):
                 return None, dict.fromkeys(user_ids), self._remove_chat(cur, chat_id)
             if gone:
-                self._execute(cur, "DELETE FROM members WHERE chat_id = %s AND user_id = ANY(%s::text[])",
-                              (chat_id, gone))
+                self._execute(
+                    cur, "DELETE FROM members WHERE chat_id = %s AND user_id = ANY(%s::text[])", (chat_id, gone)
+                )
             self._put_many(cur, "members", put)
             if change.chat:
                 chat = dict(chat, **change.chat)
                 self._put(cur, "chats", chat)
             return chat, after, []
+
         chat, after, orphans = self._write(work)
         self._unlink(orphans)
         return chat, after
@@ -830,12 +954,13 @@ class PostgresStore(Store):
 
     @_absent_if_nul(lambda: ([], False))
     def user_chats(self, user_id, limit=50, before=None):
-        query = ("SELECT c.data FROM members m JOIN chats c ON c.id = m.chat_id WHERE m.user_id = %s{} "
-                 "ORDER BY c.activity DESC, c.id DESC LIMIT %s")
+        query = (
+            "SELECT c.data FROM members m JOIN chats c ON c.id = m.chat_id WHERE m.user_id = %s{} "
+            "ORDER BY c.activity DESC, c.id DESC LIMIT %s"
+        )
         cursor = None if before is None else self._rows("SELECT activity, id FROM chats WHERE id = %s", (before,))
         if cursor:
-            rows = self._rows(query.format(" AND (c.activity, c.id) < (%s, %s)"),
-                              (user_id, *cursor[0], limit + 1))
+            rows = self._rows(query.format(" AND (c.activity, c.id) < (%s, %s)"), (user_id, *cursor[0], limit + 1))
         else:
             rows = self._rows(query.format(""), (user_id, limit + 1))
         return [row[0] for row in rows[:limit]], len(rows) > limit
@@ -848,16 +973,20 @@ class PostgresStore(Store):
 
     @_absent_if_nul(lambda: [])
     def members(self, chat_id):
-        return [row[0] for row in self._rows("SELECT data FROM members WHERE chat_id = %s ORDER BY position",
-                                             (chat_id,))]
+        return [
+            row[0] for row in self._rows("SELECT data FROM members WHERE chat_id = %s ORDER BY position", (chat_id,))
+        ]
 
     def add_member(self, member):
         def work(cur):
-            inserted = self._execute(cur, "INSERT INTO members (chat_id, user_id, data) VALUES (%s, %s, %s) "
-                                          "ON CONFLICT DO NOTHING",
-                                     (member["chat_id"], member["user_id"], Json(member))).rowcount
+            inserted = self._execute(
+                cur,
+                "INSERT INTO members (chat_id, user_id, data) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                (member["chat_id"], member["user_id"], Json(member)),
+            ).rowcount
             if not inserted:
                 raise Conflict("User is already a member of this chat")
+
         self._write(work)
         return member
 
@@ -865,21 +994,28 @@ class PostgresStore(Store):
         def work(cur):
             locked = {}
             for chat_id, user_id in sorted(updates):  # one order everywhere, so no deadlocks
-                row = self._execute(cur, "SELECT data FROM members WHERE chat_id = %s AND user_id = %s FOR UPDATE",
-                                    (chat_id, user_id)).fetchone()
+                row = self._execute(
+                    cur, "SELECT data FROM members WHERE chat_id = %s AND user_id = %s FOR UPDATE", (chat_id, user_id)
+                ).fetchone()
                 if row is None:
                     raise KeyError((chat_id, user_id))
                 locked[chat_id, user_id] = row[0]
             records = [dict(locked[key], **changes) for key, changes in updates.items()]
             self._put_many(cur, "members", records)
             return records
+
         return self._write(work)
 
     @_absent_if_nul(lambda: False)
     def remove_member(self, chat_id, user_id):
         def work(cur):
-            return self._execute(cur, "DELETE FROM members WHERE chat_id = %s AND user_id = %s",
-                                 (chat_id, user_id)).rowcount > 0
+            return (
+                self._execute(
+                    cur, "DELETE FROM members WHERE chat_id = %s AND user_id = %s", (chat_id, user_id)
+                ).rowcount
+                > 0
+            )
+
         return self._write(work)
 
     # -- messages in chats -------------------------------------------------------------------------
@@ -892,23 +1028,27 @@ class PostgresStore(Store):
             seq = record["seq"]
             # Locks in the order every chat operation takes them: the chat, its members, then the rest.
             self._execute(cur, "UPDATE chats SET activity = GREATEST(activity, %s) WHERE id = %s", (seq, chat_id))
-            row = self._execute(cur, "SELECT data FROM members WHERE chat_id = %s AND user_id = %s FOR UPDATE",
-                                (chat_id, user_id)).fetchone()
+            row = self._execute(
+                cur, "SELECT data FROM members WHERE chat_id = %s AND user_id = %s FOR UPDATE", (chat_id, user_id)
+            ).fetchone()
             if row is None:
                 raise Missing(f"{user_id} is not a member of chat {chat_id}")
             author = row[0]
             if attachment_id:
-                found = self._execute(cur, "SELECT data FROM attachments WHERE id = %s FOR UPDATE",
-                                      (attachment_id,)).fetchone()
+                found = self._execute(
+                    cur, "SELECT data FROM attachments WHERE id = %s FOR UPDATE", (attachment_id,)
+                ).fetchone()
                 attachment = found[0] if found else None
                 if attachment is None or attachment["chat_id"] != chat_id or attachment.get("message_id") is not None:
                     raise Conflict(f"attachment {attachment_id} is not an unsent attachment of chat {chat_id}")
                 self._put(cur, "attachments", dict(attachment, message_id=record["id"]))
             self._put(cur, "chat_messages", record)
             self._index_terms(cur, [chat_id], _searchable(record), seq)
-            self._put(cur, "members", dict(author, read_seq=seq,
-                                           delivered_seq=max(author.get("delivered_seq", 0), seq)))
+            self._put(
+                cur, "members", dict(author, read_seq=seq, delivered_seq=max(author.get("delivered_seq", 0), seq))
+            )
             return record
+
         if "\x00" in chat_id or "\x00" in user_id:  # no record has a NUL in its id
             raise Missing(f"{user_id!r} is not a member of chat {chat_id!r}")
         if attachment_id and "\x00" in attachment_id:
@@ -923,6 +1063,7 @@ class PostgresStore(Store):
         def work(cur):
             old = self._locked(cur, "chat_messages", message_id)
             return self._rewrite_chat_message(cur, old, dict(old, **changes))
+
         return self._write(work)
 
     def _rewrite_chat_message(self, cur, old, message):
@@ -939,13 +1080,17 @@ class PostgresStore(Store):
             row = self._execute(cur, "SELECT chat_id FROM chat_messages WHERE id = %s", (message_id,)).fetchone()
             old = member = None
             # A key-share lock on the chat: membership changes (which lock it for update) wait, messages do not.
-            if row is not None and self._execute(cur, "SELECT 1 FROM chats WHERE id = %s FOR KEY SHARE",
-                                                 (row[0],)).fetchone():
-                found = self._execute(cur, "SELECT data FROM members WHERE chat_id = %s AND user_id = %s",
-                                      (row[0], user_id)).fetchone()
+            if (
+                row is not None
+                and self._execute(cur, "SELECT 1 FROM chats WHERE id = %s FOR KEY SHARE", (row[0],)).fetchone()
+            ):
+                found = self._execute(
+                    cur, "SELECT data FROM members WHERE chat_id = %s AND user_id = %s", (row[0], user_id)
+                ).fetchone()
                 member = found[0] if found else None
-                found = self._execute(cur, "SELECT data FROM chat_messages WHERE id = %s FOR UPDATE",
-                                      (message_id,)).fetchone()
+                found = self._execute(
+                    cur, "SELECT data FROM chat_messages WHERE id = %s FOR UPDATE", (message_id,)
+                ).fetchone()
                 old = found[0] if found else None
             changes = decide(old, member)
             if not changes:
@@ -954,9 +1099,12 @@ class PostgresStore(Store):
                 raise Missing(f"chat message {message_id} is gone")
             message = self._rewrite_chat_message(cur, old, dict(old, **changes))
             dropped = dropped_attachment(old, message)
-            removed = dropped and self._execute(cur, "DELETE FROM attachments WHERE id = %s RETURNING data",
-                                                (dropped,)).fetchone()
+            removed = (
+                dropped
+                and self._execute(cur, "DELETE FROM attachments WHERE id = %s RETURNING data", (dropped,)).fetchone()
+            )
             return message, self._orphans(cur, [removed[0]]) if removed else []
+
         if "\x00" in message_id or "\x00" in user_id:
             if decide(None, None):
                 raise Missing(f"chat message {message_id!r} is gone")
@@ -974,7 +1122,8 @@ class PostgresStore(Store):
         return self._rows(
             "SELECT count(*) FROM chat_messages WHERE chat_id = %s AND seq > COALESCE("
             "(SELECT (data->>'read_seq')::bigint FROM members WHERE chat_id = %s AND user_id = %s), 0)",
-            (chat_id, chat_id, user_id))[0][0]
+            (chat_id, chat_id, user_id),
+        )[0][0]
 
     def search(self, scopes, terms, before=None, limit=20):
         terms = sorted({term for term in terms if "\x00" not in term})
@@ -985,17 +1134,29 @@ class PostgresStore(Store):
         # (likely rarest) term, stopping after limit + 1 matches.
         lead = max(terms, key=lambda term: (len(term), term))
         others = [term for term in terms if term != lead]
-        checks = "".join(" AND EXISTS (SELECT 1 FROM postings o WHERE o.scope = p.scope AND o.term = %s "
-                         "AND o.seq = p.seq)" for _ in others)
-        query = ("SELECT DISTINCT found.seq FROM unnest(%s::text[]) AS s(scope) CROSS JOIN LATERAL ("
-                 f"SELECT p.seq FROM postings p WHERE p.scope = s.scope AND p.term = %s AND p.seq < %s{checks} "
-                 "ORDER BY p.seq DESC LIMIT %s) AS found ORDER BY found.seq DESC LIMIT %s")
+        checks = "".join(
+            " AND EXISTS (SELECT 1 FROM postings o WHERE o.scope = p.scope AND o.term = %s AND o.seq = p.seq)"
+            for _ in others
+        )
+        query = (
+            "SELECT DISTINCT found.seq FROM unnest(%s::text[]) AS s(scope) CROSS JOIN LATERAL ("
+            f"SELECT p.seq FROM postings p WHERE p.scope = s.scope AND p.term = %s AND p.seq < %s{checks} "
+            "ORDER BY p.seq DESC LIMIT %s) AS found ORDER BY found.seq DESC LIMIT %s"
+        )
         bound = NO_CURSOR if before is None else before
         found = [row[0] for row in self._rows(query, (scopes, lead, bound, *others, limit + 1, limit + 1))]
         wanted = found[:limit]
-        records = dict(self._rows("SELECT seq, data FROM chat_messages WHERE seq = ANY(%s::bigint[]) UNION ALL "
-                                  "SELECT seq, data FROM messages WHERE seq = ANY(%s::bigint[])",
-                                  (wanted, wanted))) if wanted else {}
+        records = (
+            dict(
+                self._rows(
+                    "SELECT seq, data FROM chat_messages WHERE seq = ANY(%s::bigint[]) UNION ALL "
+                    "SELECT seq, data FROM messages WHERE seq = ANY(%s::bigint[])",
+                    (wanted, wanted),
+                )
+            )
+            if wanted
+            else {}
+        )
         return [records[seq] for seq in wanted if seq in records], len(found) > limit
 
     # -- attachments and blobs ----------------------------------------------------------------------
@@ -1016,8 +1177,12 @@ class PostgresStore(Store):
     def add_attachment(self, attachment, quota=0):
         def work(cur):
             # A key-share lock: a group deleted meanwhile waits for this insert or refuses it.
-            if self._execute(cur, "SELECT 1 FROM chats WHERE id = %s FOR KEY SHARE",
-                             (attachment["chat_id"],)).fetchone() is None:
+            if (
+                self._execute(
+                    cur, "SELECT 1 FROM chats WHERE id = %s FOR KEY SHARE", (attachment["chat_id"],)
+                ).fetchone()
+                is None
+            ):
                 raise Missing(f"chat {attachment['chat_id']} is gone")
             if quota:
                 # The uploader's row is the lock that makes check and insert one step across processes.
@@ -1028,12 +1193,14 @@ class PostgresStore(Store):
                     raise QuotaExceeded(used, quota)
             self._put(cur, "attachments", attachment)
             self._unpin(cur, attachment)
+
         self._write(work)
         return attachment
 
     def _used(self, cur, user_id):
-        return self._execute(cur, "SELECT COALESCE(sum(size), 0)::bigint FROM attachments WHERE uploader_id = %s",
-                             (user_id,)).fetchone()[0]
+        return self._execute(
+            cur, "SELECT COALESCE(sum(size), 0)::bigint FROM attachments WHERE uploader_id = %s", (user_id,)
+        ).fetchone()[0]
 
     @_absent_if_nul(lambda: 0)
     def attachment_usage(self, user_id):
@@ -1050,15 +1217,18 @@ class PostgresStore(Store):
             self._put(cur, "attachments", record)
             self._unpin(cur, {"thumbnail_sha256": changes.get("thumbnail_sha256")})
             return record
+
         return self._write(work)
 
     @_absent_if_nul(lambda: False)
     def delete_attachment(self, attachment_id, unsent_only=False):
         def work(cur):
             unsent = " AND (data->>'message_id') IS NULL" if unsent_only else ""
-            row = self._execute(cur, f"DELETE FROM attachments WHERE id = %s{unsent} RETURNING data",
-                                (attachment_id,)).fetchone()
+            row = self._execute(
+                cur, f"DELETE FROM attachments WHERE id = %s{unsent} RETURNING data", (attachment_id,)
+            ).fetchone()
             return None if row is None else self._orphans(cur, [row[0]])
+
         orphans = self._write(work)
         if orphans is None:
             return False
@@ -1077,20 +1247,24 @@ class PostgresStore(Store):
 
     @_absent_if_nul(lambda: [])
     def user_keys(self, user_id):
-        keys = [row[0] for row in self._rows("SELECT data FROM keys WHERE user_id = %s ORDER BY position",
-                                             (user_id,))]
+        keys = [row[0] for row in self._rows("SELECT data FROM keys WHERE user_id = %s ORDER BY position", (user_id,))]
         return sorted(keys, key=lambda key: key["created_at"])
 
     def change_user_keys(self, user_id, decide):
         def work(cur):
             # The user's row lock makes one user's key changes take turns.
             self._execute(cur, "SELECT 1 FROM users WHERE id = %s FOR UPDATE", (user_id,))
-            own = {row[0]["id"]: row[0] for row in self._execute(
-                cur, "SELECT data FROM keys WHERE user_id = %s ORDER BY position FOR UPDATE", (user_id,)).fetchall()}
+            own = {
+                row[0]["id"]: row[0]
+                for row in self._execute(
+                    cur, "SELECT data FROM keys WHERE user_id = %s ORDER BY position FOR UPDATE", (user_id,)
+                ).fetchall()
+            }
             added, changes = decide(sorted(own.values(), key=lambda key: key["created_at"]))
             changed = [dict(own[key_id], **change) for key_id, change in changes.items()]
             self._put_many(cur, "keys", [*added, *changed])
             return added, changed
+
         if "\x00" in user_id:
             added, changes = decide([])
             if added or changes:
@@ -1115,8 +1289,14 @@ class PostgresStore(Store):
     def delete_code(self, code_id, code_hash=None):
         if code_hash is None:
             return self._delete("codes", code_id)
-        return self._write(lambda cur: self._execute(
-            cur, "DELETE FROM codes WHERE id = %s AND data->>'code_hash' = %s", (code_id, code_hash)).rowcount > 0)
+        return self._write(
+            lambda cur: (
+                self._execute(
+                    cur, "DELETE FROM codes WHERE id = %s AND data->>'code_hash' = %s", (code_id, code_hash)
+                ).rowcount
+                > 0
+            )
+        )
 
     @_absent_if_nul(lambda: None)
     def spend_code(self, code_id, now, max_attempts):
@@ -1131,22 +1311,26 @@ class PostgresStore(Store):
             code = dict(code, attempts=code["attempts"] + 1)
             self._put(cur, "codes", code)
             return code
+
         return self._write(work)
 
     # -- attempts counted in a window ---------------------------------------------------------------------
 
     def count_attempt(self, key, now, window):
         # One statement: the row lock of ON CONFLICT makes concurrent counts queue, in any process.
-        count, ends = self._write(lambda cur: self._execute(cur, COUNT_ATTEMPT, (key, 1, now + window, now, now))
-                                  .fetchone())
+        count, ends = self._write(
+            lambda cur: self._execute(cur, COUNT_ATTEMPT, (key, 1, now + window, now, now)).fetchone()
+        )
         if random.random() < 0.001:  # housekeeping, not a rule: any process may sweep
-            self._write(lambda cur: self._execute(cur, "DELETE FROM attempts WHERE window_ends <= %s", (now,)),
-                        durable=False)
+            self._write(
+                lambda cur: self._execute(cur, "DELETE FROM attempts WHERE window_ends <= %s", (now,)), durable=False
+            )
         return count, ends
 
     def take_back_attempt(self, key):
-        self._write(lambda cur: self._execute(
-            cur, "UPDATE attempts SET count = count - 1 WHERE key = %s AND count > 0", (key,)))
+        self._write(
+            lambda cur: self._execute(cur, "UPDATE attempts SET count = count - 1 WHERE key = %s AND count > 0", (key,))
+        )
 
     def clear_attempts(self, key):
         self._write(lambda cur: self._execute(cur, "DELETE FROM attempts WHERE key = %s", (key,)))
@@ -1172,9 +1356,14 @@ class PostgresStore(Store):
             self._put_many(cur, "notifications", records)
             self._put_many(cur, "push_jobs", accepted + refused)
             if mark is not None:
-                self._execute(cur, "INSERT INTO meta (key, value) VALUES ('notified_seq', %s) "
-                                   "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", (Json(mark),))
+                self._execute(
+                    cur,
+                    "INSERT INTO meta (key, value) VALUES ('notified_seq', %s) "
+                    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    (Json(mark),),
+                )
             return records, accepted, refused
+
         # The seq lock also keeps two callers from both taking the last room in the queue.
         return self._write(work, seq_lock=True)
 
@@ -1187,8 +1376,10 @@ class PostgresStore(Store):
         return last_value if is_called else last_value - 1
 
     def chat_messages_after(self, seq, limit=100):
-        return [row[0] for row in self._rows("SELECT data FROM chat_messages WHERE seq > %s ORDER BY seq LIMIT %s",
-                                             (seq, limit))]
+        return [
+            row[0]
+            for row in self._rows("SELECT data FROM chat_messages WHERE seq > %s ORDER BY seq LIMIT %s", (seq, limit))
+        ]
 
     @_absent_if_nul(lambda: None)
     def get_notification(self, notification_id):
@@ -1226,27 +1417,43 @@ class PostgresStore(Store):
             unread = [row[0] for row in self._execute(cur, query + " ORDER BY seq FOR UPDATE", params).fetchall()]
             self._put_many(cur, "notifications", (dict(note, read=True) for note in unread))
             return len(unread)
+
         return self._write(work)
 
     def scrub_message(self, message_id, retract):
         def work(cur):
-            events = self._execute(cur, "SELECT id, type, data FROM events WHERE data->>'id' = %s "
-                                        "OR data->>'message_id' = %s ORDER BY id FOR UPDATE",
-                                   (message_id, message_id)).fetchall()
+            events = self._execute(
+                cur,
+                "SELECT id, type, data FROM events WHERE data->>'id' = %s "
+                "OR data->>'message_id' = %s ORDER BY id FOR UPDATE",
+                (message_id, message_id),
+            ).fetchall()
             for event_id, kind, data in events:
                 replaced = retract(kind, data)
                 if replaced is not None and replaced != data:
                     self._execute(cur, "UPDATE events SET data = %s WHERE id = %s", (Json(replaced), event_id))
-            notes = [row[0] for row in self._execute(
-                cur, "SELECT data FROM notifications WHERE data->>'message_id' = %s ORDER BY seq FOR UPDATE",
-                (message_id,)).fetchall()]
-            self._put_many(cur, "notifications", (dict(note, preview=None) for note in notes
-                                                  if note.get("preview") is not None))
-            jobs = [row[0] for row in self._execute(
-                cur, "SELECT data FROM push_jobs WHERE message_ids @> ARRAY[%s]::text[] ORDER BY position FOR UPDATE",
-                (message_id,)).fetchall()]
+            notes = [
+                row[0]
+                for row in self._execute(
+                    cur,
+                    "SELECT data FROM notifications WHERE data->>'message_id' = %s ORDER BY seq FOR UPDATE",
+                    (message_id,),
+                ).fetchall()
+            ]
+            self._put_many(
+                cur, "notifications", (dict(note, preview=None) for note in notes if note.get("preview") is not None)
+            )
+            jobs = [
+                row[0]
+                for row in self._execute(
+                    cur,
+                    "SELECT data FROM push_jobs WHERE message_ids @> ARRAY[%s]::text[] ORDER BY position FOR UPDATE",
+                    (message_id,),
+                ).fetchall()
+            ]
             scrubbed = [without_preview(job, message_id) for job in jobs]
             self._put_many(cur, "push_jobs", (new for new, old in zip(scrubbed, jobs) if new is not old))
+
         if "\x00" not in message_id:
             self._write(work)
 
@@ -1257,11 +1464,13 @@ class PostgresStore(Store):
             if limit is not None:
                 # The user's row lock makes one user's registrations take turns, so the count holds.
                 self._execute(cur, "SELECT 1 FROM users WHERE id = %s FOR UPDATE", (device["user_id"],))
-                held = self._execute(cur, "SELECT count(*) FROM devices WHERE user_id = %s",
-                                     (device["user_id"],)).fetchone()[0]
+                held = self._execute(
+                    cur, "SELECT count(*) FROM devices WHERE user_id = %s", (device["user_id"],)
+                ).fetchone()[0]
                 if held >= limit:
                     raise Conflict(f"user {device['user_id']} already has {limit} devices")
             self._put(cur, "devices", device)
+
         self._write(work)
         return device
 
@@ -1271,32 +1480,44 @@ class PostgresStore(Store):
 
     @_absent_if_nul(lambda: [])
     def user_devices(self, user_id):
-        return [row[0] for row in self._rows("SELECT data FROM devices WHERE user_id = %s ORDER BY position",
-                                             (user_id,))]
+        return [
+            row[0] for row in self._rows("SELECT data FROM devices WHERE user_id = %s ORDER BY position", (user_id,))
+        ]
 
     @_absent_if_nul(lambda: False)
     def delete_device(self, device_id):
         return self._delete("devices", device_id)
 
     def due_push_jobs(self, now, limit=50):
-        return [row[0] for row in self._rows(
-            "SELECT data FROM push_jobs WHERE status = 'pending' AND next_attempt_at <= %s "
-            "ORDER BY next_attempt_at, id LIMIT %s", (now, limit))]
+        return [
+            row[0]
+            for row in self._rows(
+                "SELECT data FROM push_jobs WHERE status = 'pending' AND next_attempt_at <= %s "
+                "ORDER BY next_attempt_at, id LIMIT %s",
+                (now, limit),
+            )
+        ]
 
     def claim_push_jobs(self, now, lease, limit=50):
         def work(cur):
             # SKIP LOCKED: a job another process is claiming right now is left to it.
-            due = [row[0] for row in self._execute(
-                cur, "SELECT data FROM push_jobs WHERE status = 'pending' AND next_attempt_at <= %s "
-                     "ORDER BY next_attempt_at, id LIMIT %s FOR UPDATE SKIP LOCKED", (now, limit)).fetchall()]
+            due = [
+                row[0]
+                for row in self._execute(
+                    cur,
+                    "SELECT data FROM push_jobs WHERE status = 'pending' AND next_attempt_at <= %s "
+                    "ORDER BY next_attempt_at, id LIMIT %s FOR UPDATE SKIP LOCKED",
+                    (now, limit),
+                ).fetchall()
+            ]
             claimed = [dict(job, next_attempt_at=now + lease) for job in due]
             self._put_many(cur, "push_jobs", claimed)
             return claimed
+
         return self._write(work)
 
     def next_push_time(self):
-        job = self._record("SELECT data FROM push_jobs WHERE status = 'pending' "
-                           "ORDER BY next_attempt_at, id LIMIT 1")
+        job = self._record("SELECT data FROM push_jobs WHERE status = 'pending' ORDER BY next_attempt_at, id LIMIT 1")
         return None if job is None else job["next_attempt_at"]
 
     def update_push_job(self, job_id, changes):
@@ -1307,9 +1528,12 @@ class PostgresStore(Store):
         return self._delete("push_jobs", job_id)
 
     def dead_push_jobs(self, limit=100):
-        return [row[0] for row in self._rows(
-            "SELECT data FROM push_jobs WHERE status = 'dead' ORDER BY created_at DESC, position LIMIT %s",
-            (limit,))]
+        return [
+            row[0]
+            for row in self._rows(
+                "SELECT data FROM push_jobs WHERE status = 'dead' ORDER BY created_at DESC, position LIMIT %s", (limit,)
+            )
+        ]
 
     # -- real time -------------------------------------------------------------------------------------
 
@@ -1344,8 +1568,10 @@ class PostgresStore(Store):
             while True:
                 # Keyset pages, so a large table is never held whole.
                 where = "" if last is None else f" WHERE {order} > %s"
-                rows = self._rows(f"SELECT {order}, data FROM {table}{where} ORDER BY {order} LIMIT %s",
-                                  (() if last is None else (last,)) + (batch,))
+                rows = self._rows(
+                    f"SELECT {order}, data FROM {table}{where} ORDER BY {order} LIMIT %s",
+                    (() if last is None else (last,)) + (batch,),
+                )
                 for _, data in rows:
                     yield table, data
                 if len(rows) < batch:
@@ -1359,8 +1585,12 @@ class PostgresStore(Store):
         def work(cur):
             if table == "meta":
                 for record in records:
-                    self._execute(cur, "INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) "
-                                       "DO UPDATE SET value = EXCLUDED.value", (record["key"], Json(record["value"])))
+                    self._execute(
+                        cur,
+                        "INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) "
+                        "DO UPDATE SET value = EXCLUDED.value",
+                        (record["key"], Json(record["value"])),
+                    )
                 return
             self._put_many(cur, table, records)
             for record in records:
@@ -1368,6 +1598,7 @@ class PostgresStore(Store):
                     self._index_terms(cur, _message_scopes(record), record.get("content"), record["seq"])
                 elif table == "chat_messages":
                     self._index_terms(cur, [record["chat_id"]], _searchable(record), record["seq"])
+
         try:
             self._write(work)
         except errors.UniqueViolation as exc:
@@ -1375,15 +1606,23 @@ class PostgresStore(Store):
 
     def finish_import(self, next_seq):
         """After ``import_records``: set each chat's activity, and the seq to continue from."""
+
         def work(cur):
-            self._execute(cur, "UPDATE chats c SET activity = GREATEST(c.seq, COALESCE("
-                               "(SELECT max(seq) FROM chat_messages m WHERE m.chat_id = c.id), 0))")
-            highest = self._execute(cur, "SELECT GREATEST((SELECT max(seq) FROM messages), "
-                                         "(SELECT max(seq) FROM chat_messages), (SELECT max(seq) FROM chats), "
-                                         "(SELECT max(seq) FROM notifications), 0)").fetchone()[0]
+            self._execute(
+                cur,
+                "UPDATE chats c SET activity = GREATEST(c.seq, COALESCE("
+                "(SELECT max(seq) FROM chat_messages m WHERE m.chat_id = c.id), 0))",
+            )
+            highest = self._execute(
+                cur,
+                "SELECT GREATEST((SELECT max(seq) FROM messages), "
+                "(SELECT max(seq) FROM chat_messages), (SELECT max(seq) FROM chats), "
+                "(SELECT max(seq) FROM notifications), 0)",
+            ).fetchone()[0]
             last = max(highest, next_seq - 1)
             if last > 0:
                 self._execute(cur, "SELECT setval('oxc_seq', %s, true)", (last,))
+
         self._write(work, seq_lock=True)
 
 
@@ -1416,12 +1655,16 @@ class PostgresEventLog:
 
     def append(self, type, data, audience, chat_id, at):
         """Add an event; its id once committed."""
+
         def work(cur):
             event_id = cur.execute("UPDATE event_log SET last_id = last_id + 1 RETURNING last_id").fetchone()[0]
-            cur.execute(f"INSERT INTO events ({self.COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
-                        (event_id, type, Json(data), None if audience is None else sorted(audience), chat_id, at))
+            cur.execute(
+                f"INSERT INTO events ({self.COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
+                (event_id, type, Json(data), None if audience is None else sorted(audience), chat_id, at),
+            )
             cur.execute("SELECT pg_notify(%s, %s)", (self.channel, str(event_id)))
             return event_id
+
         # Events are not records: one lost in a crash is one a listener did not get either.
         return self._store._write(work, durable=False)
 
@@ -1431,19 +1674,23 @@ class PostgresEventLog:
 
     def after(self, event_id, limit):
         """Rows with ids above ``event_id``, oldest first."""
-        return self._store._rows(f"SELECT {self.COLUMNS} FROM events WHERE id > %s ORDER BY id LIMIT %s",
-                                 (event_id, limit))
+        return self._store._rows(
+            f"SELECT {self.COLUMNS} FROM events WHERE id > %s ORDER BY id LIMIT %s", (event_id, limit)
+        )
 
     def recent(self, limit):
         """The newest ``limit`` rows, oldest first."""
-        return self._store._rows(f"SELECT * FROM (SELECT {self.COLUMNS} FROM events ORDER BY id DESC LIMIT %s) "
-                                 "AS newest ORDER BY id", (limit,))
+        return self._store._rows(
+            f"SELECT * FROM (SELECT {self.COLUMNS} FROM events ORDER BY id DESC LIMIT %s) AS newest ORDER BY id",
+            (limit,),
+        )
 
     def prune(self, keep):
         """Drop all but the newest ``keep`` events; returns how many went."""
+
         def work(cur):
-            return cur.execute("DELETE FROM events WHERE id <= (SELECT last_id FROM event_log) - %s",
-                               (keep,)).rowcount
+            return cur.execute("DELETE FROM events WHERE id <= (SELECT last_id FROM event_log) - %s", (keep,)).rowcount
+
         return self._store._write(work, durable=False)
 
     def follow(self, wake, stopped):

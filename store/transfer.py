@@ -60,7 +60,8 @@ class _JsonReader:
 
     def __init__(self, directory):
         if not os.path.exists(os.path.join(directory, SNAPSHOT)) and not any(
-                name.startswith("journal.") for name in _listing(directory)):
+            name.startswith("journal.") for name in _listing(directory)
+        ):
             raise StoreError(f"{directory} holds no oxc store")
         self.store = JsonStore(directory)
         self.blob_dir = self.store.blobs.directory
@@ -83,6 +84,7 @@ class _JsonReader:
 class _PostgresReader:
     def __init__(self, url, blob_dir):
         from .postgres import PostgresStore
+
         self.store = PostgresStore(url, blob_dir=blob_dir, pool_size=2)
         self.blob_dir = self.store.blobs.directory
 
@@ -123,8 +125,9 @@ def _batches(records):
 
 
 def _referenced(attachments):
-    return sorted({digest for record in attachments
-                   for digest in (record["sha256"], record.get("thumbnail_sha256")) if digest})
+    return sorted(
+        {digest for record in attachments for digest in (record["sha256"], record.get("thumbnail_sha256")) if digest}
+    )
 
 
 def _copy_blobs(digests, source_dir, target, progress):
@@ -154,11 +157,13 @@ def _report(progress, done, total, what):
 
 def _to_postgres(reader, url, blob_dir, progress):
     from .postgres import PostgresStore
+
     target = PostgresStore(url, blob_dir=blob_dir, pool_size=2)
     try:
         if not target.is_empty():
-            raise StoreError("the destination database already holds an oxc store; migrate-store fills "
-                             "only an empty one")
+            raise StoreError(
+                "the destination database already holds an oxc store; migrate-store fills only an empty one"
+            )
         counts = reader.counts()
         total, done, attachments = sum(counts.values()), 0, []
         for table, batch in _batches(reader.records()):
@@ -176,7 +181,8 @@ def _to_postgres(reader, url, blob_dir, progress):
 
 def _to_json(reader, directory, progress):
     if os.path.exists(os.path.join(directory, SNAPSHOT)) or any(
-            name.startswith("journal.") for name in _listing(directory)):
+        name.startswith("journal.") for name in _listing(directory)
+    ):
         raise StoreError(f"{directory} already holds a store; migrate-store fills only an empty directory")
     os.makedirs(directory, exist_ok=True)
     blobs = os.path.join(directory, "blobs")

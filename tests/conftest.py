@@ -13,10 +13,10 @@ import time
 from wsgiref.validate import validator
 
 import pytest
+from pgtest import fresh_schema
 from webtest import TestApp
 
 from oxc_wsgi import Settings, create_app
-from pgtest import fresh_schema
 
 PASSWORD = "correct horse battery"
 
@@ -56,8 +56,7 @@ class Client(TestApp):
         return self.post_json(f"{self.prefix}/auth/register", body, status=status)
 
     def login(self, username, password=PASSWORD, status=200):
-        return self.post_json(f"{self.prefix}/auth/login", {"username": username, "password": password},
-                              status=status)
+        return self.post_json(f"{self.prefix}/auth/login", {"username": username, "password": password}, status=status)
 
     def user(self, username, email=None):
         """Register and log in ``username``; return a User with its tokens."""
@@ -140,9 +139,11 @@ def stored_bytes(client, data_dir):
     url = client.wsgi.core.ctx.settings.store_url
     if url:
         import psycopg
+
         with psycopg.connect(url) as conn:
-            tables = [row[0] for row in conn.execute(
-                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")]
+            tables = [
+                row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
+            ]
             for table in tables:
                 for (row,) in conn.execute(f'SELECT t::text FROM "{table}" AS t'):
                     stored += row.encode("utf-8")

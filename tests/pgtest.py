@@ -44,6 +44,7 @@ def with_search_path(url, schema):
 def admin_connection():
     """An autocommit connection to the test database (for DDL and EXPLAIN)."""
     import psycopg
+
     return psycopg.connect(URL, connect_timeout=3, autocommit=True)
 
 

@@ -20,12 +20,24 @@ class Server:
     def __init__(self, data_dir, **env):
         self.data_dir = str(data_dir)
         environment = {k: v for k, v in os.environ.items() if k not in ("OXC_ENV", "FLASK_ENV")}
-        environment.update(HOST="127.0.0.1", PORT="0", DATA_DIR=self.data_dir, BCRYPT_ROUNDS="4",
-                           AUTH_RATE_LIMIT="1000000", LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1")
+        environment.update(
+            HOST="127.0.0.1",
+            PORT="0",
+            DATA_DIR=self.data_dir,
+            BCRYPT_ROUNDS="4",
+            AUTH_RATE_LIMIT="1000000",
+            LOG_LEVEL="WARNING",
+            PYTHONUNBUFFERED="1",
+        )
         environment.update({key: str(value) for key, value in env.items()})
         self.process = subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, "oxc_wsgi.py"), "serve"], cwd=ROOT, env=environment,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [sys.executable, os.path.join(ROOT, "oxc_wsgi.py"), "serve"],
+            cwd=ROOT,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         line = self.process.stdout.readline()
         if not line.startswith("oxc listening on http://"):
             self.process.kill()
@@ -95,8 +107,9 @@ class RawStream:
     def __init__(self, server, token=None, query=""):
         self.socket = socket.create_connection(("127.0.0.1", server.port), timeout=5)
         auth = f"Authorization: Bearer {token}\r\n" if token else ""
-        self.socket.sendall(f"GET /api/events/stream{query} HTTP/1.1\r\nHost: test\r\n{auth}"
-                            "Accept: text/event-stream\r\n\r\n".encode())
+        self.socket.sendall(
+            f"GET /api/events/stream{query} HTTP/1.1\r\nHost: test\r\n{auth}Accept: text/event-stream\r\n\r\n".encode()
+        )
         self.received = b""
 
     def read_until(self, marker, timeout=5):
@@ -106,7 +119,7 @@ class RawStream:
             self.socket.settimeout(max(0.01, deadline - time.monotonic()))
             try:
                 chunk = self.socket.recv(4096)
-            except socket.timeout:
+            except TimeoutError:
                 break
             if not chunk:
                 break

@@ -6,7 +6,6 @@ import threading
 
 import pytest
 from aiosmtpd.controller import Controller
-
 from conftest import PASSWORD, assert_error
 
 
@@ -50,8 +49,7 @@ def inbox():
 
 @pytest.fixture
 def mail_client(make_client, inbox):
-    return make_client(smtp_host="127.0.0.1", smtp_port=inbox.port, smtp_security="none",
-                       mail_from="chat@example.com")
+    return make_client(smtp_host="127.0.0.1", smtp_port=inbox.port, smtp_security="none", mail_from="chat@example.com")
 
 
 def verify(client, address, code, status=200):
@@ -88,16 +86,21 @@ def test_the_fifth_guess_may_be_the_right_one(mail_client, inbox):
 def test_a_reset_code_works_once(mail_client, inbox):
     mail_client.register("alice", email="alice@example.com")
     mail_client.post_json("/api/auth/password-reset/request", {"email": "alice@example.com"})
-    body = {"email": "alice@example.com", "code": inbox.code_for("alice@example.com", count=2),
-            "new_password": "brand new password"}
+    body = {
+        "email": "alice@example.com",
+        "code": inbox.code_for("alice@example.com", count=2),
+        "new_password": "brand new password",
+    }
     mail_client.post_json("/api/auth/password-reset", body)
     again = mail_client.post_json("/api/auth/password-reset", dict(body, new_password="another new one"), status=400)
     assert_error(again, 400, "Invalid or expired code")
     mail_client.login("alice", "brand new password")
 
 
-@pytest.mark.parametrize("path, extra", [("/api/auth/verify-email", {}),
-                                         ("/api/auth/password-reset", {"new_password": "brand new password"})])
+@pytest.mark.parametrize(
+    "path, extra",
+    [("/api/auth/verify-email", {}), ("/api/auth/password-reset", {"new_password": "brand new password"})],
+)
 def test_a_code_redeemed_while_the_address_changes_proves_nothing(mail_client, inbox, monkeypatch, path, extra):
     alice_id = mail_client.register("alice", email="alice@example.com").json["data"]["id"]
     code = inbox.code_for("alice@example.com")
@@ -125,8 +128,11 @@ def test_every_app_on_one_database_shares_the_cool_down(make_client, inbox):
     mail = dict(smtp_host="127.0.0.1", smtp_port=inbox.port, smtp_security="none")
     first, second = make_client(**mail), make_client(**mail)
     first.post_json("/api/auth/password-reset/request", {"email": "alice@example.com"})
-    assert_error(second.post_json("/api/auth/password-reset/request", {"email": "alice@example.com"}, status=429),
-                 429, "a moment ago")
+    assert_error(
+        second.post_json("/api/auth/password-reset/request", {"email": "alice@example.com"}, status=429),
+        429,
+        "a moment ago",
+    )
 
 
 def test_a_code_expires(mail_client, inbox, clock):
@@ -156,8 +162,7 @@ def test_asking_again_waits_for_the_cool_down_whether_or_not_the_address_exists(
 
 
 def test_when_verification_is_required_unverified_users_cannot_log_in(make_client, inbox):
-    client = make_client(smtp_host="127.0.0.1", smtp_port=inbox.port, smtp_security="none",
-                         require_verified_email=True)
+    client = make_client(smtp_host="127.0.0.1", smtp_port=inbox.port, smtp_security="none", require_verified_email=True)
     assert_error(client.register("bob", status=400), 400, "email")
     client.register("alice", email="alice@example.com")
     assert_error(client.login("alice", status=403), 403, "Verify your e-mail")
@@ -170,8 +175,9 @@ def test_a_password_reset_sets_a_new_password_and_ends_every_session(mail_client
     alice = mail_client.user("alice", email="alice@example.com")
     mail_client.post_json("/api/auth/password-reset/request", {"email": "alice@example.com"})
     code = inbox.code_for("alice@example.com", count=2)
-    answer = mail_client.post_json("/api/auth/password-reset", {"email": "alice@example.com", "code": code,
-                                                                "new_password": "brand new password"})
+    answer = mail_client.post_json(
+        "/api/auth/password-reset", {"email": "alice@example.com", "code": code, "new_password": "brand new password"}
+    )
     assert answer.json["data"]["sessions_ended"] == 1
     assert_error(mail_client.post_json("/api/auth/refresh", {"refresh_token": alice.refresh_token}, status=401), 401)
     assert_error(mail_client.get("/api/users/me", headers=alice.headers, status=401), 401)
@@ -184,9 +190,15 @@ def test_a_reset_for_an_unknown_address_answers_the_same_and_sends_nothing(mail_
     known = mail_client.post_json("/api/auth/password-reset/request", {"email": "alice@example.com"}).json
     unknown = mail_client.post_json("/api/auth/password-reset/request", {"email": "ghost@example.com"}).json
     assert known == unknown
-    assert_error(mail_client.post_json("/api/auth/password-reset", {"email": "ghost@example.com", "code": "123456",
-                                                                    "new_password": "whatever123"}, status=400),
-                 400, "Invalid or expired code")
+    assert_error(
+        mail_client.post_json(
+            "/api/auth/password-reset",
+            {"email": "ghost@example.com", "code": "123456", "new_password": "whatever123"},
+            status=400,
+        ),
+        400,
+        "Invalid or expired code",
+    )
     mail_client.wsgi.core.ctx.mailer.flush()
     assert inbox.to("ghost@example.com") == []
 
@@ -194,25 +206,32 @@ def test_a_reset_for_an_unknown_address_answers_the_same_and_sends_nothing(mail_
 def test_changing_the_address_needs_the_password_and_verifying_the_new_one(mail_client, inbox):
     alice = mail_client.user("alice", email="alice@example.com")
     verify(mail_client, "alice@example.com", inbox.code_for("alice@example.com"))
-    changed = mail_client.patch_json("/api/users/me", {"email": "new@example.com", "password": PASSWORD},
-                                     headers=alice.headers).json["data"]
+    changed = mail_client.patch_json(
+        "/api/users/me", {"email": "new@example.com", "password": PASSWORD}, headers=alice.headers
+    ).json["data"]
     assert changed["email"] == "new@example.com" and changed["email_verified"] is False
     assert_error(verify(mail_client, "alice@example.com", "000000", status=400), 400)
     verify(mail_client, "new@example.com", inbox.code_for("new@example.com"))
     assert mail_client.get("/api/users/me", headers=alice.headers).json["data"]["email_verified"] is True
 
 
-@pytest.mark.parametrize("path, body, message", [
-    ("/api/auth/verify-email/request", {}, "email"),
-    ("/api/auth/verify-email/request", {"email": "not an address"}, "e-mail"),
-    ("/api/auth/verify-email", {"email": "a@example.com"}, "code"),
-    ("/api/auth/verify-email", {"email": "a@example.com", "code": "12345"}, "six digits"),
-    ("/api/auth/verify-email", {"email": "a@example.com", "code": "12345x"}, "six digits"),
-    ("/api/auth/password-reset/request", {"email": 4}, "must be a string"),
-    ("/api/auth/password-reset", {"email": "a@example.com", "code": "123456"}, "new_password"),
-    ("/api/auth/password-reset", {"email": "a@example.com", "code": "123456", "new_password": "short"},
-     "at least 8"),
-])
+@pytest.mark.parametrize(
+    "path, body, message",
+    [
+        ("/api/auth/verify-email/request", {}, "email"),
+        ("/api/auth/verify-email/request", {"email": "not an address"}, "e-mail"),
+        ("/api/auth/verify-email", {"email": "a@example.com"}, "code"),
+        ("/api/auth/verify-email", {"email": "a@example.com", "code": "12345"}, "six digits"),
+        ("/api/auth/verify-email", {"email": "a@example.com", "code": "12345x"}, "six digits"),
+        ("/api/auth/password-reset/request", {"email": 4}, "must be a string"),
+        ("/api/auth/password-reset", {"email": "a@example.com", "code": "123456"}, "new_password"),
+        (
+            "/api/auth/password-reset",
+            {"email": "a@example.com", "code": "123456", "new_password": "short"},
+            "at least 8",
+        ),
+    ],
+)
 def test_bad_account_requests_are_400(mail_client, path, body, message):
     assert_error(mail_client.post_json(path, body, status=400), 400, message)
 

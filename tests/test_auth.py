@@ -8,8 +8,8 @@ import time
 
 import jwt
 import pytest
-
 from conftest import PASSWORD, assert_error, stored_bytes
+
 from handlers.http import TooManyRequests
 from oxc_wsgi import DEV_JWT_SECRET
 
@@ -17,6 +17,7 @@ SECRET = "a signing key for tests that forge tokens, 32+ bytes"
 
 
 # -- register ---------------------------------------------------------------
+
 
 def test_register_answers_201_with_the_new_user_and_never_the_hash(client):
     response = client.register("alice", email="alice@example.com")
@@ -33,18 +34,21 @@ def test_registration_can_be_disabled(make_client):
     assert_error(client.register("alice", status=403), 403, "disabled")
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"password": PASSWORD}, "Missing required field: username"),
-    ({"username": "alice"}, "Missing required field: password"),
-    ({"username": "al", "password": PASSWORD}, "username"),
-    ({"username": "a" * 33, "password": PASSWORD}, "username"),
-    ({"username": "al ice", "password": PASSWORD}, "username"),
-    ({"username": 5, "password": PASSWORD}, "must be a string"),
-    ({"username": "alice", "password": "short"}, "at least 8"),
-    ({"username": "alice", "password": "é" * 37}, "72 bytes"),
-    ({"username": "alice", "password": ["x"] * 9}, "must be a string"),
-    ({"username": "alice", "password": PASSWORD, "email": "not-an-address"}, "e-mail"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"password": PASSWORD}, "Missing required field: username"),
+        ({"username": "alice"}, "Missing required field: password"),
+        ({"username": "al", "password": PASSWORD}, "username"),
+        ({"username": "a" * 33, "password": PASSWORD}, "username"),
+        ({"username": "al ice", "password": PASSWORD}, "username"),
+        ({"username": 5, "password": PASSWORD}, "must be a string"),
+        ({"username": "alice", "password": "short"}, "at least 8"),
+        ({"username": "alice", "password": "é" * 37}, "72 bytes"),
+        ({"username": "alice", "password": ["x"] * 9}, "must be a string"),
+        ({"username": "alice", "password": PASSWORD, "email": "not-an-address"}, "e-mail"),
+    ],
+)
 def test_register_refuses_bad_fields_with_400(client, body, message):
     response = client.post_json("/api/auth/register", body, status=400)
     assert_error(response, 400, message)
@@ -57,6 +61,7 @@ def test_usernames_and_emails_are_unique_ignoring_case(client):
 
 
 # -- login ------------------------------------------------------------------
+
 
 def test_login_answers_the_0xc_token_fields(client):
     client.register("alice")
@@ -209,6 +214,7 @@ def test_unknown_users_take_as_long_to_refuse_as_wrong_passwords(make_client):
 
 # -- access tokens ----------------------------------------------------------
 
+
 def test_token_info_answers_the_user_and_the_token_timing(client, clock):
     alice = client.user("alice")
     info = client.get("/api/auth/token-info", headers=alice.headers).json["data"]
@@ -234,24 +240,41 @@ def _forge(claims, key=SECRET, algorithm="HS256", headers=None):
 def _unsigned(claims):
     def part(value):
         return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
     return f"{part({'alg': 'none', 'typ': 'at+jwt'})}.{part(claims)}."
 
 
-@pytest.mark.parametrize("make_token", [
-    lambda user, now: _unsigned({**user, "iat": now, "exp": now + 600}),
-    lambda user, now: _forge({**user, "iat": now, "exp": now + 600}, algorithm="HS512", key=SECRET * 2),
-    lambda user, now: _forge({**user, "iat": now, "exp": now + 600}, key="another secret" * 4),
-    lambda user, now: _forge({**user, "iat": now, "exp": now + 600}, key=DEV_JWT_SECRET),
-    lambda user, now: _forge({**user, "iat": now - 2000, "exp": now - 1000}),
-    lambda user, now: _forge({**user, "iat": now}),
-    lambda user, now: _forge({"sid": user["sid"], "iat": now, "exp": now + 600}),
-    lambda user, now: _forge({"sub": user["sub"], "iat": now, "exp": now + 600}),
-    lambda user, now: _forge({**user, "exp": now + 600}),
-    lambda user, now: _forge({**user, "iat": now, "exp": now + 600}, headers={"typ": "JWT"}),
-    lambda user, now: _forge({**user, "iat": now + 3600, "exp": now + 7200}),
-    lambda user, now: "not.a.token",
-], ids=["alg-none", "hs512", "wrong-key", "published-dev-key", "expired", "no-exp", "no-sub", "no-sid", "no-iat",
-        "wrong-typ", "issued-in-future", "garbage"])
+@pytest.mark.parametrize(
+    "make_token",
+    [
+        lambda user, now: _unsigned({**user, "iat": now, "exp": now + 600}),
+        lambda user, now: _forge({**user, "iat": now, "exp": now + 600}, algorithm="HS512", key=SECRET * 2),
+        lambda user, now: _forge({**user, "iat": now, "exp": now + 600}, key="another secret" * 4),
+        lambda user, now: _forge({**user, "iat": now, "exp": now + 600}, key=DEV_JWT_SECRET),
+        lambda user, now: _forge({**user, "iat": now - 2000, "exp": now - 1000}),
+        lambda user, now: _forge({**user, "iat": now}),
+        lambda user, now: _forge({"sid": user["sid"], "iat": now, "exp": now + 600}),
+        lambda user, now: _forge({"sub": user["sub"], "iat": now, "exp": now + 600}),
+        lambda user, now: _forge({**user, "exp": now + 600}),
+        lambda user, now: _forge({**user, "iat": now, "exp": now + 600}, headers={"typ": "JWT"}),
+        lambda user, now: _forge({**user, "iat": now + 3600, "exp": now + 7200}),
+        lambda user, now: "not.a.token",
+    ],
+    ids=[
+        "alg-none",
+        "hs512",
+        "wrong-key",
+        "published-dev-key",
+        "expired",
+        "no-exp",
+        "no-sub",
+        "no-sid",
+        "no-iat",
+        "wrong-typ",
+        "issued-in-future",
+        "garbage",
+    ],
+)
 def test_forged_or_malformed_access_tokens_get_401(make_client, clock, make_token):
     client = make_client(jwt_secret_key=SECRET)
     alice = client.user("alice")
@@ -281,6 +304,7 @@ def test_a_refresh_token_is_not_accepted_as_a_bearer_token(client):
 
 
 # -- refresh ----------------------------------------------------------------
+
 
 def _refresh(client, token, status=200):
     return client.post_json("/api/auth/refresh", {"refresh_token": token}, status=status)
@@ -366,6 +390,7 @@ def test_no_raw_refresh_token_is_stored(client, tmp_path):
 
 
 # -- logout -----------------------------------------------------------------
+
 
 def test_logout_ends_the_session_and_its_access_tokens(client):
     alice = client.user("alice")

@@ -13,9 +13,9 @@ import threading
 import time
 
 import pytest
+from conftest import PASSWORD, assert_error
 from webtest import TestApp
 
-from conftest import PASSWORD, assert_error
 from handlers.auth import THROTTLED_PATHS
 from handlers.http import TooManyRequests
 from handlers.passwords import Passwords
@@ -56,8 +56,7 @@ def test_a_client_that_spent_its_auth_budget_gets_429_on_every_auth_endpoint(mak
     for _ in range(3 * DEFAULTS.auth_rate_limit):
         client.get("/api/users/me", headers=alice.headers)
     assert "RateLimit" not in client.get("/api/health").headers
-    client.post_json("/api/" + path.lstrip("/"), BODIES[path], extra_environ=BYSTANDER,
-                     status=[200, 201, 400, 401])
+    client.post_json("/api/" + path.lstrip("/"), BODIES[path], extra_environ=BYSTANDER, status=[200, 201, 400, 401])
 
 
 def test_a_login_flood_from_one_client_is_refused_before_any_password_is_checked(make_client, monkeypatch):
@@ -66,8 +65,15 @@ def test_a_login_flood_from_one_client_is_refused_before_any_password_is_checked
     passwords = client.wsgi.core.ctx.passwords
     verify = passwords.verify
     monkeypatch.setattr(passwords, "verify", lambda *args: checked.append(1) or verify(*args))
-    statuses = [client.post_json("/api/auth/login", {"username": f"user{number}", "password": "guess guess"},
-                                 extra_environ=ATTACKER, status=[401, 429]).status_int for number in range(50)]
+    statuses = [
+        client.post_json(
+            "/api/auth/login",
+            {"username": f"user{number}", "password": "guess guess"},
+            extra_environ=ATTACKER,
+            status=[401, 429],
+        ).status_int
+        for number in range(50)
+    ]
     assert statuses == [401] * 10 + [429] * 40
     assert len(checked) == 10
 
@@ -92,8 +98,10 @@ def ok_app(environ, start_response):
 
 
 def test_a_policy_without_per_minute_limits_only_its_strict_paths():
-    app = TestApp(RateLimit(ok_app, RateLimitPolicy(per_minute=None, strict_paths=("/auth/login",),
-                                                    strict_per_minute=1)), extra_environ=ATTACKER)
+    app = TestApp(
+        RateLimit(ok_app, RateLimitPolicy(per_minute=None, strict_paths=("/auth/login",), strict_per_minute=1)),
+        extra_environ=ATTACKER,
+    )
     app.post("/auth/login")
     app.post("/auth/login", status=429)
     for _ in range(5):

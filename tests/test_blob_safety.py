@@ -20,11 +20,11 @@ import threading
 import types
 
 import pytest
-
 from conftest import assert_error
+from test_media import PDF, blob_files, form, png, upload
+
 from store import DamagedBlob, OutOfSpace, diskspace, open_store
 from store.blobs import TEMP_PREFIX, Blobs
-from test_media import PDF, blob_files, form, png, upload
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KiB, MiB = 1024, 1024 * 1024
@@ -94,7 +94,7 @@ def full_disk(monkeypatch):
         if state.seen.index(path) < state.allow:
             return real_write(fd, data)
         if len(data) > 1 and os.fstat(fd).st_size == 0:
-            return real_write(fd, bytes(data[:len(data) // 2]))  # the disk took part of it ...
+            return real_write(fd, bytes(data[: len(data) // 2]))  # the disk took part of it ...
         state.refused += 1
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # ... and then nothing more
 
@@ -111,8 +111,9 @@ def tmpfs(tmp_path):
 
     def mount(path, size):
         os.makedirs(path, exist_ok=True)
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+        )
         if done.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
         mounted.append(path)
@@ -135,6 +136,7 @@ def test_free_bytes_is_what_statvfs_says_an_unprivileged_writer_may_use(tmp_path
 def test_has_room_keeps_the_reserve_and_a_zero_reserve_checks_nothing():
     def free(path):
         return 1000
+
     assert diskspace.has_room("/x", 600, needed=400, free=free)
     assert not diskspace.has_room("/x", 600, needed=401, free=free)
     assert diskspace.has_room("/x", 0, needed=10**12, free=lambda path: pytest.fail("no statvfs when off"))
@@ -164,7 +166,8 @@ def test_enospc_in_the_middle_of_a_put_raises_out_of_space_and_the_next_put_work
 
 
 def test_an_upload_on_a_full_disk_is_503_with_retry_after_and_works_once_space_returns(
-        client, people, chat, full_disk, tmp_path):
+    client, people, chat, full_disk, tmp_path
+):
     alice = people["alice"]
     refused = upload(client, alice, chat["id"], PDF, "application/pdf", status=503)
     assert_error(refused, 503, "disk")
@@ -179,8 +182,9 @@ def test_an_upload_on_a_full_disk_is_503_with_retry_after_and_works_once_space_r
     assert client.get(f"/api/attachments/{stored['id']}/content", headers=alice.headers).body == PDF
 
 
-def test_a_thumbnail_with_no_room_fails_the_upload_and_takes_the_file_with_it(client, people, chat, full_disk,
-                                                                               tmp_path):
+def test_a_thumbnail_with_no_room_fails_the_upload_and_takes_the_file_with_it(
+    client, people, chat, full_disk, tmp_path
+):
     pytest.importorskip("PIL", reason="thumbnails need Pillow")
     full_disk.allow = 1  # the image fits; its thumbnail does not
     refused = upload(client, people["alice"], chat["id"], png(), "image/png", status=503)
@@ -200,8 +204,9 @@ def test_uploads_stop_before_they_eat_into_the_free_space_reserve(make_client, t
     refused = upload(client, alice, chat["id"], PDF, "application/pdf", status=503)
     assert_error(refused, 503, "disk")
     assert int(refused.headers["Retry-After"]) >= 1 and temp_files(tmp_path) == []
-    client.post_json(f"/api/chats/{chat['id']}/messages", {"content": "the journal keeps its room"},
-                     headers=alice.headers)
+    client.post_json(
+        f"/api/chats/{chat['id']}/messages", {"content": "the journal keeps its room"}, headers=alice.headers
+    )
     client.get("/api/health")
     free["bytes"] += 1  # exactly enough
     upload(client, alice, chat["id"], PDF, "application/pdf")
@@ -242,8 +247,7 @@ def test_on_a_small_disk_uploads_stop_at_the_reserve_and_the_journal_keeps_worki
     assert stored and answer.status_int == 503 and temp_files(tmp_path) == []
     assert diskspace.free_bytes(tmp_path / "data") >= 512 * KiB
     for number in range(50):  # messages are still recorded: the reserve was left for them
-        client.post_json(f"/api/chats/{chat['id']}/messages", {"content": f"message {number}"},
-                         headers=alice.headers)
+        client.post_json(f"/api/chats/{chat['id']}/messages", {"content": f"message {number}"}, headers=alice.headers)
     client.get("/api/health")
     for attachment in stored[:2]:
         client.delete(f"/api/attachments/{attachment['id']}", headers=alice.headers)
@@ -253,15 +257,19 @@ def test_on_a_small_disk_uploads_stop_at_the_reserve_and_the_journal_keeps_worki
 @pytest.mark.backends("postgres")
 def test_a_database_out_of_disk_answers_503_not_500_and_recovers(client, people, chat, tmp_path):
     import psycopg
+
     alice = people["alice"]
     store = client.wsgi.core.ctx.store
     with psycopg.connect(store.url, autocommit=True) as conn:
         # What PostgreSQL raises when it cannot extend a table's file.
-        conn.execute("CREATE FUNCTION pretend_disk_full() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                     "RAISE EXCEPTION 'could not extend file: No space left on device' USING ERRCODE = 'disk_full'; "
-                     "END $$")
-        conn.execute("CREATE TRIGGER disk_full BEFORE INSERT ON attachments FOR EACH ROW "
-                     "EXECUTE FUNCTION pretend_disk_full()")
+        conn.execute(
+            "CREATE FUNCTION pretend_disk_full() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "RAISE EXCEPTION 'could not extend file: No space left on device' USING ERRCODE = 'disk_full'; "
+            "END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER disk_full BEFORE INSERT ON attachments FOR EACH ROW EXECUTE FUNCTION pretend_disk_full()"
+        )
         refused = upload(client, alice, chat["id"], PDF, "application/pdf", status=503)
         assert_error(refused, 503)
         assert int(refused.headers["Retry-After"]) >= 1
@@ -276,15 +284,15 @@ def test_a_database_out_of_disk_answers_503_not_500_and_recovers(client, people,
 def test_an_upload_past_the_quota_is_413_and_users_me_shows_the_use_and_the_limit(make_client, tmp_path):
     client = make_client(attachment_quota_bytes=2000)
     alice, bob = client.user("alice"), client.user("bob")
-    chat = client.post_json("/api/chats/group", {"name": "g", "members": [bob.id]},
-                            headers=alice.headers).json["data"]
+    chat = client.post_json("/api/chats/group", {"name": "g", "members": [bob.id]}, headers=alice.headers).json["data"]
     first = upload(client, alice, chat["id"], binary(1200, 1)).json["data"]
     assert storage(client, alice) == {"attachment_bytes": 1200, "quota_bytes": 2000}
     refused = upload(client, alice, chat["id"], binary(801, 2), status=413)
     assert_error(refused, 413, "quota")
     assert "ATTACHMENT_QUOTA_BYTES" in refused.json["message"] and "1200 used" in refused.json["message"]
-    refused = form(client, alice, chat["id"], [("file", "b.bin", binary(801, 3), "application/octet-stream")],
-                   status=413)  # no size known beforehand: the stream stops where the quota ends
+    refused = form(
+        client, alice, chat["id"], [("file", "b.bin", binary(801, 3), "application/octet-stream")], status=413
+    )  # no size known beforehand: the stream stops where the quota ends
     assert_error(refused, 413, "quota")
     assert blob_files(tmp_path) == [first["sha256"]] and temp_files(tmp_path) == []
     assert storage(client, alice)["attachment_bytes"] == 1200
@@ -365,15 +373,23 @@ print(json.dumps(outcomes))
 @pytest.mark.backends("postgres")
 def test_two_processes_uploading_at_once_never_take_a_user_past_the_quota(backend, tmp_path):
     import time
+
     store = open_store(tmp_path / "data", url=backend["store_url"])
     try:
         store.create_user({"id": "alice", "username": "alice", "password_hash": "x"})
-        store.create_chat({"id": "c1", "type": "group", "name": "c1", "description": None, "created_by": "alice",
-                           "created_at": "t"}, [])
+        store.create_chat(
+            {"id": "c1", "type": "group", "name": "c1", "description": None, "created_by": "alice", "created_at": "t"},
+            [],
+        )
         start_at = str(time.time() + 2)
-        racers = [subprocess.Popen([sys.executable, "-c", RACER, ROOT, str(tmp_path / "data"),
-                                    backend["store_url"], name, start_at], stdout=subprocess.PIPE, text=True)
-                  for name in ("first", "second")]
+        racers = [
+            subprocess.Popen(
+                [sys.executable, "-c", RACER, ROOT, str(tmp_path / "data"), backend["store_url"], name, start_at],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for name in ("first", "second")
+        ]
         outcomes = []
         try:
             for racer in racers:
@@ -432,7 +448,8 @@ def test_a_flipped_bit_is_never_served_as_if_whole_and_the_log_names_it(client, 
     client.get(url, headers=dict(alice.headers, **{"If-None-Match": f'"{shown["sha256"]}"'}), status=304)
     problems = list(client.wsgi.core.ctx.store.blobs.check_all())
     assert [(digest, path_, problem.split(":")[0]) for digest, path_, problem in problems] == [
-        (shown["sha256"], str(path), "damaged")]
+        (shown["sha256"], str(path), "damaged")
+    ]
     # Uploading the same bytes again puts a whole file in place of the damaged one.
     upload(client, alice, chat["id"], data)
     assert client.get(url, headers=alice.headers).body == data

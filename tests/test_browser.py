@@ -18,11 +18,11 @@ import time
 import zlib
 
 import pytest
-
 from server import Server
 
 sync_api = pytest.importorskip(
-    "playwright.sync_api", reason="Playwright is not installed (pip install -e '.[test]' brings it)")
+    "playwright.sync_api", reason="Playwright is not installed (pip install -e '.[test]' brings it)"
+)
 
 
 def find_chromium():
@@ -39,13 +39,24 @@ def find_chromium():
 
 CHROMIUM = find_chromium()
 if CHROMIUM is None:
-    pytest.skip("no Chromium on this machine (apt-get install chromium, or set OXC_CHROMIUM); "
-                "the browser tests need one and never download their own", allow_module_level=True)
+    pytest.skip(
+        "no Chromium on this machine (apt-get install chromium, or set OXC_CHROMIUM); "
+        "the browser tests need one and never download their own",
+        allow_module_level=True,
+    )
 
 ARTIFACTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "artifacts")
 #: Flags for a sandboxed machine with no network beyond loopback (see the machine notes).
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic", "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-dev-shm-usage",
+]
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 780}
 PASSWORD = "password123"
@@ -57,12 +68,13 @@ expect.set_options(timeout=TIMEOUT_MS)
 
 def png(width, height, rgb):
     """A small solid-colour PNG, made without Pillow."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     rows = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
-            + chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +100,7 @@ class Person:
         self.context.set_default_timeout(TIMEOUT_MS)
         self.page = self.context.new_page()
         self.problems = []
-        self.page.on("console", lambda message: self.problems.append(message.text)
-                     if message.type == "error" else None)
+        self.page.on("console", lambda message: self.problems.append(message.text) if message.type == "error" else None)
         self.page.on("pageerror", lambda error: self.problems.append(str(error)))
         self.url = f"http://127.0.0.1:{server.port}/"
 
@@ -197,7 +208,8 @@ def test_two_people_chat_live_and_a_reload_keeps_the_session(browser, server):
         box.press("Enter")
         expect(bob.message("Hello Bob, again!").locator(".edited")).to_have_text("edited")
         alice.page.locator("#attach-input").set_input_files(
-            files=[{"name": "square.png", "mimeType": "image/png", "buffer": png(48, 32, (47, 111, 222))}])
+            files=[{"name": "square.png", "mimeType": "image/png", "buffer": png(48, 32, (47, 111, 222))}]
+        )
         expect(alice.page.locator("#attachment-preview")).to_contain_text("square.png")
         alice.send("A picture")
         picture = bob.message("A picture").locator(".attachment")
@@ -205,7 +217,8 @@ def test_two_people_chat_live_and_a_reload_keeps_the_session(browser, server):
         if picture.locator("img").count():  # the server has Pillow, so the image has a thumbnail
             expect(picture.locator("img")).to_have_attribute("src", re.compile(r"^blob:"))
             bob.page.wait_for_function(
-                "() => [...document.querySelectorAll('.attachment img')].every(i => i.complete && i.naturalWidth)")
+                "() => [...document.querySelectorAll('.attachment img')].every(i => i.complete && i.naturalWidth)"
+            )
         expect(alice.message("A picture").locator(".receipt")).to_have_text("✓✓ Read")
         alice.shot("conversation-desktop")
         bob.shot("conversation-phone")

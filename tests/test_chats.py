@@ -3,7 +3,6 @@
 import threading
 
 import pytest
-
 from conftest import assert_error
 
 
@@ -18,8 +17,9 @@ def group(client, owner, name="team", members=()):
 
 
 def say(client, user, chat_id, content, status=201, **extra):
-    return client.post_json(f"/api/chats/{chat_id}/messages", dict(content=content, **extra),
-                            headers=user.headers, status=status)
+    return client.post_json(
+        f"/api/chats/{chat_id}/messages", dict(content=content, **extra), headers=user.headers, status=status
+    )
 
 
 def history(client, user, chat_id, **query):
@@ -33,6 +33,7 @@ def roles(client, user, chat_id):
 
 # -- groups -------------------------------------------------------------------
 
+
 def test_creating_a_group_makes_the_creator_its_owner(client, people):
     alice, bob = people["alice"], people["bob"]
     chat = group(client, alice, "Team", [bob])
@@ -41,14 +42,17 @@ def test_creating_a_group_makes_the_creator_its_owner(client, people):
     assert roles(client, bob, chat["id"]) == {"alice": "owner", "bob": "member"}
 
 
-@pytest.mark.parametrize("body, message", [
-    ({}, "Missing required field: name"),
-    ({"name": ""}, "name"),
-    ({"name": "x" * 101}, "at most 100"),
-    ({"name": "ok", "members": "bob"}, "members"),
-    ({"name": "ok", "members": ["nobody"]}, "User nobody not found"),
-    ({"name": "ok", "description": 5}, "description"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({}, "Missing required field: name"),
+        ({"name": ""}, "name"),
+        ({"name": "x" * 101}, "at most 100"),
+        ({"name": "ok", "members": "bob"}, "members"),
+        ({"name": "ok", "members": ["nobody"]}, "User nobody not found"),
+        ({"name": "ok", "description": 5}, "description"),
+    ],
+)
 def test_bad_group_bodies_are_400(client, people, body, message):
     response = client.post_json("/api/chats/group", body, headers=people["alice"].headers, status=400)
     assert_error(response, 400, message)
@@ -58,8 +62,9 @@ def test_admins_and_owner_may_rename_members_may_not(client, people):
     alice, bob, carol = people["alice"], people["bob"], people["carol"]
     chat = group(client, alice, members=[bob, carol])
     client.patch_json(f"/api/chats/{chat['id']}/members/{bob.id}", {"role": "admin"}, headers=alice.headers)
-    renamed = client.patch_json(f"/api/chats/{chat['id']}", {"name": "New", "description": "d"},
-                                headers=bob.headers).json["data"]
+    renamed = client.patch_json(
+        f"/api/chats/{chat['id']}", {"name": "New", "description": "d"}, headers=bob.headers
+    ).json["data"]
     assert (renamed["name"], renamed["description"]) == ("New", "d")
     refused = client.patch_json(f"/api/chats/{chat['id']}", {"name": "Mine"}, headers=carol.headers, status=403)
     assert_error(refused, 403, "admins and owner")
@@ -72,10 +77,15 @@ def test_non_members_get_403_on_everything_in_a_chat(client, people):
     message = say(client, alice, chat["id"], "secret plans").json["data"]
     base = f"/api/chats/{chat['id']}"
     attempts = [
-        ("get", base, None), ("patch", base, {"name": "x"}), ("delete", base, None),
-        ("get", f"{base}/members", None), ("post", f"{base}/members", {"user_id": dave.id}),
-        ("delete", f"{base}/members/{alice.id}", None), ("patch", f"{base}/members/{alice.id}", {"role": "admin"}),
-        ("put", f"{base}/mute", {"muted": True}), ("get", f"{base}/messages", None),
+        ("get", base, None),
+        ("patch", base, {"name": "x"}),
+        ("delete", base, None),
+        ("get", f"{base}/members", None),
+        ("post", f"{base}/members", {"user_id": dave.id}),
+        ("delete", f"{base}/members/{alice.id}", None),
+        ("patch", f"{base}/members/{alice.id}", {"role": "admin"}),
+        ("put", f"{base}/mute", {"muted": True}),
+        ("get", f"{base}/messages", None),
         ("post", f"{base}/messages", {"content": "let me in"}),
         ("patch", f"{base}/messages/{message['id']}", {"content": "x"}),
         ("delete", f"{base}/messages/{message['id']}", None),
@@ -106,22 +116,36 @@ def test_chat_endpoints_need_a_token(client):
 
 # -- members ------------------------------------------------------------------
 
+
 def test_admins_add_members_and_unknown_duplicate_or_direct_are_400(client, people):
     alice, bob, carol, dave = people["alice"], people["bob"], people["carol"], people["dave"]
     chat = group(client, alice, members=[bob])
-    added = client.post_json(f"/api/chats/{chat['id']}/members", {"username": "carol"}, headers=alice.headers,
-                             status=201).json["data"]
+    added = client.post_json(
+        f"/api/chats/{chat['id']}/members", {"username": "carol"}, headers=alice.headers, status=201
+    ).json["data"]
     assert added == {"user_id": carol.id, "username": "carol", "role": "member", "joined_at": added["joined_at"]}
-    assert_error(client.post_json(f"/api/chats/{chat['id']}/members", {"user_id": "ghost"},
-                                  headers=alice.headers, status=400), 400, "not found")
-    assert_error(client.post_json(f"/api/chats/{chat['id']}/members", {"user_id": bob.id},
-                                  headers=alice.headers, status=400), 400, "already a member")
+    assert_error(
+        client.post_json(f"/api/chats/{chat['id']}/members", {"user_id": "ghost"}, headers=alice.headers, status=400),
+        400,
+        "not found",
+    )
+    assert_error(
+        client.post_json(f"/api/chats/{chat['id']}/members", {"user_id": bob.id}, headers=alice.headers, status=400),
+        400,
+        "already a member",
+    )
     assert_error(client.post_json(f"/api/chats/{chat['id']}/members", {}, headers=alice.headers, status=400), 400)
-    assert_error(client.post_json(f"/api/chats/{chat['id']}/members", {"user_id": dave.id},
-                                  headers=bob.headers, status=403), 403)
+    assert_error(
+        client.post_json(f"/api/chats/{chat['id']}/members", {"user_id": dave.id}, headers=bob.headers, status=403), 403
+    )
     direct = client.post_json("/api/chats/direct", {"user_id": bob.id}, headers=alice.headers).json["data"]
-    assert_error(client.post_json(f"/api/chats/{direct['id']}/members", {"user_id": carol.id},
-                                  headers=alice.headers, status=400), 400, "Direct chats")
+    assert_error(
+        client.post_json(
+            f"/api/chats/{direct['id']}/members", {"user_id": carol.id}, headers=alice.headers, status=400
+        ),
+        400,
+        "Direct chats",
+    )
 
 
 def test_a_removed_member_loses_access_at_once(client, people):
@@ -141,8 +165,11 @@ def test_members_may_leave_but_not_remove_others(client, people):
     assert_error(refused, 403)
     client.delete(f"/api/chats/{chat['id']}/members/{bob.id}", headers=bob.headers)
     assert roles(client, alice, chat["id"]) == {"alice": "owner", "carol": "member"}
-    assert_error(client.delete(f"/api/chats/{chat['id']}/members/{bob.id}", headers=alice.headers, status=400),
-                 400, "not a member")
+    assert_error(
+        client.delete(f"/api/chats/{chat['id']}/members/{bob.id}", headers=alice.headers, status=400),
+        400,
+        "not a member",
+    )
 
 
 def test_an_admin_cannot_remove_or_demote_the_owner_or_other_admins(client, people):
@@ -152,8 +179,9 @@ def test_an_admin_cannot_remove_or_demote_the_owner_or_other_admins(client, peop
         client.patch_json(f"/api/chats/{chat['id']}/members/{user.id}", {"role": "admin"}, headers=alice.headers)
     assert_error(client.delete(f"/api/chats/{chat['id']}/members/{alice.id}", headers=bob.headers, status=403), 403)
     assert_error(client.delete(f"/api/chats/{chat['id']}/members/{carol.id}", headers=bob.headers, status=403), 403)
-    demote = client.patch_json(f"/api/chats/{chat['id']}/members/{alice.id}", {"role": "member"},
-                               headers=bob.headers, status=403)
+    demote = client.patch_json(
+        f"/api/chats/{chat['id']}/members/{alice.id}", {"role": "member"}, headers=bob.headers, status=403
+    )
     assert_error(demote, 403, "owner")
     assert roles(client, alice, chat["id"]) == {"alice": "owner", "bob": "admin", "carol": "admin"}
 
@@ -161,12 +189,23 @@ def test_an_admin_cannot_remove_or_demote_the_owner_or_other_admins(client, peop
 def test_ownership_transfers_and_there_is_always_exactly_one_owner(client, people):
     alice, bob = people["alice"], people["bob"]
     chat = group(client, alice, members=[bob])
-    assert_error(client.delete(f"/api/chats/{chat['id']}/members/{alice.id}", headers=alice.headers,
-                               status=400), 400, "transfer")
-    assert_error(client.patch_json(f"/api/chats/{chat['id']}/members/{alice.id}", {"role": "member"},
-                                   headers=alice.headers, status=400), 400, "transfer")
-    assert_error(client.patch_json(f"/api/chats/{chat['id']}/members/{bob.id}", {"role": "king"},
-                                   headers=alice.headers, status=400), 400, "role")
+    assert_error(
+        client.delete(f"/api/chats/{chat['id']}/members/{alice.id}", headers=alice.headers, status=400), 400, "transfer"
+    )
+    assert_error(
+        client.patch_json(
+            f"/api/chats/{chat['id']}/members/{alice.id}", {"role": "member"}, headers=alice.headers, status=400
+        ),
+        400,
+        "transfer",
+    )
+    assert_error(
+        client.patch_json(
+            f"/api/chats/{chat['id']}/members/{bob.id}", {"role": "king"}, headers=alice.headers, status=400
+        ),
+        400,
+        "role",
+    )
     client.patch_json(f"/api/chats/{chat['id']}/members/{bob.id}", {"role": "owner"}, headers=alice.headers)
     assert roles(client, bob, chat["id"]) == {"alice": "admin", "bob": "owner"}
     client.delete(f"/api/chats/{chat['id']}/members/{alice.id}", headers=bob.headers)
@@ -191,16 +230,21 @@ def test_mute_is_per_member(client, people):
     mine = {c["id"]: c["muted"] for c in client.get("/api/chats", headers=bob.headers).json["chats"]}
     theirs = {c["id"]: c["muted"] for c in client.get("/api/chats", headers=alice.headers).json["chats"]}
     assert mine[chat["id"]] is True and theirs[chat["id"]] is False
-    assert_error(client.put_json(f"/api/chats/{chat['id']}/mute", {"muted": "yes"}, headers=bob.headers,
-                                 status=400), 400, "muted")
+    assert_error(
+        client.put_json(f"/api/chats/{chat['id']}/mute", {"muted": "yes"}, headers=bob.headers, status=400),
+        400,
+        "muted",
+    )
 
 
 # -- direct chats -------------------------------------------------------------
 
+
 def test_a_direct_chat_is_created_once_and_found_again(client, people):
     alice, bob = people["alice"], people["bob"]
-    first = client.post_json("/api/chats/direct", {"username": "bob", "content": "hi bob"}, headers=alice.headers,
-                             status=201).json["data"]
+    first = client.post_json(
+        "/api/chats/direct", {"username": "bob", "content": "hi bob"}, headers=alice.headers, status=201
+    ).json["data"]
     assert first["type"] == "direct" and first["peer"] == {"id": bob.id, "username": "bob"}
     assert first["message"]["content"] == "hi bob"
     again = client.post_json("/api/chats/direct", {"user_id": alice.id}, headers=bob.headers, status=200)
@@ -213,8 +257,11 @@ def test_two_concurrent_direct_chat_requests_yield_one_chat(client, people):
 
     def open_chat(user, peer):
         barrier.wait()
-        ids.append(client.post_json("/api/chats/direct", {"user_id": peer.id}, headers=user.headers,
-                                    status="*").json["data"]["id"])
+        ids.append(
+            client.post_json("/api/chats/direct", {"user_id": peer.id}, headers=user.headers, status="*").json["data"][
+                "id"
+            ]
+        )
 
     threads = [threading.Thread(target=open_chat, args=pair) for pair in [(alice, bob), (bob, alice)] * 2]
     for thread in threads:
@@ -225,13 +272,17 @@ def test_two_concurrent_direct_chat_requests_yield_one_chat(client, people):
     assert len(client.get("/api/chats", headers=alice.headers).json["chats"]) == 1
 
 
-@pytest.mark.parametrize("body, message", [
-    ({}, "user_id or username"), ({"username": "ghost"}, "not found"), ({"username": "alice"}, "another user"),
-    ({"user_id": 4}, "must be a string"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({}, "user_id or username"),
+        ({"username": "ghost"}, "not found"),
+        ({"username": "alice"}, "another user"),
+        ({"user_id": 4}, "must be a string"),
+    ],
+)
 def test_bad_direct_chat_requests_are_400(client, people, body, message):
-    assert_error(client.post_json("/api/chats/direct", body, headers=people["alice"].headers, status=400),
-                 400, message)
+    assert_error(client.post_json("/api/chats/direct", body, headers=people["alice"].headers, status=400), 400, message)
 
 
 def test_direct_chats_have_no_name_roles_or_removals_and_cannot_be_deleted(client, people):
@@ -239,16 +290,20 @@ def test_direct_chats_have_no_name_roles_or_removals_and_cannot_be_deleted(clien
     chat = client.post_json("/api/chats/direct", {"user_id": bob.id}, headers=alice.headers).json["data"]
     base = f"/api/chats/{chat['id']}"
     assert_error(client.delete(f"{base}/members/{bob.id}", headers=alice.headers, status=400), 400, "Direct")
-    assert_error(client.patch_json(f"{base}/members/{bob.id}", {"role": "admin"}, headers=alice.headers,
-                                   status=400), 400, "Direct")
+    assert_error(
+        client.patch_json(f"{base}/members/{bob.id}", {"role": "admin"}, headers=alice.headers, status=400),
+        400,
+        "Direct",
+    )
     assert_error(client.patch_json(base, {"name": "x"}, headers=alice.headers, status=400), 400, "Direct")
     assert_error(client.delete(base, headers=alice.headers, status=400), 400, "Direct")
 
 
 # -- messages in chats ----------------------------------------------------------
 
+
 def test_messages_replies_and_mentions(client, people):
-    alice, bob, dave = people["alice"], people["bob"], people["dave"]
+    alice, bob = people["alice"], people["bob"]
     chat = group(client, alice, members=[bob])
     first = say(client, alice, chat["id"], "hello @bob and @dave and @BOB").json["data"]
     assert first["mentions"] == [{"user_id": bob.id, "username": "bob"}]
@@ -268,16 +323,21 @@ def test_history_pages_in_both_directions(client, people):
         say(client, alice if number % 2 else bob, chat["id"], f"n{number}")
     newest = client.get(f"/api/chats/{chat['id']}/messages", {"limit": 10}, headers=bob.headers).json
     assert [m["content"] for m in newest["messages"]] == [f"n{n}" for n in range(20, 30)]
-    older = client.get(f"/api/chats/{chat['id']}/messages", {"limit": 10, "before": newest["paging"]["before"]},
-                       headers=bob.headers).json
+    older = client.get(
+        f"/api/chats/{chat['id']}/messages", {"limit": 10, "before": newest["paging"]["before"]}, headers=bob.headers
+    ).json
     assert [m["content"] for m in older["messages"]] == [f"n{n}" for n in range(10, 20)]
-    newer = client.get(f"/api/chats/{chat['id']}/messages", {"limit": 5, "after": older["paging"]["after"]},
-                       headers=bob.headers).json
+    newer = client.get(
+        f"/api/chats/{chat['id']}/messages", {"limit": 5, "after": older["paging"]["after"]}, headers=bob.headers
+    ).json
     assert [m["content"] for m in newer["messages"]] == [f"n{n}" for n in range(20, 25)]
     other = group(client, alice, "other")
     stray = say(client, alice, other["id"], "stray").json["data"]
-    assert_error(client.get(f"/api/chats/{chat['id']}/messages", {"before": stray["id"]}, headers=alice.headers,
-                            status=400), 400, "before")
+    assert_error(
+        client.get(f"/api/chats/{chat['id']}/messages", {"before": stray["id"]}, headers=alice.headers, status=400),
+        400,
+        "before",
+    )
 
 
 def test_only_the_author_edits_and_edited_at_is_kept(client, people, clock):
@@ -286,13 +346,23 @@ def test_only_the_author_edits_and_edited_at_is_kept(client, people, clock):
     message = say(client, alice, chat["id"], "teh").json["data"]
     assert message["edited_at"] is None
     clock.advance(30)
-    edited = client.patch_json(f"/api/chats/{chat['id']}/messages/{message['id']}", {"content": "the"},
-                               headers=alice.headers).json["data"]
+    edited = client.patch_json(
+        f"/api/chats/{chat['id']}/messages/{message['id']}", {"content": "the"}, headers=alice.headers
+    ).json["data"]
     assert edited["content"] == "the" and edited["edited_at"] > edited["created_at"]
-    assert_error(client.patch_json(f"/api/chats/{chat['id']}/messages/{message['id']}", {"content": "x"},
-                                   headers=bob.headers, status=403), 403, "author")
-    assert_error(client.patch_json(f"/api/chats/{chat['id']}/messages/nope", {"content": "x"},
-                                   headers=alice.headers, status=404), 404)
+    assert_error(
+        client.patch_json(
+            f"/api/chats/{chat['id']}/messages/{message['id']}", {"content": "x"}, headers=bob.headers, status=403
+        ),
+        403,
+        "author",
+    )
+    assert_error(
+        client.patch_json(
+            f"/api/chats/{chat['id']}/messages/nope", {"content": "x"}, headers=alice.headers, status=404
+        ),
+        404,
+    )
 
 
 def test_delete_leaves_a_tombstone_and_admins_may_moderate(client, people):
@@ -300,17 +370,26 @@ def test_delete_leaves_a_tombstone_and_admins_may_moderate(client, people):
     chat = group(client, alice, members=[bob, carol])
     rude = say(client, carol, chat["id"], "rude words").json["data"]
     reply = say(client, bob, chat["id"], "hey", reply_to_id=rude["id"]).json["data"]
-    assert_error(client.delete(f"/api/chats/{chat['id']}/messages/{reply['id']}", headers=carol.headers,
-                               status=403), 403)
+    assert_error(
+        client.delete(f"/api/chats/{chat['id']}/messages/{reply['id']}", headers=carol.headers, status=403), 403
+    )
     client.delete(f"/api/chats/{chat['id']}/messages/{rude['id']}", headers=alice.headers)
     shown = history(client, bob, chat["id"])
     assert shown[0]["id"] == rude["id"] and shown[0]["deleted"] and shown[0]["content"] is None
     assert shown[1]["reply_to_id"] == rude["id"]
     assert client.get("/api/search", {"q": "rude"}, headers=bob.headers).json["messages"] == []
-    assert_error(client.delete(f"/api/chats/{chat['id']}/messages/{rude['id']}", headers=alice.headers,
-                               status=400), 400, "already")
-    assert_error(client.patch_json(f"/api/chats/{chat['id']}/messages/{rude['id']}", {"content": "x"},
-                                   headers=carol.headers, status=400), 400, "deleted")
+    assert_error(
+        client.delete(f"/api/chats/{chat['id']}/messages/{rude['id']}", headers=alice.headers, status=400),
+        400,
+        "already",
+    )
+    assert_error(
+        client.patch_json(
+            f"/api/chats/{chat['id']}/messages/{rude['id']}", {"content": "x"}, headers=carol.headers, status=400
+        ),
+        400,
+        "deleted",
+    )
 
 
 def test_read_pointers_give_unread_counts_and_receipts(client, people):
@@ -325,12 +404,16 @@ def test_read_pointers_give_unread_counts_and_receipts(client, people):
     client.post_json(f"/api/chats/{chat['id']}/read", {"message_id": sent[0]["id"]}, headers=bob.headers)
     assert client.get("/api/chats", headers=bob.headers).json["chats"][0]["unread_count"] == 2
     client.post_json(f"/api/chats/{chat['id']}/delivered", {"message_id": sent[4]["id"]}, headers=carol.headers)
-    receipts = client.get(f"/api/chats/{chat['id']}/messages/{sent[2]['id']}/receipts",
-                          headers=alice.headers).json["data"]["receipts"]
+    receipts = client.get(f"/api/chats/{chat['id']}/messages/{sent[2]['id']}/receipts", headers=alice.headers).json[
+        "data"
+    ]["receipts"]
     assert {r["username"]: (r["delivered"], r["read"]) for r in receipts} == {
-        "bob": (True, True), "carol": (True, False)}
-    assert_error(client.post_json(f"/api/chats/{chat['id']}/read", {"message_id": "nope"}, headers=bob.headers,
-                                  status=404), 404)
+        "bob": (True, True),
+        "carol": (True, False),
+    }
+    assert_error(
+        client.post_json(f"/api/chats/{chat['id']}/read", {"message_id": "nope"}, headers=bob.headers, status=404), 404
+    )
     assert_error(client.post_json(f"/api/chats/{chat['id']}/read", {}, headers=bob.headers, status=400), 400)
 
 

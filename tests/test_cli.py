@@ -9,15 +9,21 @@ import sys
 import time
 
 import pytest
-
 from server import ROOT, Server
 
 PASSWORD = "password123\n"
 
 
 def oxc(*args, env, stdin=PASSWORD, timeout=30):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "oxc_wsgi.py"), *args], input=stdin,
-                          capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "oxc_wsgi.py"), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=ROOT,
+    )
 
 
 @pytest.fixture
@@ -29,8 +35,13 @@ def server(tmp_path):
 
 @pytest.fixture
 def env(server, tmp_path):
-    return dict(os.environ, OXC_URL=f"http://127.0.0.1:{server.port}", OXC_CONFIG_DIR=str(tmp_path / "config"),
-                DATA_DIR=str(tmp_path / "data"), BCRYPT_ROUNDS="4")
+    return dict(
+        os.environ,
+        OXC_URL=f"http://127.0.0.1:{server.port}",
+        OXC_CONFIG_DIR=str(tmp_path / "config"),
+        DATA_DIR=str(tmp_path / "data"),
+        BCRYPT_ROUNDS="4",
+    )
 
 
 def logged_in(env, name):
@@ -84,8 +95,14 @@ def test_exit_codes_mean_refused_usage_and_unreachable(env):
 
 def test_tail_follows_live_events_and_ctrl_c_exits_cleanly(env):
     logged_in(env, "alice")
-    process = subprocess.Popen([sys.executable, os.path.join(ROOT, "oxc_wsgi.py"), "tail", "-f"], cwd=ROOT,
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "oxc_wsgi.py"), "tail", "-f"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert process.stdout.readline().strip() == "no messages"
         time.sleep(0.5)
@@ -130,12 +147,25 @@ def test_admin_commands_act_on_a_stopped_servers_data(env, server, tmp_path):
 
 def test_admin_imports_a_0xc_data_directory(tmp_path):
     from test_server import _passlib_pbkdf2
+
     legacy = tmp_path / "old"
     legacy.mkdir()
-    (legacy / "users.json").write_text(json.dumps([{"id": "u1", "username": "user1", "email": None,
-                                                    "password_hash": _passlib_pbkdf2("password123")}]))
-    (legacy / "messages.json").write_text(json.dumps([{"id": "m1", "user_id": "u1", "username": "user1",
-                                                       "content": "from 0xC", "timestamp": "2023-09-15T14:35:12"}]))
+    (legacy / "users.json").write_text(
+        json.dumps([{"id": "u1", "username": "user1", "email": None, "password_hash": _passlib_pbkdf2("password123")}])
+    )
+    (legacy / "messages.json").write_text(
+        json.dumps(
+            [
+                {
+                    "id": "m1",
+                    "user_id": "u1",
+                    "username": "user1",
+                    "content": "from 0xC",
+                    "timestamp": "2023-09-15T14:35:12",
+                }
+            ]
+        )
+    )
     env = dict(os.environ, DATA_DIR=str(tmp_path / "data"), BCRYPT_ROUNDS="4")
     result = oxc("admin", "import-0xc", str(legacy), env=env)
     assert result.returncode == 0 and "imported 1 users, 1 messages" in result.stdout

@@ -8,10 +8,10 @@ so that two processes on one database share the counts.
 """
 
 import pytest
-
-from handlers.accounts import CODES_PER_DAY, DAY, RESEND_AFTER, WRONG_GUESSES_PER_DAY
 from test_accounts import inbox, mail_client  # noqa: F401 (fixtures)
 from test_code_races import hammer, register, senders, wrong  # noqa: F401 (fixtures)
+
+from handlers.accounts import CODES_PER_DAY, DAY, RESEND_AFTER, WRONG_GUESSES_PER_DAY
 
 ADDRESS = "alice@example.com"
 PATHS = {"verify": "/api/auth/verify-email", "reset": "/api/auth/password-reset"}
@@ -30,8 +30,7 @@ def guess(client, purpose, address, code, status):
 
 @pytest.mark.parametrize("purpose", ["verify", "reset"])
 @pytest.mark.parametrize("address", [ADDRESS, "nobody@example.com"])
-def test_an_address_gets_ten_codes_a_day_then_429_until_the_day_is_over(mail_client, inbox, clock, purpose,
-                                                                       address):
+def test_an_address_gets_ten_codes_a_day_then_429_until_the_day_is_over(mail_client, inbox, clock, purpose, address):
     mail_client.register("alice", email=ADDRESS)
     for _ in range(CODES_PER_DAY):
         clock.advance(RESEND_AFTER + 1)
@@ -114,11 +113,18 @@ def test_parallel_wrong_guesses_across_processes_get_twenty_comparisons_a_day(ha
     addresses = [f"{name}@example.com" for name in names]
     codes = {address: inbox.code_for(address) for address in addresses}
     attempts = 2 * WRONG_GUESSES_PER_DAY
-    statuses = hammer.all([("/auth/verify-email", {"email": address, "code": wrong(codes[address])})
-                           for address in addresses for _ in range(attempts)])
+    statuses = hammer.all(
+        [
+            ("/auth/verify-email", {"email": address, "code": wrong(codes[address])})
+            for address in addresses
+            for _ in range(attempts)
+        ]
+    )
     assert set(statuses) <= {400, 429}
-    compared = {address: statuses[index * attempts:(index + 1) * attempts].count(400)
-                for index, address in enumerate(addresses)}
+    compared = {
+        address: statuses[index * attempts : (index + 1) * attempts].count(400)
+        for index, address in enumerate(addresses)
+    }
     assert set(compared.values()) == {WRONG_GUESSES_PER_DAY}, compared
     right = hammer.all([("/auth/verify-email", {"email": address, "code": codes[address]}) for address in addresses])
     assert set(right) == {429}

@@ -22,7 +22,6 @@ import sys
 from wsgiref.util import setup_testing_defaults
 
 import pytest
-
 from server import Server
 from test_accounts import inbox  # noqa: F401 (a fixture)
 
@@ -33,15 +32,24 @@ LOCKOUT = 10
 
 def in_process(app):
     """A sender calling the WSGI ``app`` directly: (path, body) -> status."""
+
     def send(path, body):
         data = json.dumps(body).encode()
         environ = {}
         setup_testing_defaults(environ)
-        environ.update({"REQUEST_METHOD": "POST", "PATH_INFO": path, "CONTENT_TYPE": "application/json",
-                        "CONTENT_LENGTH": str(len(data)), "wsgi.input": io.BytesIO(data)})
+        environ.update(
+            {
+                "REQUEST_METHOD": "POST",
+                "PATH_INFO": path,
+                "CONTENT_TYPE": "application/json",
+                "CONTENT_LENGTH": str(len(data)),
+                "wsgi.input": io.BytesIO(data),
+            }
+        )
         status = []
         b"".join(app(environ, lambda line, headers, exc_info=None: status.append(line)))
         return int(status[0][:3])
+
     return send
 
 
@@ -54,8 +62,13 @@ def over_http(server):
 def senders(backend, tmp_path, inbox, make_client):  # noqa: F811
     """Two server processes on one PostgreSQL schema, or one JSON-store app in this process."""
     if backend:
-        env = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": inbox.port, "SMTP_SECURITY": "none", "THREADS": 8,
-               "STORE_URL": backend["store_url"]}
+        env = {
+            "SMTP_HOST": "127.0.0.1",
+            "SMTP_PORT": inbox.port,
+            "SMTP_SECURITY": "none",
+            "THREADS": 8,
+            "STORE_URL": backend["store_url"],
+        }
         running = [Server(tmp_path / "data", **env) for _ in range(2)]
         yield [over_http(server) for server in running]
         for server in running:
@@ -109,8 +122,10 @@ def hammer(senders):
 
 
 def register(hammer, names, with_email=True):
-    bodies = [{"username": name, "password": PASSWORD, **({"email": f"{name}@example.com"} if with_email else {})}
-              for name in names]
+    bodies = [
+        {"username": name, "password": PASSWORD, **({"email": f"{name}@example.com"} if with_email else {})}
+        for name in names
+    ]
     while bodies:  # 429: every hashing slot was taken; retry, as a client told Retry-After would
         statuses = hammer.all([("/auth/register", body) for body in bodies])
         assert set(statuses) <= {201, 429}, statuses
@@ -125,11 +140,15 @@ def test_parallel_wrong_guesses_spend_a_code_and_then_the_right_one_fails(hammer
     names = [f"guess{number}" for number in range(TRIALS)]
     register(hammer, names)
     codes = {name: inbox.code_for(f"{name}@example.com") for name in names}
-    guesses = [("/auth/verify-email", {"email": f"{name}@example.com", "code": wrong(codes[name])})
-               for name in names for _ in range(8)]
+    guesses = [
+        ("/auth/verify-email", {"email": f"{name}@example.com", "code": wrong(codes[name])})
+        for name in names
+        for _ in range(8)
+    ]
     assert set(hammer.all(guesses)) == {400}
-    right = hammer.all([("/auth/verify-email", {"email": f"{name}@example.com", "code": codes[name]})
-                        for name in names])
+    right = hammer.all(
+        [("/auth/verify-email", {"email": f"{name}@example.com", "code": codes[name]}) for name in names]
+    )
     worked = [name for name, status in zip(names, right) if status != 400]
     assert not worked, f"{len(worked)} of {TRIALS} codes still worked after 8 wrong guesses"
 
@@ -142,9 +161,14 @@ def test_a_reset_code_sent_twice_at_once_is_redeemed_once(hammer, inbox):
     asked = hammer.all([("/auth/password-reset/request", {"email": f"{name}@example.com"}) for name in names])
     assert set(asked) == {200}
     codes = {name: inbox.code_for(f"{name}@example.com", count=2) for name in names}
-    redemptions = [("/auth/password-reset", {"email": f"{name}@example.com", "code": codes[name],
-                                             "new_password": f"new password {copy}"})
-                   for name in names for copy in range(2)]
+    redemptions = [
+        (
+            "/auth/password-reset",
+            {"email": f"{name}@example.com", "code": codes[name], "new_password": f"new password {copy}"},
+        )
+        for name in names
+        for copy in range(2)
+    ]
     statuses = hammer.settled(redemptions)
     twice = [name for name, pair in zip(names, zip(statuses[::2], statuses[1::2])) if sorted(pair) != [200, 400]]
     assert not twice, f"{len(twice)} of {TRIALS} codes were not redeemed exactly once: {twice[:5]}"
@@ -156,10 +180,12 @@ def test_parallel_wrong_passwords_across_processes_get_at_most_ten_checks(hammer
     guesses = [("/auth/login", {"username": name, "password": "wrong password"}) for name in names for _ in range(20)]
     statuses = hammer.settled(guesses)
     assert set(statuses) <= {401, 429}
-    checked = {name: statuses[index * 20:(index + 1) * 20].count(401) for index, name in enumerate(names)}
+    checked = {name: statuses[index * 20 : (index + 1) * 20].count(401) for index, name in enumerate(names)}
     over = {name: count for name, count in checked.items() if count > LOCKOUT}
-    assert not over, f"{len(over)} of {TRIALS} accounts had more than {LOCKOUT} passwords checked, e.g. " \
-                     f"{dict(list(over.items())[:5])}"
+    assert not over, (
+        f"{len(over)} of {TRIALS} accounts had more than {LOCKOUT} passwords checked, e.g. "
+        f"{dict(list(over.items())[:5])}"
+    )
     right = hammer.all([("/auth/login", {"username": name, "password": PASSWORD}) for name in names])
     let_in = [name for name, status in zip(names, right) if status != 429]
     assert not let_in, f"{len(let_in)} of {TRIALS} locked accounts let the right password in"

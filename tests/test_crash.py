@@ -15,6 +15,7 @@ import threading
 import time
 
 from server import Server
+
 from store import journal
 
 CYCLES = 24
@@ -28,9 +29,9 @@ class Ledger:
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.messages = {}      # content -> username of the author
+        self.messages = {}  # content -> username of the author
         self.users = set()
-        self.refresh = {}       # username -> last acknowledged refresh token, or None if unsure
+        self.refresh = {}  # username -> last acknowledged refresh token, or None if unsure
 
 
 def write_messages(server, username, token, ledger, stop):
@@ -53,8 +54,9 @@ def register_users(server, cycle, ledger, stop):
         username = f"u{cycle}x{number}"
         number += 1
         try:
-            status, _ = server.request("POST", "/api/auth/register",
-                                       {"username": username, "password": "password123"}, timeout=5)
+            status, _ = server.request(
+                "POST", "/api/auth/register", {"username": username, "password": "password123"}, timeout=5
+            )
         except GONE:
             return
         if status == 201:
@@ -120,8 +122,9 @@ def test_acknowledged_writes_survive_repeated_kill_9(tmp_path):
                     status, answer = server.request("POST", "/api/auth/refresh", {"refresh_token": token})
                     assert status == 200, (cycle, name, answer)
             for username in sorted(ledger.users):
-                status, answer = server.request("POST", "/api/auth/login",
-                                                {"username": username, "password": "password123"})
+                status, answer = server.request(
+                    "POST", "/api/auth/login", {"username": username, "password": "password123"}
+                )
                 assert status == 200, (cycle, username, answer)
             for name in authors:
                 expected = {content for content, author in ledger.messages.items() if author == name}
@@ -131,13 +134,17 @@ def test_acknowledged_writes_survive_repeated_kill_9(tmp_path):
             ledger.refresh.clear()
 
             stop = threading.Event()
-            threads = [threading.Thread(target=write_messages,
-                                        args=(server, name, logins[name]["access_token"], ledger, stop))
-                       for name in authors]
+            threads = [
+                threading.Thread(target=write_messages, args=(server, name, logins[name]["access_token"], ledger, stop))
+                for name in authors
+            ]
             threads.append(threading.Thread(target=register_users, args=(server, cycle, ledger, stop)))
             refresher = server.user(f"refresher{cycle}")
-            threads.append(threading.Thread(target=refresh_tokens,
-                                            args=(server, f"refresher{cycle}", refresher["refresh_token"], ledger, stop)))
+            threads.append(
+                threading.Thread(
+                    target=refresh_tokens, args=(server, f"refresher{cycle}", refresher["refresh_token"], ledger, stop)
+                )
+            )
             for thread in threads:
                 thread.start()
             time.sleep(rng.uniform(0.05, 0.6))

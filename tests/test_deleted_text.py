@@ -9,7 +9,6 @@ message, the notification feed, queued pushes and dead letters, and (after
 import json
 
 import pytest
-
 from conftest import assert_error, stored_bytes
 from server import wait_until
 
@@ -46,20 +45,33 @@ def text_of(value):
 @pytest.fixture
 def pushing(make_client):
     """An app that pushes to a receiver that never answers, keeping one delivery queued (the rest dead)."""
-    return make_client(push_webhook_url=RECEIVER, push_webhook_secret="push-secret-for-tests-0123456789",
-                       push_device_hosts=("127.0.0.1",), push_allowed_addresses=("127.0.0.1",), push_queue_max=1,
-                       admins=("alice",))
+    return make_client(
+        push_webhook_url=RECEIVER,
+        push_webhook_secret="push-secret-for-tests-0123456789",
+        push_device_hosts=("127.0.0.1",),
+        push_allowed_addresses=("127.0.0.1",),
+        push_queue_max=1,
+        admins=("alice",),
+    )
 
 
 def a_mention_with_pushes(client):
     """alice mentions bob, who has a push device, in a direct chat: a queued push and a dead letter result."""
     alice, bob = client.user("alice"), client.user("bob")
-    client.post_json("/api/devices", {"platform": "webhook", "token": "bob-phone",
-                                      "endpoint": "http://127.0.0.1:9/bob-device"}, headers=bob.headers, status=201)
+    client.post_json(
+        "/api/devices",
+        {"platform": "webhook", "token": "bob-phone", "endpoint": "http://127.0.0.1:9/bob-device"},
+        headers=bob.headers,
+        status=201,
+    )
     chat = client.post_json("/api/chats/direct", {"user_id": bob.id}, headers=alice.headers).json["data"]
     since = {user.username: poll(client, user)["next"] for user in (alice, bob)}
-    message = client.post_json(f"/api/chats/{chat['id']}/messages", {"content": f"@bob the password is {SECRET}"},
-                               headers=alice.headers, status=201).json["data"]
+    message = client.post_json(
+        f"/api/chats/{chat['id']}/messages",
+        {"content": f"@bob the password is {SECRET}"},
+        headers=alice.headers,
+        status=201,
+    ).json["data"]
     settled(client)
     return alice, bob, chat["id"], message, since
 
@@ -84,14 +96,16 @@ def test_a_deleted_chat_message_leaves_the_event_log_notifications_and_pushes(pu
         events = replay(client, user, since[user.username])
         assert SECRET not in text_of(events)
         created = [e["data"] for e in events if e["type"] == "chat.message.created"]
-        assert created and all(data["deleted"] and data["content"] is None and data["mentions"] == []
-                               for data in created)  # the replay shows the tombstone
+        assert created and all(
+            data["deleted"] and data["content"] is None and data["mentions"] == [] for data in created
+        )  # the replay shows the tombstone
         assert [e["type"] for e in events][-1] == "chat.message.deleted"
     feed = client.get("/api/notifications", headers=bob.headers).json
     mention = next(note for note in feed["notifications"] if note["message_id"] == message["id"])
     assert mention["kind"] == "mention" and mention["preview"] is None
-    assert SECRET not in text_of(feed) and SECRET not in text_of(client.get("/api/notifications/mentions",
-                                                                            headers=bob.headers).json)
+    assert SECRET not in text_of(feed) and SECRET not in text_of(
+        client.get("/api/notifications/mentions", headers=bob.headers).json
+    )
     jobs = push_jobs(client)
     assert len(jobs) == 2 and SECRET not in text_of(jobs)
     letters = client.get("/api/admin/push/dead-letters", headers=alice.headers).json["data"]
@@ -115,14 +129,17 @@ def test_a_deleted_0xc_message_leaves_the_event_log_and_the_disk(make_client, tm
     client = make_client(admins=("alice",))
     alice, bob = client.user("alice"), client.user("bob")
     since = poll(client, bob)["next"]
-    message = client.post_json("/api/messages", {"content": f"public: {SECRET}"}, headers=alice.headers,
-                               status=201).json["data"]
+    message = client.post_json(
+        "/api/messages", {"content": f"public: {SECRET}"}, headers=alice.headers, status=201
+    ).json["data"]
     assert SECRET in text_of(replay(client, bob, since))
     client.delete(f"/api/messages/{message['id']}", headers=alice.headers)
     events = replay(client, bob, since)
     assert SECRET not in text_of(events)
-    assert [(e["type"], e["data"]["id"]) for e in events][-2:] == [("message.created", message["id"]),
-                                                                   ("message.deleted", message["id"])]
+    assert [(e["type"], e["data"]["id"]) for e in events][-2:] == [
+        ("message.created", message["id"]),
+        ("message.deleted", message["id"]),
+    ]
     client.post_json("/api/admin/compact", {}, headers=alice.headers)
     assert SECRET.encode() not in stored_bytes(client, tmp_path / "data")
 
@@ -134,8 +151,9 @@ def test_a_notification_made_just_before_the_delete_and_stored_after_it_loses_it
     settled(client)
     since = poll(client, bob)["next"]
     notifier.close()  # from here the test plays the notifier, to place the delete inside its work
-    message = client.post_json(f"/api/chats/{chat['id']}/messages", {"content": f"@bob {SECRET}"},
-                               headers=alice.headers, status=201).json["data"]
+    message = client.post_json(
+        f"/api/chats/{chat['id']}/messages", {"content": f"@bob {SECRET}"}, headers=alice.headers, status=201
+    ).json["data"]
     store = client.wsgi.core.ctx.store
     notes = notifier._message_notes(store.get_chat_message(message["id"]))  # made while the message stood
     client.delete(f"/api/chats/{chat['id']}/messages/{message['id']}", headers=alice.headers)
@@ -151,8 +169,9 @@ def test_another_process_on_the_database_scrubs_its_copy_of_the_log(make_client)
     alice, bob = first.user("alice"), first.user("bob")
     since = poll(second, bob)["next"]
     chat = first.post_json("/api/chats/direct", {"user_id": bob.id}, headers=alice.headers).json["data"]
-    message = first.post_json(f"/api/chats/{chat['id']}/messages", {"content": SECRET}, headers=alice.headers,
-                              status=201).json["data"]
+    message = first.post_json(
+        f"/api/chats/{chat['id']}/messages", {"content": SECRET}, headers=alice.headers, status=201
+    ).json["data"]
     assert wait_until(lambda: SECRET in text_of(replay(second, bob, since)), timeout=5)  # copied into the second
     first.delete(f"/api/chats/{chat['id']}/messages/{message['id']}", headers=alice.headers)
     assert wait_until(lambda: "chat.message.deleted" in text_of(replay(second, bob, since)), timeout=5)
@@ -166,11 +185,13 @@ def test_scrubbing_holds_while_old_events_fall_out_of_a_short_log(make_client):
     chat = client.post_json("/api/chats/direct", {"user_id": bob.id}, headers=alice.headers).json["data"]
     for round_number in range(3):  # each round pushes the previous one's events out of the log
         since = poll(client, bob)["next"]
-        secret = client.post_json(f"/api/chats/{chat['id']}/messages", {"content": f"{SECRET}-{round_number}"},
-                                  headers=alice.headers).json["data"]
+        secret = client.post_json(
+            f"/api/chats/{chat['id']}/messages", {"content": f"{SECRET}-{round_number}"}, headers=alice.headers
+        ).json["data"]
         for number in range(4):
-            client.post_json(f"/api/chats/{chat['id']}/messages", {"content": f"filler {number}"},
-                             headers=alice.headers)
+            client.post_json(
+                f"/api/chats/{chat['id']}/messages", {"content": f"filler {number}"}, headers=alice.headers
+            )
         client.delete(f"/api/chats/{chat['id']}/messages/{secret['id']}", headers=alice.headers)
         events = replay(client, bob, since)
         assert SECRET not in text_of(events) and "filler 3" in text_of(events)

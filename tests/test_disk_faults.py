@@ -16,9 +16,9 @@ import sys
 import threading
 
 import pytest
-
 from conftest import assert_error
 from server import ROOT, wait_until
+
 from store import JsonStore, StoreCorrupt, journal
 
 pytestmark = pytest.mark.backends("json")
@@ -34,7 +34,7 @@ class FaultyDisk(journal.Disk):
     def write(self, fd, data):
         if self.fault == "short":
             self.fault = "enospc"  # Linux: a short count first, ENOSPC on the next call
-            return os.write(fd, bytes(data[:max(1, len(data) // 2)]))
+            return os.write(fd, bytes(data[: max(1, len(data) // 2)]))
         if self.fault == "enospc":
             raise OSError(errno.ENOSPC, "No space left on device")
         if self.fault == "eio":
@@ -69,8 +69,7 @@ def stored_contents(data_dir):
 
 
 @pytest.mark.parametrize("fault", ["short", "enospc", "eio", "fdatasync"])
-def test_a_disk_fault_loses_nothing_acknowledged_shows_nothing_refused_and_ends_by_itself(make_client, tmp_path,
-                                                                                         fault):
+def test_a_disk_fault_loses_nothing_acknowledged_shows_nothing_refused_and_ends_by_itself(make_client, tmp_path, fault):
     data_dir, disk = tmp_path / "faulty", FaultyDisk()
     store = JsonStore(str(data_dir), disk=disk)
     client = make_client(store=store)
@@ -107,8 +106,9 @@ def test_a_disk_fault_loses_nothing_acknowledged_shows_nothing_refused_and_ends_
     assert stored_contents(data_dir) == sorted(acknowledged)
 
 
-def test_below_the_free_space_reserve_writes_are_refused_and_resume_when_space_returns(make_client, tmp_path,
-                                                                                       monkeypatch):
+def test_below_the_free_space_reserve_writes_are_refused_and_resume_when_space_returns(
+    make_client, tmp_path, monkeypatch
+):
     monkeypatch.setattr(journal, "SPACE_CHECK_SECONDS", 0)
     disk = FaultyDisk()
     client = make_client(store=JsonStore(str(tmp_path / "d"), reserve=10_000_000, disk=disk))
@@ -170,8 +170,15 @@ def written_store(data_dir, count=30, compact_after=None):
     """A closed store holding ``count`` messages; compacted after ``compact_after`` of them."""
     store = JsonStore(str(data_dir))
     for number in range(count):
-        store.add_message({"id": f"m{number:03d}", "user_id": "alice", "recipient_id": None,
-                           "content": f"message {number}", "created_at": "2026-12-01T00:00:00Z"})
+        store.add_message(
+            {
+                "id": f"m{number:03d}",
+                "user_id": "alice",
+                "recipient_id": None,
+                "content": f"message {number}",
+                "created_at": "2026-12-01T00:00:00Z",
+            }
+        )
         if number + 1 == compact_after:
             store.compact()
     store.close()
@@ -187,15 +194,27 @@ def flip_byte(path, offset):
 def serve_once(data_dir):
     """Start ``oxc serve`` on ``data_dir``; returns (exit code, stderr) of a refused start."""
     env = dict(os.environ, DATA_DIR=str(data_dir), PORT="0", HOST="127.0.0.1", LOG_LEVEL="WARNING")
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "oxc_wsgi.py"), "serve"], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "oxc_wsgi.py"), "serve"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     return done.returncode, done.stderr
 
 
 def admin(data_dir, action):
     env = dict(os.environ, DATA_DIR=str(data_dir), LOG_LEVEL="WARNING")
-    return subprocess.run([sys.executable, os.path.join(ROOT, "oxc_wsgi.py"), "admin", action], env=env,
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "oxc_wsgi.py"), "admin", action],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.mark.parametrize("which", ["first", "middle", "last"])

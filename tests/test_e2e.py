@@ -14,10 +14,11 @@ import pytest
 
 pytest.importorskip("cryptography", reason="oxc_e2e needs the 'cryptography' package (pip install '.[e2e]')")
 
-import oxc_e2e  # noqa: E402
-from oxc_e2e import Api, DecryptionError, Device  # noqa: E402
 from conftest import stored_bytes  # noqa: E402
 from server import Server  # noqa: E402
+
+import oxc_e2e  # noqa: E402
+from oxc_e2e import Api, DecryptionError, Device  # noqa: E402
 
 SECRET = "the eagle lands at noon \N{EAGLE}"
 
@@ -48,8 +49,9 @@ def world(client):
         "bob": [apis["bob"].publish(Device.generate("laptop")), apis["bob"].publish(Device.generate("phone"))],
         "carol": [apis["carol"].publish(Device.generate("desktop", rsa_bits=2048))],
     }
-    chat = client.post_json("/api/chats/group", {"name": "plans", "members": ["bob", "carol"]},
-                            headers=users["alice"].headers).json["data"]
+    chat = client.post_json(
+        "/api/chats/group", {"name": "plans", "members": ["bob", "carol"]}, headers=users["alice"].headers
+    ).json["data"]
     return users, apis, devices, chat
 
 
@@ -73,8 +75,13 @@ def test_nothing_stored_holds_plaintext_or_a_private_key(client, world, tmp_path
     apis["alice"].send(chat["id"], SECRET, devices["alice"][0])
     apis["carol"].send(chat["id"], "second secret, in reply", devices["carol"][0])
     answer = client.get(f"/api/chats/{chat['id']}/messages", headers=users["bob"].headers).body
-    private = [base64.b64decode(value) for owned in devices.values() for device in owned
-               for name, value in device.private_bytes().items() if name in ("x25519", "ed25519", "rsa")]
+    private = [
+        base64.b64decode(value)
+        for owned in devices.values()
+        for device in owned
+        for name, value in device.private_bytes().items()
+        if name in ("x25519", "ed25519", "rsa")
+    ]
     needles = [SECRET.encode(), b"eagle", b"second secret"] + private + [base64.b64encode(p) for p in private]
     stored = stored_bytes(client, tmp_path / "data")
     assert b"sender_key_id" in stored  # the envelopes are there...
@@ -141,8 +148,9 @@ def test_after_a_rotation_old_messages_still_verify_and_new_ones_use_the_new_key
     fresh = Device.generate("phone")
     for body in fresh.key_bodies():
         body["replaces"] = alice.key_ids[body["algorithm"]]
-        fresh.key_ids[body["algorithm"]] = client.post_json("/api/keys", body, headers=users["alice"].headers,
-                                                            status=201).json["data"]["id"]
+        fresh.key_ids[body["algorithm"]] = client.post_json(
+            "/api/keys", body, headers=users["alice"].headers, status=201
+        ).json["data"]["id"]
     new_message = apis["alice"].send(chat["id"], "after", fresh)
     assert apis["bob"].read(old_message, devices["bob"][0]) == "before"
     assert apis["bob"].read(new_message, devices["bob"][0]) == "after"

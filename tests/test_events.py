@@ -6,7 +6,6 @@ import threading
 import time
 
 import pytest
-
 from conftest import assert_error
 
 
@@ -124,11 +123,19 @@ def test_events_go_only_to_those_who_may_see_them(client, trio):
     client.post_json(f"/api/chats/{chat_id}/messages", {"content": "group only"}, headers=alice.headers)
     client.post_json("/api/messages", {"content": "for carol", "recipient_id": carol.id}, headers=alice.headers)
     client.post_json("/api/messages", {"content": "for all"}, headers=bob.headers)
-    seen = {user.username: [e["data"].get("content") for e in drain(client, user, cursors[user.username])[0]
-                            if e["type"] in ("chat.message.created", "message.created")]
-            for user in (alice, bob, carol)}
-    assert seen == {"alice": ["group only", "for carol", "for all"], "bob": ["group only", "for all"],
-                    "carol": ["for carol", "for all"]}
+    seen = {
+        user.username: [
+            e["data"].get("content")
+            for e in drain(client, user, cursors[user.username])[0]
+            if e["type"] in ("chat.message.created", "message.created")
+        ]
+        for user in (alice, bob, carol)
+    }
+    assert seen == {
+        "alice": ["group only", "for carol", "for all"],
+        "bob": ["group only", "for all"],
+        "carol": ["for carol", "for all"],
+    }
 
 
 def test_a_removed_member_stops_receiving_at_once(client, trio):
@@ -156,8 +163,15 @@ def test_chat_and_member_changes_are_events(client, trio):
     notes = [event["data"]["kind"] for event in events if event["type"] == "notification.created"]
     assert notes == ["role_changed"]
     events = [event for event in events if event["type"] not in ("message.delivered", "notification.created")]
-    assert kinds(events) == ["chat.updated", "member.added", "member.role_changed", "chat.message.created",
-                             "chat.message.edited", "message.read", "chat.message.deleted"]
+    assert kinds(events) == [
+        "chat.updated",
+        "member.added",
+        "member.role_changed",
+        "chat.message.created",
+        "chat.message.edited",
+        "message.read",
+        "chat.message.deleted",
+    ]
     client.delete(f"/api/chats/{chat_id}", headers=alice.headers)
     assert kinds(drain(client, bob, since)[0]) == ["chat.deleted"]
 
@@ -172,8 +186,9 @@ def test_typing_starts_and_stops_by_itself(client, trio, clock):
     clock.advance(7)
     answer = poll(client, bob, since, timeout=3).json
     assert kinds(answer["events"]) == ["typing.stopped"]
-    assert_error(client.post_json(f"/api/chats/{chat_id}/typing", {"typing": "yes"}, headers=alice.headers,
-                                  status=400), 400)
+    assert_error(
+        client.post_json(f"/api/chats/{chat_id}/typing", {"typing": "yes"}, headers=alice.headers, status=400), 400
+    )
     assert_error(client.post_json(f"/api/chats/{chat_id}/typing", {}, headers=trio[2].headers, status=403), 403)
 
 
@@ -183,7 +198,8 @@ def test_presence_goes_online_with_a_listener_and_offline_after_it_leaves(client
     poll(client, bob, timeout=0)
     events, since = drain(client, alice, since)
     assert [(e["type"], e["data"]["user_id"]) for e in events if e["data"].get("user_id") == bob.id] == [
-        ("presence.online", bob.id)]
+        ("presence.online", bob.id)
+    ]
     clock.advance(11)
     answer = poll(client, alice, since, timeout=3).json
     offline = [e for e in answer["events"] if e["type"] == "presence.offline" and e["data"]["user_id"] == bob.id]
@@ -195,8 +211,9 @@ def test_a_message_reaching_the_recipient_is_marked_delivered(client, trio):
     since_alice, since_bob = head(client, alice), head(client, bob)
     message = client.post_json(f"/api/chats/{chat_id}/messages", {"content": "ping"}, headers=alice.headers).json
     poll(client, bob, since_bob)
-    receipts = client.get(f"/api/chats/{chat_id}/messages/{message['data']['id']}/receipts",
-                          headers=alice.headers).json["data"]["receipts"]
+    receipts = client.get(
+        f"/api/chats/{chat_id}/messages/{message['data']['id']}/receipts", headers=alice.headers
+    ).json["data"]["receipts"]
     assert receipts == [{"user_id": bob.id, "username": "bob", "delivered": True, "read": False}]
     events, _ = drain(client, alice, since_alice)
     assert ("message.delivered", bob.id) in [(e["type"], e["data"].get("user_id")) for e in events]
@@ -206,8 +223,7 @@ def test_listeners_beyond_the_cap_get_503_while_other_requests_still_answer(make
     client = make_client(realtime_max_clients=2)
     alice = client.user("alice")
     since = head(client, alice)
-    waiters = [threading.Thread(target=poll, args=(client, alice, since), kwargs={"timeout": 1.5})
-               for _ in range(2)]
+    waiters = [threading.Thread(target=poll, args=(client, alice, since), kwargs={"timeout": 1.5}) for _ in range(2)]
     for waiter in waiters:
         waiter.start()
     time.sleep(0.3)
@@ -223,16 +239,27 @@ def test_listeners_beyond_the_cap_get_503_while_other_requests_still_answer(make
 
 # -- SSE in process: the WSGI body read chunk by chunk --------------------------------
 
+
 def open_stream(client, headers=None, query=""):
-    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/api/events/stream", "QUERY_STRING": query,
-               "SERVER_NAME": "test", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "SCRIPT_NAME": "",
-               "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(), "wsgi.errors": io.StringIO(),
-               "REMOTE_ADDR": "127.0.0.1"}
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/api/events/stream",
+        "QUERY_STRING": query,
+        "SERVER_NAME": "test",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "SCRIPT_NAME": "",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.errors": io.StringIO(),
+        "REMOTE_ADDR": "127.0.0.1",
+    }
     for name, value in (headers or {}).items():
         environ["HTTP_" + name.upper().replace("-", "_")] = value
     started = {}
-    body = client.wsgi(environ, lambda status, headers, exc_info=None: started.update(status=status,
-                                                                                       headers=dict(headers)))
+    body = client.wsgi(
+        environ, lambda status, headers, exc_info=None: started.update(status=status, headers=dict(headers))
+    )
     return started, body
 
 

@@ -12,7 +12,6 @@ import statistics
 import time
 
 import pytest
-
 from conftest import PASSWORD, assert_error
 from test_accounts import inbox, mail_client  # noqa: F401 (fixtures)
 
@@ -52,8 +51,10 @@ def assert_same_time(label, addresses, measure, capsys):
         difference = abs(medians["known"] - medians["unknown"]) / min(medians.values())
         differences.append(difference)
         with capsys.disabled():
-            print(f"\n{label}, median of {TRIES}: known {medians['known'] * 1000:.2f} ms, "
-                  f"unknown {medians['unknown'] * 1000:.2f} ms ({difference:.0%} apart)")
+            print(
+                f"\n{label}, median of {TRIES}: known {medians['known'] * 1000:.2f} ms, "
+                f"unknown {medians['unknown'] * 1000:.2f} ms ({difference:.0%} apart)"
+            )
         if difference < MAX_DIFFERENCE:
             break
     assert min(differences) < MAX_DIFFERENCE, differences
@@ -62,8 +63,12 @@ def assert_same_time(label, addresses, measure, capsys):
 @pytest.mark.parametrize("purpose", ["verify", "reset"])
 def test_asking_for_a_code_takes_as_long_for_an_unknown_address(mail_client, inbox, purpose, capsys):
     addresses = known_and_unknown(mail_client)
-    assert_same_time(f"{purpose} code request", addresses,
-                     lambda address: timed(mail_client, ASKS[purpose], {"email": address}, 200), capsys)
+    assert_same_time(
+        f"{purpose} code request",
+        addresses,
+        lambda address: timed(mail_client, ASKS[purpose], {"email": address}, 200),
+        capsys,
+    )
     inbox.code_for(addresses["known"][0], count=2)  # the known address did get its code
     assert not [recipient for recipient, _ in inbox.messages if recipient.startswith("nobody")]
 
@@ -76,26 +81,32 @@ def test_a_wrong_guess_after_asking_takes_as_long_for_an_unknown_address(mail_cl
     mail_client.wsgi.core.ctx.mailer.flush()
     path = ASKS[purpose].removesuffix("/request")
     extra = {"new_password": "a brand new password"} if purpose == "reset" else {}
-    assert_same_time(f"wrong {purpose} code", addresses,
-                     lambda address: timed(mail_client, path, {"email": address, "code": "000000", **extra}, 400),
-                     capsys)
+    assert_same_time(
+        f"wrong {purpose} code",
+        addresses,
+        lambda address: timed(mail_client, path, {"email": address, "code": "000000", **extra}, 400),
+        capsys,
+    )
 
 
 def notices(inbox, address):
     """Where in the mails to ``address`` the "someone tried to register" notices are."""
-    return [index for index, mail in enumerate(inbox.to(address))
-            if "Subject: Someone tried to register with your e-mail address" in mail]
+    return [
+        index
+        for index, mail in enumerate(inbox.to(address))
+        if "Subject: Someone tried to register with your e-mail address" in mail
+    ]
 
 
 def register(client, username, address, status=201):
-    return client.post_json("/api/auth/register", {"username": username, "password": PASSWORD, "email": address},
-                            status=status)
+    return client.post_json(
+        "/api/auth/register", {"username": username, "password": PASSWORD, "email": address}, status=status
+    )
 
 
 @pytest.fixture
 def verified_only(make_client, inbox):  # noqa: F811
-    return make_client(smtp_host="127.0.0.1", smtp_port=inbox.port, smtp_security="none",
-                       require_verified_email=True)
+    return make_client(smtp_host="127.0.0.1", smtp_port=inbox.port, smtp_security="none", require_verified_email=True)
 
 
 def test_with_verification_required_a_taken_address_registers_like_a_new_one(verified_only, inbox):
@@ -104,8 +115,11 @@ def test_with_verification_required_a_taken_address_registers_like_a_new_one(ver
     taken = register(verified_only, "mallory", "alice@example.com").json
     assert taken["message"] == fresh["message"] and taken["status"] == fresh["status"]
     assert set(taken["data"]) == set(fresh["data"])
-    assert (taken["data"]["username"], taken["data"]["email"], taken["data"]["email_verified"]) == \
-        ("mallory", "alice@example.com", False)
+    assert (taken["data"]["username"], taken["data"]["email"], taken["data"]["email_verified"]) == (
+        "mallory",
+        "alice@example.com",
+        False,
+    )
     # What comes next answers the same too: the password is right, the address unverified.
     for username in ("bob", "mallory"):
         assert_error(verified_only.login(username, status=403), 403, "Verify your e-mail address first")

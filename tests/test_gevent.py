@@ -12,8 +12,9 @@ import pytest
 pytest.importorskip("gevent", reason="the 'gevent' extra (gunicorn, gevent) is not installed")
 pytest.importorskip("gunicorn", reason="the 'gevent' extra (gunicorn, gevent) is not installed")
 
-from oxc_client import Client  # noqa: E402
 from server import ROOT, wait_until  # noqa: E402
+
+from oxc_client import Client  # noqa: E402
 
 
 @pytest.fixture
@@ -22,10 +23,28 @@ def gunicorn(tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = dict(os.environ, DATA_DIR=str(tmp_path / "data"), BCRYPT_ROUNDS="12", LOG_LEVEL="WARNING")
-    process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "1", "--worker-connections",
-                                "200", "--graceful-timeout", "3", "-b", f"127.0.0.1:{port}",
-                                "oxc_wsgi:application"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-k",
+            "gevent",
+            "-w",
+            "1",
+            "--worker-connections",
+            "200",
+            "--graceful-timeout",
+            "3",
+            "-b",
+            f"127.0.0.1:{port}",
+            "oxc_wsgi:application",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
     def up():
         try:

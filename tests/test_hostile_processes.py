@@ -9,17 +9,16 @@ to, and a stream held on one process ends when the session ends on another.
 
 import os
 import signal
-import socket
 import stat
 import threading
 import time
 
 import jwt
 import pytest
-
-from oxc_wsgi import DEV_JWT_SECRET
 from pgtest import fresh_schema
 from server import RawStream, Server
+
+from oxc_wsgi import DEV_JWT_SECRET
 
 ENDS_WITHIN = 5.0
 #: Served as the README shows: no JWT_SECRET_KEY (empty means unset; blanked only if this shell has one).
@@ -49,8 +48,10 @@ def forged_with_the_published_key(token):
     """``token``'s claims, fresh, signed with the development key that .env.example used to print."""
     claims = jwt.decode(token, options={"verify_signature": False})
     now = int(time.time())
-    return [jwt.encode(forged, DEV_JWT_SECRET, algorithm="HS256", headers={"typ": "at+jwt"}) for forged in
-            ({"sub": claims["sub"], "iat": now, "exp": now + 600}, dict(claims, iat=now, exp=now + 600))]
+    return [
+        jwt.encode(forged, DEV_JWT_SECRET, algorithm="HS256", headers={"typ": "at+jwt"})
+        for forged in ({"sub": claims["sub"], "iat": now, "exp": now + 600}, dict(claims, iat=now, exp=now + 600))
+    ]
 
 
 def test_a_server_run_without_a_key_generates_one_keeps_it_private_and_across_restarts(tmp_path):
@@ -86,8 +87,9 @@ def test_a_server_run_without_a_key_generates_one_keeps_it_private_and_across_re
 def two(tmp_path):
     """Two server processes on one fresh PostgreSQL schema, neither given a key."""
     with fresh_schema() as (url, _):
-        running = [Server(tmp_path / f"data{number}", STORE_URL=url, REALTIME_MAX_PER_USER=50, **NO_KEY)
-                   for number in range(2)]
+        running = [
+            Server(tmp_path / f"data{number}", STORE_URL=url, REALTIME_MAX_PER_USER=50, **NO_KEY) for number in range(2)
+        ]
         try:
             yield running
         finally:
@@ -134,8 +136,9 @@ def test_a_ticket_shown_to_both_processes_at_once_opens_one_stream(two):
         streams = [RawStream(server, query=f"?ticket={ticket}") for server in (first, second)]
         try:
             results = [None, None]
-            readers = [threading.Thread(target=lambda n=n: results.__setitem__(n, opened(streams[n])))
-                       for n in range(2)]
+            readers = [
+                threading.Thread(target=lambda n=n: results.__setitem__(n, opened(streams[n]))) for n in range(2)
+            ]
             for reader in readers:
                 reader.start()
             for reader in readers:
@@ -157,8 +160,9 @@ def test_a_logout_on_one_process_ends_a_stream_held_on_the_other(two):
         assert opened(stream)
         assert second.request("POST", "/api/auth/logout", {"refresh_token": bob["refresh_token"]})[0] == 200
         logged_out = time.monotonic()
-        second.request("POST", f"/api/chats/{chat_id}/messages", {"content": "secret after the logout"},
-                       alice["access_token"])
+        second.request(
+            "POST", f"/api/chats/{chat_id}/messages", {"content": "secret after the logout"}, alice["access_token"]
+        )
         assert stream.read_until(RawStream.END, timeout=ENDS_WITHIN), "the stream outlived its session"
         took = time.monotonic() - logged_out
         print(f"\nlogout on one process -> stream end on the other (a message sent meanwhile): {took:.2f} s")

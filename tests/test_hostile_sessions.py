@@ -17,11 +17,11 @@ import time
 
 import jwt
 import pytest
-
 from conftest import PASSWORD, assert_error
-from oxc_wsgi import DEV_JWT_SECRET
 from test_accounts import inbox  # noqa: F401 (a fixture)
 from test_events import open_stream, poll
+
+from oxc_wsgi import DEV_JWT_SECRET
 
 #: What "within a few seconds" means here for a listener to end after its session did.
 ENDS_WITHIN = 5.0
@@ -61,8 +61,10 @@ def test_a_token_forged_with_the_published_development_key_gets_401(client, cloc
     alice = client.user("alice")
     now = int(clock())
     real = claims_of(alice.access_token)
-    for claims in ({"sub": alice.id, "iat": now, "exp": now + 600},  # all the old code needed
-                   {"sub": alice.id, "sid": real["sid"], "iat": now, "exp": now + 600}):
+    for claims in (
+        {"sub": alice.id, "iat": now, "exp": now + 600},  # all the old code needed
+        {"sub": alice.id, "sid": real["sid"], "iat": now, "exp": now + 600},
+    ):
         response = client.get("/api/users/me", headers=bearer(forge(claims, DEV_JWT_SECRET)), status=401)
         assert_error(response, 401)
     client.get("/api/users/me", headers=alice.headers)
@@ -74,26 +76,46 @@ def test_a_token_without_a_session_gets_401_even_signed_with_the_real_key(make_c
     alice = client.user("alice")
     now = int(clock())
     sid = claims_of(alice.access_token)["sid"]
-    assert_error(client.get("/api/users/me", headers=bearer(forge(
-        {"sub": alice.id, "iat": now, "exp": now + 600}, secret)), status=401), 401)
-    assert_error(client.get("/api/users/me", headers=bearer(forge(
-        {"sub": alice.id, "sid": "made-up-session", "iat": now, "exp": now + 600}, secret)), status=401), 401)
+    assert_error(
+        client.get(
+            "/api/users/me", headers=bearer(forge({"sub": alice.id, "iat": now, "exp": now + 600}, secret)), status=401
+        ),
+        401,
+    )
+    assert_error(
+        client.get(
+            "/api/users/me",
+            headers=bearer(forge({"sub": alice.id, "sid": "made-up-session", "iat": now, "exp": now + 600}, secret)),
+            status=401,
+        ),
+        401,
+    )
     bob = client.user("bob")
-    assert_error(client.get("/api/users/me", headers=bearer(forge(  # someone else's session
-        {"sub": alice.id, "sid": claims_of(bob.access_token)["sid"], "iat": now, "exp": now + 600}, secret)),
-        status=401), 401)
+    assert_error(
+        client.get(
+            "/api/users/me",
+            headers=bearer(
+                forge(  # someone else's session
+                    {"sub": alice.id, "sid": claims_of(bob.access_token)["sid"], "iat": now, "exp": now + 600}, secret
+                )
+            ),
+            status=401,
+        ),
+        401,
+    )
     # The control: the same claims with the session they belong to pass.
-    me = client.get("/api/users/me", headers=bearer(forge({"sub": alice.id, "sid": sid, "iat": now,
-                                                            "exp": now + 600}, secret)))
+    me = client.get(
+        "/api/users/me", headers=bearer(forge({"sub": alice.id, "sid": sid, "iat": now, "exp": now + 600}, secret))
+    )
     assert me.json["data"]["id"] == alice.id
 
 
-def test_without_a_configured_key_one_is_generated_kept_with_the_data_and_logged(make_client, backend, tmp_path,
-                                                                               caplog):
+def test_without_a_configured_key_one_is_generated_kept_with_the_data_and_logged(
+    make_client, backend, tmp_path, caplog
+):
     with caplog.at_level("WARNING", logger="oxc"):
         first = make_client()
-    warnings = [record.getMessage() for record in caplog.records if "JWT_SECRET_KEY is not set" in
-                record.getMessage()]
+    warnings = [record.getMessage() for record in caplog.records if "JWT_SECRET_KEY is not set" in record.getMessage()]
     assert len(warnings) == 1
     alice = first.user("alice")
     key = first.wsgi.core.ctx.tokens._secret
@@ -114,6 +136,7 @@ def test_without_a_configured_key_one_is_generated_kept_with_the_data_and_logged
 
 def test_the_key_file_is_created_once_and_whole_though_many_race_to_create_it(tmp_path):
     from store.files import write_new
+
     path = tmp_path / "signing.key"
     barrier = threading.Barrier(8)
     created = []
@@ -167,8 +190,9 @@ def test_a_real_replay_still_revokes_the_family(client, clock):
     rotated = refresh(client, alice.refresh_token).json["data"]
     clock.advance(60)
     assert_error(refresh(client, alice.refresh_token, status=401), 401, "revoked")
-    assert_error(client.get("/api/users/me", headers=bearer(rotated["access_token"]), status=401), 401,
-                 "Session has ended")
+    assert_error(
+        client.get("/api/users/me", headers=bearer(rotated["access_token"]), status=401), 401, "Session has ended"
+    )
 
 
 # -- listeners end with their session -----------------------------------------------------------
@@ -210,14 +234,18 @@ def end_session(how, client, user, inbox):  # noqa: F811
         client.post_json("/api/auth/logout", {"refresh_token": user.refresh_token})
     elif how == "password-change":
         other = client.login(user.username).json["data"]  # changed from another device
-        client.post_json("/api/users/me/password", {"current_password": PASSWORD, "new_password": "a new password"},
-                         headers=bearer(other["access_token"]))
+        client.post_json(
+            "/api/users/me/password",
+            {"current_password": PASSWORD, "new_password": "a new password"},
+            headers=bearer(other["access_token"]),
+        )
     else:
         mails = len(inbox.to("bob@example.com"))
         client.post_json("/api/auth/password-reset/request", {"email": "bob@example.com"})
         code = inbox.code_for("bob@example.com", count=mails + 1)
-        client.post_json("/api/auth/password-reset", {"email": "bob@example.com", "new_password": "a new password",
-                                                      "code": code})
+        client.post_json(
+            "/api/auth/password-reset", {"email": "bob@example.com", "new_password": "a new password", "code": code}
+        )
 
 
 def stream_of(client, user, ticket=False):

@@ -17,7 +17,6 @@ import time
 import zlib
 
 import pytest
-
 from conftest import assert_error
 from server import Server
 
@@ -79,8 +78,9 @@ class Health(threading.Thread):
         while not self.done.is_set():
             started = time.monotonic()
             try:
-                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10,
-                                                        source_address=("127.0.0.2", 0))
+                connection = http.client.HTTPConnection(
+                    "127.0.0.1", self.port, timeout=10, source_address=("127.0.0.2", 0)
+                )
                 connection.request("GET", "/api/health")
                 status = connection.getresponse().status
                 connection.close()
@@ -96,8 +96,12 @@ class Health(threading.Thread):
 def upload(port, token, chat_id, data, name, answers):
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
-        connection.request("POST", f"/api/chats/{chat_id}/attachments?name={name}", body=data,
-                           headers={"Authorization": f"Bearer {token}", "Content-Type": "image/png"})
+        connection.request(
+            "POST",
+            f"/api/chats/{chat_id}/attachments?name={name}",
+            body=data,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "image/png"},
+        )
         response = connection.getresponse()
         answers.append((response.status, json.loads(response.read())))
     except OSError as exc:
@@ -112,8 +116,10 @@ def attack(server, token, chat_id, files):
     sampler.start()
     health.start()
     answers = []
-    senders = [threading.Thread(target=upload, args=(server.port, token, chat_id, data, f"bomb{n}.png", answers))
-               for n, data in enumerate(files)]
+    senders = [
+        threading.Thread(target=upload, args=(server.port, token, chat_id, data, f"bomb{n}.png", answers))
+        for n, data in enumerate(files)
+    ]
     for sender in senders:
         sender.start()
     for sender in senders:
@@ -136,9 +142,11 @@ def test_ten_image_bombs_at_once_keep_the_server_small_and_answering(tmp_path):
         before = rss(server.process.pid)
         answers, peak, latencies, failures = attack(server, token, chat["id"], [bomb] * 10)
         latencies.sort()
-        print(f"\nten 7000x7000 RGBA PNG bombs: RSS {before / MB:.0f} MB before, peak {peak / MB:.0f} MB; "
-              f"/api/health {len(latencies)} answers, median {1000 * latencies[len(latencies) // 2]:.1f} ms, "
-              f"max {1000 * latencies[-1]:.1f} ms")
+        print(
+            f"\nten 7000x7000 RGBA PNG bombs: RSS {before / MB:.0f} MB before, peak {peak / MB:.0f} MB; "
+            f"/api/health {len(latencies)} answers, median {1000 * latencies[len(latencies) // 2]:.1f} ms, "
+            f"max {1000 * latencies[-1]:.1f} ms"
+        )
         assert len(answers) == 10
         assert all(status is not None and status < 500 for status, _ in answers), answers
         assert peak < RSS_LIMIT, f"peak RSS {peak / MB:.0f} MB"
@@ -162,8 +170,10 @@ def test_ten_images_just_within_the_budget_are_decoded_a_few_at_a_time(tmp_path)
         answers, peak, latencies, failures = attack(server, token, chat["id"], [edge] * 10)
         latencies.sort()
         reasons = [body["data"]["thumbnail"]["reason"] for _, body in answers]
-        print(f"\nten 4000x4000 RGBA PNGs: peak RSS {peak / MB:.0f} MB, {reasons.count(None)} thumbnails made; "
-              f"/api/health {len(latencies)} answers, max {1000 * latencies[-1]:.1f} ms")
+        print(
+            f"\nten 4000x4000 RGBA PNGs: peak RSS {peak / MB:.0f} MB, {reasons.count(None)} thumbnails made; "
+            f"/api/health {len(latencies)} answers, max {1000 * latencies[-1]:.1f} ms"
+        )
         assert [status for status, _ in answers] == [201] * 10, answers
         assert peak < RSS_LIMIT, f"peak RSS {peak / MB:.0f} MB"
         assert not failures and latencies and latencies[-1] < 1.0, (failures, latencies[-5:])
@@ -174,6 +184,7 @@ def test_ten_images_just_within_the_budget_are_decoded_a_few_at_a_time(tmp_path)
 
 
 # -- in process -------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def big_jpegs():
@@ -194,8 +205,12 @@ def alice_chat(client):
 
 
 def attach(client, user, chat, data, content_type, status=201):
-    return client.post(f"/api/chats/{chat['id']}/attachments?name=picture", data, status=status,
-                       headers=dict(user.headers, **{"Content-Type": content_type})).json["data"]
+    return client.post(
+        f"/api/chats/{chat['id']}/attachments?name=picture",
+        data,
+        status=status,
+        headers=dict(user.headers, **{"Content-Type": content_type}),
+    ).json["data"]
 
 
 def test_a_large_jpeg_is_decoded_reduced_and_gets_its_thumbnail(client, alice_chat, big_jpegs, monkeypatch):

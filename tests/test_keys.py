@@ -9,21 +9,25 @@ import base64
 import hashlib
 
 import pytest
-
 from conftest import assert_error
+
 from handlers import keys
 from oxc_wsgi import routes
 
 #: RFC 7748 6.1: Alice's and Bob's X25519 public keys.
-X25519_ALICE = base64.b64encode(bytes.fromhex(
-    "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")).decode()
-X25519_BOB = base64.b64encode(bytes.fromhex(
-    "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f")).decode()
+X25519_ALICE = base64.b64encode(
+    bytes.fromhex("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")
+).decode()
+X25519_BOB = base64.b64encode(
+    bytes.fromhex("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f")
+).decode()
 #: RFC 8032 7.1, tests 1 and 2: Ed25519 public keys.
-ED25519_ONE = base64.b64encode(bytes.fromhex(
-    "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")).decode()
-ED25519_TWO = base64.b64encode(bytes.fromhex(
-    "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c")).decode()
+ED25519_ONE = base64.b64encode(
+    bytes.fromhex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
+).decode()
+ED25519_TWO = base64.b64encode(
+    bytes.fromhex("3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c")
+).decode()
 RSA_2048 = """-----BEGIN PUBLIC KEY-----
 MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAp4YvFVRXyLlzT++eD8xf
 Yb4tsEkxEIW2N2f3jIehtP9mSm6KeIQ1y/nzGXNGM4jaySn3LafShPmJnRapIVnV
@@ -64,6 +68,7 @@ def bob(client):
 
 # -- publishing and listing ---------------------------------------------------------
 
+
 def test_a_published_key_is_listed_for_its_owner_and_for_everyone_else(client, alice, bob):
     key = publish(client, alice).json["data"]
     assert key["user_id"] == alice.id and key["device_id"] == "phone" and key["algorithm"] == "x25519"
@@ -81,7 +86,11 @@ def test_each_device_publishes_an_agreement_and_a_signing_key(client, alice, bob
     publish(client, alice, "ed25519", ED25519_TWO, "laptop")
     current = client.get(f"/api/users/{alice.id}/keys", headers=bob.headers).json["data"]
     assert sorted((k["device_id"], k["algorithm"]) for k in current) == [
-        ("laptop", "ed25519"), ("laptop", "x25519"), ("phone", "ed25519"), ("phone", "x25519")]
+        ("laptop", "ed25519"),
+        ("laptop", "x25519"),
+        ("phone", "ed25519"),
+        ("phone", "x25519"),
+    ]
 
 
 def test_rsa_keys_are_taken_as_pem_or_base64_der_and_kept_as_der(client, alice):
@@ -115,43 +124,67 @@ def test_the_server_has_no_way_to_encrypt_decrypt_or_generate_keys():
     paths = [route.template for route in routes("/api")]
     assert not [path for path in paths if any(word in path for word in ("encrypt", "decrypt", "generate"))]
     key_routes = {(route.method, route.template) for route in routes("/api") if "keys" in route.template}
-    assert key_routes == {("POST", "/api/keys"), ("GET", "/api/keys/me"), ("GET", "/api/keys/{key_id}"),
-                          ("DELETE", "/api/keys/{key_id}"), ("GET", "/api/users/{user_id}/keys")}
+    assert key_routes == {
+        ("POST", "/api/keys"),
+        ("GET", "/api/keys/me"),
+        ("GET", "/api/keys/{key_id}"),
+        ("DELETE", "/api/keys/{key_id}"),
+        ("GET", "/api/users/{user_id}/keys"),
+    }
 
 
 # -- refusals ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method, path", [
-    ("post", "/api/keys"), ("get", "/api/keys/me"), ("get", "/api/keys/x"), ("delete", "/api/keys/x"),
-    ("get", "/api/users/x/keys")])
+
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("post", "/api/keys"),
+        ("get", "/api/keys/me"),
+        ("get", "/api/keys/x"),
+        ("delete", "/api/keys/x"),
+        ("get", "/api/users/x/keys"),
+    ],
+)
 def test_every_key_endpoint_needs_a_token(client, method, path):
     response = getattr(client, method)(path, status=401)
     assert_error(response, 401)
 
 
-PRIVATE_PEM = ("-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF\n"
-               "-----END PRIVATE KEY-----\n")
+PRIVATE_PEM = (
+    "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF\n"
+    "-----END PRIVATE KEY-----\n"
+)
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"algorithm": "x25519", "public_key": X25519_ALICE}, "device_id"),
-    ({"device_id": "has space", "algorithm": "x25519", "public_key": X25519_ALICE}, "device_id"),
-    ({"device_id": "d", "algorithm": "dsa", "public_key": X25519_ALICE}, "algorithm"),
-    ({"device_id": "d", "algorithm": "x25519"}, "public_key"),
-    ({"device_id": "d", "algorithm": "x25519", "public_key": 5}, "public_key"),
-    ({"device_id": "d", "algorithm": "x25519", "public_key": "not base64!"}, "base64"),
-    ({"device_id": "d", "algorithm": "x25519", "public_key": b64(b"\x09" * 31)}, "32-byte"),
-    ({"device_id": "d", "algorithm": "x25519", "public_key": b64(bytes(32))}, "low-order"),
-    ({"device_id": "d", "algorithm": "ed25519", "public_key": b64(b"\x02" + bytes(31))}, "not a point"),
-    ({"device_id": "d", "algorithm": "ed25519", "public_key": b64(bytes(range(64)))}, "private key"),
-    ({"device_id": "d", "algorithm": "x25519", "public_key": b64(bytes.fromhex(
-        "302e020100300506032b656e04220420") + bytes(32))}, "private key"),
-    ({"device_id": "d", "algorithm": "ed25519", "public_key": PRIVATE_PEM}, "private key"),
-    ({"device_id": "d", "algorithm": "rsa-oaep-sha256", "public_key": PRIVATE_PEM}, "private key"),
-    ({"device_id": "d", "algorithm": "rsa-oaep-sha256", "public_key": RSA_1024}, "2048"),
-    ({"device_id": "d", "algorithm": "rsa-oaep-sha256", "public_key": X25519_ALICE}, "RSA public key"),
-    ({"device_id": "d", "algorithm": "x25519", "public_key": "A" * 9000}, "at most"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"algorithm": "x25519", "public_key": X25519_ALICE}, "device_id"),
+        ({"device_id": "has space", "algorithm": "x25519", "public_key": X25519_ALICE}, "device_id"),
+        ({"device_id": "d", "algorithm": "dsa", "public_key": X25519_ALICE}, "algorithm"),
+        ({"device_id": "d", "algorithm": "x25519"}, "public_key"),
+        ({"device_id": "d", "algorithm": "x25519", "public_key": 5}, "public_key"),
+        ({"device_id": "d", "algorithm": "x25519", "public_key": "not base64!"}, "base64"),
+        ({"device_id": "d", "algorithm": "x25519", "public_key": b64(b"\x09" * 31)}, "32-byte"),
+        ({"device_id": "d", "algorithm": "x25519", "public_key": b64(bytes(32))}, "low-order"),
+        ({"device_id": "d", "algorithm": "ed25519", "public_key": b64(b"\x02" + bytes(31))}, "not a point"),
+        ({"device_id": "d", "algorithm": "ed25519", "public_key": b64(bytes(range(64)))}, "private key"),
+        (
+            {
+                "device_id": "d",
+                "algorithm": "x25519",
+                "public_key": b64(bytes.fromhex("302e020100300506032b656e04220420") + bytes(32)),
+            },
+            "private key",
+        ),
+        ({"device_id": "d", "algorithm": "ed25519", "public_key": PRIVATE_PEM}, "private key"),
+        ({"device_id": "d", "algorithm": "rsa-oaep-sha256", "public_key": PRIVATE_PEM}, "private key"),
+        ({"device_id": "d", "algorithm": "rsa-oaep-sha256", "public_key": RSA_1024}, "2048"),
+        ({"device_id": "d", "algorithm": "rsa-oaep-sha256", "public_key": X25519_ALICE}, "RSA public key"),
+        ({"device_id": "d", "algorithm": "x25519", "public_key": "A" * 9000}, "at most"),
+    ],
+)
 def test_bad_keys_and_anything_like_a_private_key_are_400(client, alice, body, message):
     assert_error(client.post_json("/api/keys", body, headers=alice.headers, status=400), 400, message)
 
@@ -176,8 +209,11 @@ def test_replaces_must_name_my_live_key_of_the_same_device_and_algorithm(client,
     signing = publish(client, alice, "ed25519", ED25519_ONE).json["data"]
     assert_error(publish(client, alice, public_key=X25519_BOB, replaces=theirs["id"], status=400), 400, "no key")
     assert_error(publish(client, alice, public_key=X25519_BOB, replaces="nope", status=400), 400, "no key")
-    assert_error(publish(client, alice, public_key=X25519_BOB, replaces=signing["id"], status=400), 400,
-                 "same device and algorithm")
+    assert_error(
+        publish(client, alice, public_key=X25519_BOB, replaces=signing["id"], status=400),
+        400,
+        "same device and algorithm",
+    )
     client.delete(f"/api/keys/{mine['id']}", headers=alice.headers)
     assert_error(publish(client, alice, public_key=X25519_BOB, replaces=mine["id"], status=400), 400, "revoked")
 
@@ -212,6 +248,7 @@ def test_the_point_checks_accept_every_rfc_vector():
 
 # -- encrypted messages: shape only --------------------------------------------------------
 
+
 @pytest.fixture
 def signing_key(client, alice):
     return publish(client, alice, "ed25519", ED25519_ONE).json["data"]
@@ -219,24 +256,33 @@ def signing_key(client, alice):
 
 @pytest.fixture
 def chat(client, alice, bob):
-    return client.post_json("/api/chats/group", {"name": "secret", "members": [bob.id]},
-                            headers=alice.headers).json["data"]
+    return client.post_json("/api/chats/group", {"name": "secret", "members": [bob.id]}, headers=alice.headers).json[
+        "data"
+    ]
 
 
 def envelope(signing_key, **changes):
-    value = {"v": 1, "sender_key_id": signing_key["id"], "ephemeral_key": X25519_BOB,
-             "nonce": b64(bytes(12)), "ciphertext": b64(b"opaque bytes, not text" * 2),
-             "recipients": [{"key_id": "k1", "nonce": b64(bytes(12)), "wrapped_key": b64(bytes(48))},
-                            {"key_id": "k2", "wrapped_key": b64(bytes(256))}],
-             "signature": b64(bytes(64))}
+    value = {
+        "v": 1,
+        "sender_key_id": signing_key["id"],
+        "ephemeral_key": X25519_BOB,
+        "nonce": b64(bytes(12)),
+        "ciphertext": b64(b"opaque bytes, not text" * 2),
+        "recipients": [
+            {"key_id": "k1", "nonce": b64(bytes(12)), "wrapped_key": b64(bytes(48))},
+            {"key_id": "k2", "wrapped_key": b64(bytes(256))},
+        ],
+        "signature": b64(bytes(64)),
+    }
     value.update(changes)
     return {name: item for name, item in value.items() if item is not None}
 
 
 def test_an_envelope_is_stored_and_forwarded_as_it_came(client, alice, bob, chat, signing_key):
     sent = envelope(signing_key)
-    message = client.post_json(f"/api/chats/{chat['id']}/messages", {"encrypted": sent},
-                               headers=alice.headers, status=201).json["data"]
+    message = client.post_json(
+        f"/api/chats/{chat['id']}/messages", {"encrypted": sent}, headers=alice.headers, status=201
+    ).json["data"]
     assert message["encrypted"] is True and message["content"] is None and message["envelope"] == sent
     shown = client.get(f"/api/chats/{chat['id']}/messages", headers=bob.headers).json["messages"][-1]
     assert shown["envelope"] == sent and shown["mentions"] == []
@@ -249,8 +295,9 @@ def test_encrypted_messages_are_never_found_by_search(client, alice, chat, signi
 
 
 def test_an_encrypted_message_cannot_be_edited_and_deleting_drops_the_envelope(client, alice, chat, signing_key):
-    message = client.post_json(f"/api/chats/{chat['id']}/messages", {"encrypted": envelope(signing_key)},
-                               headers=alice.headers).json["data"]
+    message = client.post_json(
+        f"/api/chats/{chat['id']}/messages", {"encrypted": envelope(signing_key)}, headers=alice.headers
+    ).json["data"]
     url = f"/api/chats/{chat['id']}/messages/{message['id']}"
     assert_error(client.patch_json(url, {"content": "plain"}, headers=alice.headers, status=400), 400, "encrypted")
     client.delete(url, headers=alice.headers)
@@ -258,23 +305,26 @@ def test_an_encrypted_message_cannot_be_edited_and_deleting_drops_the_envelope(c
     assert tombstone["deleted"] is True and tombstone["envelope"] is None
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"v": 2}, "encrypted.v"),
-    ({"nonce": b64(bytes(11))}, "encrypted.nonce"),
-    ({"nonce": None}, "encrypted.nonce"),
-    ({"signature": b64(bytes(63))}, "encrypted.signature"),
-    ({"ephemeral_key": "AAAA"}, "encrypted.ephemeral_key"),
-    ({"ciphertext": "not base64"}, "encrypted.ciphertext"),
-    ({"ciphertext": b64(bytes(8))}, "encrypted.ciphertext"),
-    ({"ciphertext": b64(bytes(6000))}, "encrypted.ciphertext"),
-    ({"recipients": []}, "encrypted.recipients"),
-    ({"recipients": [{"key_id": "k1"}]}, "recipients[0]"),
-    ({"recipients": [{"key_id": "k1", "wrapped_key": b64(bytes(48)), "plaintext": "oops"}]}, "recipients[0]"),
-    ({"recipients": [{"key_id": "k", "wrapped_key": b64(bytes(48))}] * 2}, "repeats"),
-    ({"recipients": [{"key_id": "k", "wrapped_key": b64(bytes(4))}]}, "wrapped_key"),
-    ({"text": "smuggled"}, "unknown fields"),
-    ({"sender_key_id": "nope"}, "live Ed25519 key of yours"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"v": 2}, "encrypted.v"),
+        ({"nonce": b64(bytes(11))}, "encrypted.nonce"),
+        ({"nonce": None}, "encrypted.nonce"),
+        ({"signature": b64(bytes(63))}, "encrypted.signature"),
+        ({"ephemeral_key": "AAAA"}, "encrypted.ephemeral_key"),
+        ({"ciphertext": "not base64"}, "encrypted.ciphertext"),
+        ({"ciphertext": b64(bytes(8))}, "encrypted.ciphertext"),
+        ({"ciphertext": b64(bytes(6000))}, "encrypted.ciphertext"),
+        ({"recipients": []}, "encrypted.recipients"),
+        ({"recipients": [{"key_id": "k1"}]}, "recipients[0]"),
+        ({"recipients": [{"key_id": "k1", "wrapped_key": b64(bytes(48)), "plaintext": "oops"}]}, "recipients[0]"),
+        ({"recipients": [{"key_id": "k", "wrapped_key": b64(bytes(48))}] * 2}, "repeats"),
+        ({"recipients": [{"key_id": "k", "wrapped_key": b64(bytes(4))}]}, "wrapped_key"),
+        ({"text": "smuggled"}, "unknown fields"),
+        ({"sender_key_id": "nope"}, "live Ed25519 key of yours"),
+    ],
+)
 def test_malformed_envelopes_are_400(client, alice, chat, signing_key, changes, message):
     body = {"encrypted": envelope(signing_key, **changes)}
     response = client.post_json(f"/api/chats/{chat['id']}/messages", body, headers=alice.headers, status=400)

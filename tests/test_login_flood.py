@@ -41,7 +41,6 @@ import time
 import uuid
 
 import pytest
-
 from server import ROOT, Server
 
 FLOOD_CLIENTS = 150
@@ -71,8 +70,7 @@ def flood(port, seconds, clients):
                 connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=source)
             body = json.dumps({"username": "nobody-" + uuid.uuid4().hex[:12], "password": "password123"})
             try:
-                connection.request("POST", "/api/auth/login", body=body,
-                                   headers={"Content-Type": "application/json"})
+                connection.request("POST", "/api/auth/login", body=body, headers={"Content-Type": "application/json"})
                 response = connection.getresponse()
                 answer = json.loads(response.read())
             except (OSError, http.client.HTTPException, ValueError) as exc:
@@ -137,9 +135,12 @@ def p99(values):
 
 def flooded(port):
     """(health latencies during one flood, the flood's tally)."""
-    attackers = subprocess.Popen([sys.executable, os.path.abspath(__file__), str(port), str(FLOOD_SECONDS),
-                                  str(FLOOD_CLIENTS)], stdout=subprocess.PIPE, text=True,
-                                 env=dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.dirname(__file__)])))
+    attackers = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), str(port), str(FLOOD_SECONDS), str(FLOOD_CLIENTS)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.dirname(__file__)])),
+    )
     try:
         time.sleep(1)  # every attacker is connected and looping
         during = health_latencies(port, FLOOD_SECONDS - 2)
@@ -162,18 +163,21 @@ def test_a_login_flood_gets_429s_and_health_stays_fast(server, capsys):
         pytest.skip("this machine cannot bind 127.0.1.x: 150 loopback clients would be one client")
     quiet = health_latencies(server.port, 1)
     if p99(quiet) > P99_LIMIT / 2:
-        pytest.skip(f"this machine is too busy to measure {P99_LIMIT * 1000:.0f} ms: health p99 is already "
-                    f"{p99(quiet) * 1000:.0f} ms without any flood")
+        pytest.skip(
+            f"this machine is too busy to measure {P99_LIMIT * 1000:.0f} ms: health p99 is already "
+            f"{p99(quiet) * 1000:.0f} ms without any flood"
+        )
     measured = []
     for _ in range(ATTEMPTS):
         during, tally = flooded(server.port)
         measured.append(p99(during))
         with capsys.disabled():
-            print(f"\nlogin flood: health p99 {p99(quiet) * 1000:.1f} ms before, {p99(during) * 1000:.1f} ms during "
-                  f"({len(during)} checks, median {statistics.median(during) * 1000:.1f} ms); answers {tally}")
+            print(
+                f"\nlogin flood: health p99 {p99(quiet) * 1000:.1f} ms before, {p99(during) * 1000:.1f} ms during "
+                f"({len(during)} checks, median {statistics.median(during) * 1000:.1f} ms); answers {tally}"
+            )
         assert set(tally) <= {"401", f"429 {THROTTLED}", f"429 {BUSY}"}, tally
-        assert tally.get(f"429 {THROTTLED}", 0) >= 100 and tally.get(f"429 {BUSY}", 0) >= 100, \
-            f"not a flood: {tally}"
+        assert tally.get(f"429 {THROTTLED}", 0) >= 100 and tally.get(f"429 {BUSY}", 0) >= 100, f"not a flood: {tally}"
         if measured[-1] < P99_LIMIT:
             break
     assert min(measured) < P99_LIMIT, f"health p99 during the flood: {[round(m * 1000) for m in measured]} ms"

@@ -16,14 +16,14 @@ import zlib
 from wsgiref.validate import validator
 
 import pytest
+from conftest import assert_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from server import Server
 from webtest import TestApp
 
-from conftest import assert_error
 from handlers import media, multipart
 from middleware import BodyLimit
-from server import Server
 
 PDF = b"%PDF-1.4\n" + b"1 0 obj << /Type /Catalog >> endobj\n" * 20 + b"%%EOF\n"
 
@@ -62,13 +62,22 @@ def chat(client, people):
 def upload(client, user, chat_id, data, content_type="application/octet-stream", status=201, **query):
     headers = dict(user.headers, **{"Content-Type": content_type})
     url = f"/api/chats/{chat_id}/attachments"
-    return client.post(url + ("?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else ""),
-                       data, headers=headers, status=status)
+    return client.post(
+        url + ("?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else ""),
+        data,
+        headers=headers,
+        status=status,
+    )
 
 
 def form(client, user, chat_id, files=(), status=201, query="", **fields):
-    return client.post(f"/api/chats/{chat_id}/attachments{query}", params=fields, upload_files=list(files),
-                       headers=user.headers, status=status)
+    return client.post(
+        f"/api/chats/{chat_id}/attachments{query}",
+        params=fields,
+        upload_files=list(files),
+        headers=user.headers,
+        status=status,
+    )
 
 
 def blob_files(tmp_path):
@@ -78,14 +87,19 @@ def blob_files(tmp_path):
 
 # -- uploading ---------------------------------------------------------------------
 
+
 def test_a_raw_upload_is_stored_with_its_metadata(client, people, chat, tmp_path):
     data = png(40, 30)
     answer = upload(client, people["alice"], chat["id"], data, "image/png", name="red.png")
     assert answer.json["message"] == "Attachment uploaded"
     shown = answer.json["data"]
     assert shown["chat_id"] == chat["id"] and shown["uploader_id"] == people["alice"].id
-    assert (shown["name"], shown["size"], shown["content_type"], shown["kind"]) == ("red.png", len(data),
-                                                                                   "image/png", "image")
+    assert (shown["name"], shown["size"], shown["content_type"], shown["kind"]) == (
+        "red.png",
+        len(data),
+        "image/png",
+        "image",
+    )
     assert (shown["width"], shown["height"]) == (40, 30) and shown["message_id"] is None
     assert shown["sha256"] == hashlib.sha256(data).hexdigest() and "message" not in shown
     assert shown["sha256"] in blob_files(tmp_path)
@@ -94,8 +108,9 @@ def test_a_raw_upload_is_stored_with_its_metadata(client, people, chat, tmp_path
 
 
 def test_a_multipart_upload_with_a_caption_also_sends_the_message(client, people, chat):
-    answer = form(client, people["alice"], chat["id"], [("file", "report.pdf", PDF, "application/pdf")],
-                  content="the report @bob").json["data"]
+    answer = form(
+        client, people["alice"], chat["id"], [("file", "report.pdf", PDF, "application/pdf")], content="the report @bob"
+    ).json["data"]
     assert answer["kind"] == "document" and answer["name"] == "report.pdf"
     message = answer["message"]
     assert message["content"] == "the report @bob" and message["attachment"]["id"] == answer["id"]
@@ -108,18 +123,28 @@ def test_a_multipart_upload_with_a_caption_also_sends_the_message(client, people
 def test_send_1_sends_an_attachment_without_a_caption(client, people, chat):
     answer = upload(client, people["alice"], chat["id"], PDF, "application/pdf", send=1).json["data"]
     assert answer["message"]["content"] is None and answer["message"]["attachment"]["id"] == answer["id"]
-    form_answer = form(client, people["alice"], chat["id"], [("file", "a.pdf", PDF, "application/pdf")],
-                       send="true").json["data"]
+    form_answer = form(
+        client, people["alice"], chat["id"], [("file", "a.pdf", PDF, "application/pdf")], send="true"
+    ).json["data"]
     assert form_answer["message"]["content"] is None
 
 
 def test_a_bad_send_in_the_query_is_refused_before_anything_is_stored_even_with_a_good_form_field(
-        client, people, chat, tmp_path):
-    answer = form(client, people["alice"], chat["id"], [("file", "a.pdf", PDF, "application/pdf")],
-                  status=400, query="?send=4.38e-154", send="1")
+    client, people, chat, tmp_path
+):
+    answer = form(
+        client,
+        people["alice"],
+        chat["id"],
+        [("file", "a.pdf", PDF, "application/pdf")],
+        status=400,
+        query="?send=4.38e-154",
+        send="1",
+    )
     assert_error(answer, 400, "'send'")
-    assert_error(upload(client, people["alice"], chat["id"], PDF, "application/pdf", status=400, send="maybe"),
-                 400, "'send'")
+    assert_error(
+        upload(client, people["alice"], chat["id"], PDF, "application/pdf", status=400, send="maybe"), 400, "'send'"
+    )
     assert blob_files(tmp_path) == []
 
 
@@ -129,11 +154,14 @@ def test_an_uploaded_attachment_is_sent_later_by_id_once_only(client, people, ch
     url = f"/api/chats/{chat['id']}/messages"
     message = client.post_json(url, {"attachment_id": attachment["id"]}, headers=alice.headers).json["data"]
     assert message["content"] is None and message["attachment"]["message_id"] == message["id"]
-    again = client.post_json(url, {"attachment_id": attachment["id"], "content": "again"}, headers=alice.headers,
-                             status=400)
+    again = client.post_json(
+        url, {"attachment_id": attachment["id"], "content": "again"}, headers=alice.headers, status=400
+    )
     assert_error(again, 400, "already sent")
-    assert client.get(f"/api/attachments/{attachment['id']}", headers=alice.headers).json["data"]["message_id"] \
+    assert (
+        client.get(f"/api/attachments/{attachment['id']}", headers=alice.headers).json["data"]["message_id"]
         == message["id"]
+    )
 
 
 def test_an_attachment_of_another_chat_or_none_at_all_cannot_be_sent(client, people, chat):
@@ -167,8 +195,9 @@ def test_identical_files_share_one_blob_until_the_last_is_deleted(client, people
 
 
 def test_a_users_file_name_never_becomes_a_path(client, people, chat, tmp_path):
-    answer = upload(client, people["alice"], chat["id"], PDF, "application/pdf",
-                    name="..%2F..%2Fetc%2Fpasswd").json["data"]
+    answer = upload(client, people["alice"], chat["id"], PDF, "application/pdf", name="..%2F..%2Fetc%2Fpasswd").json[
+        "data"
+    ]
     assert answer["name"] == "passwd"
     stored = [os.path.join(root, name) for root, _, names in os.walk(tmp_path) for name in names]
     assert not [path for path in stored if "passwd" in path]
@@ -176,20 +205,23 @@ def test_a_users_file_name_never_becomes_a_path(client, people, chat, tmp_path):
     assert nameless["name"] == "attachment.pdf"
 
 
-@pytest.mark.parametrize("declared, data, kept", [
-    ("application/octet-stream", png(), "image/png"),
-    ("application/octet-stream", b"just some words\n", "text/plain"),
-    ("application/octet-stream", bytes(range(256)) * 4, "application/octet-stream"),
-    ("image/jpg", b"\xff\xd8\xff\xe0" + bytes(100), "image/jpeg"),
-    ("audio/webm", b"\x1a\x45\xdf\xa3" + bytes(100), "audio/webm"),
-    ("audio/mpeg", b"ID3\x04" + bytes(100), "audio/mpeg"),
-    ("audio/ogg", b"OggS" + bytes(100), "audio/ogg"),
-    ("audio/wav", b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(100), "audio/wav"),
-    ("video/mp4", bytes(4) + b"ftypisom" + bytes(100), "video/mp4"),
-    ("image/webp", b"RIFF\x24\x00\x00\x00WEBPVP8 " + bytes(100), "image/webp"),
-    ("image/gif", b"GIF89a\x02\x00\x03\x00" + bytes(100), "image/gif"),
-    ("application/zip", b"PK\x03\x04" + bytes(100), "application/zip"),
-])
+@pytest.mark.parametrize(
+    "declared, data, kept",
+    [
+        ("application/octet-stream", png(), "image/png"),
+        ("application/octet-stream", b"just some words\n", "text/plain"),
+        ("application/octet-stream", bytes(range(256)) * 4, "application/octet-stream"),
+        ("image/jpg", b"\xff\xd8\xff\xe0" + bytes(100), "image/jpeg"),
+        ("audio/webm", b"\x1a\x45\xdf\xa3" + bytes(100), "audio/webm"),
+        ("audio/mpeg", b"ID3\x04" + bytes(100), "audio/mpeg"),
+        ("audio/ogg", b"OggS" + bytes(100), "audio/ogg"),
+        ("audio/wav", b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(100), "audio/wav"),
+        ("video/mp4", bytes(4) + b"ftypisom" + bytes(100), "video/mp4"),
+        ("image/webp", b"RIFF\x24\x00\x00\x00WEBPVP8 " + bytes(100), "image/webp"),
+        ("image/gif", b"GIF89a\x02\x00\x03\x00" + bytes(100), "image/gif"),
+        ("application/zip", b"PK\x03\x04" + bytes(100), "application/zip"),
+    ],
+)
 def test_the_kept_type_agrees_with_the_bytes(client, people, chat, declared, data, kept):
     answer = upload(client, people["alice"], chat["id"], data, declared).json["data"]
     assert answer["content_type"] == kept
@@ -197,11 +229,17 @@ def test_the_kept_type_agrees_with_the_bytes(client, people, chat, declared, dat
 
 # -- refusals ------------------------------------------------------------------------
 
+
 def test_every_attachment_endpoint_needs_a_token(client, people, chat):
     attachment = upload(client, people["alice"], chat["id"], PDF, "application/pdf").json["data"]
     base = f"/api/attachments/{attachment['id']}"
-    for method, url in (("post", f"/api/chats/{chat['id']}/attachments"), ("get", base), ("delete", base),
-                        ("get", f"{base}/content"), ("get", f"{base}/thumbnail")):
+    for method, url in (
+        ("post", f"/api/chats/{chat['id']}/attachments"),
+        ("get", base),
+        ("delete", base),
+        ("get", f"{base}/content"),
+        ("get", f"{base}/thumbnail"),
+    ):
         assert_error(getattr(client, method)(url, status=401), 401)
 
 
@@ -236,8 +274,12 @@ def test_files_over_media_max_bytes_are_413(make_client):
     multipart_answer = form(client, alice, chat["id"], [("file", "big.txt", big, "text/plain")], status=413)
     assert_error(multipart_answer, 413, "MEDIA_MAX_BYTES")
     # Beyond the limit and the multipart allowance, the body limit refuses before anything is read.
-    huge = client.post(f"/api/chats/{chat['id']}/attachments", b"x" * (2048 + media.UPLOAD_OVERHEAD + 1),
-                       headers=dict(alice.headers, **{"Content-Type": "text/plain"}), status=413)
+    huge = client.post(
+        f"/api/chats/{chat['id']}/attachments",
+        b"x" * (2048 + media.UPLOAD_OVERHEAD + 1),
+        headers=dict(alice.headers, **{"Content-Type": "text/plain"}),
+        status=413,
+    )
     assert_error(huge, 413, "Request body too large")
     assert upload(client, alice, chat["id"], b"x" * 2048, "text/plain").json["data"]["size"] == 2048
 
@@ -249,30 +291,37 @@ def test_disallowed_types_are_415(make_client):
     assert_error(upload(client, alice, chat["id"], b"hello", "text/plain", status=415), 415, "not accepted")
     # Declared generically, the sniffed type must be allowed too.
     assert_error(upload(client, alice, chat["id"], b"hello", status=415), 415, "text/plain")
-    form_answer = form(client, alice, chat["id"], [("file", "x.zip", b"PK\x03\x04" + bytes(10), "application/zip")],
-                       status=415)
+    form_answer = form(
+        client, alice, chat["id"], [("file", "x.zip", b"PK\x03\x04" + bytes(10), "application/zip")], status=415
+    )
     assert_error(form_answer, 415, "application/zip")
     assert upload(client, alice, chat["id"], png(), "image/png").json["data"]["content_type"] == "image/png"
 
 
-@pytest.mark.parametrize("declared, data, sniffed", [
-    ("image/png", PDF, "application/pdf"),
-    ("image/jpeg", png(), "image/png"),
-    ("image/png", bytes(range(256)), "unrecognised binary data"),
-    ("text/plain", b"\x00\x01\x02binary", "unrecognised binary data"),
-    ("application/pdf", b"a plain text file", "text/plain"),
-])
+@pytest.mark.parametrize(
+    "declared, data, sniffed",
+    [
+        ("image/png", PDF, "application/pdf"),
+        ("image/jpeg", png(), "image/png"),
+        ("image/png", bytes(range(256)), "unrecognised binary data"),
+        ("text/plain", b"\x00\x01\x02binary", "unrecognised binary data"),
+        ("application/pdf", b"a plain text file", "text/plain"),
+    ],
+)
 def test_bytes_that_contradict_the_declared_type_are_415_naming_both(client, people, chat, declared, data, sniffed):
     response = upload(client, people["alice"], chat["id"], data, declared, status=415)
     assert_error(response, 415, f"declared {declared} but its bytes look like {sniffed}")
 
 
-@pytest.mark.parametrize("query, message", [
-    ({"name": "x" * 256}, "name"),
-    ({"content": "   "}, "content"),
-    ({"content": "x" * 1001}, "content"),
-    ({"send": "yes"}, "send"),
-])
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        ({"name": "x" * 256}, "name"),
+        ({"content": "   "}, "content"),
+        ({"content": "x" * 1001}, "content"),
+        ({"send": "yes"}, "send"),
+    ],
+)
 def test_bad_upload_parameters_are_400_and_keep_nothing(client, people, chat, tmp_path, query, message):
     response = upload(client, people["alice"], chat["id"], PDF, "application/pdf", status=400, **query)
     assert_error(response, 400, message)
@@ -287,15 +336,29 @@ def test_bad_multipart_bodies_are_400(client, people, chat, tmp_path):
 
     assert_error(post(b"", "multipart/form-data"), 400, "boundary")
     assert_error(post(b"no delimiter at all"), 400, "no boundary delimiter")
-    assert_error(post(b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nunfinished"), 400, "closing")
+    assert_error(post(b'--XyZ\r\nContent-Disposition: form-data; name="file"\r\n\r\nunfinished'), 400, "closing")
     assert_error(post(b"--XyZ\r\nContent-Disposition: form-data\r\n\r\nx\r\n--XyZ--"), 400, "no name")
-    assert_error(post(b"--XyZ\r\nContent-Disposition: form-data; name=\"content\"\r\n\r\nhi\r\n--XyZ--"), 400,
-                 "Missing required field: file")
-    assert_error(form(client, alice, chat["id"], [("file", "a.pdf", PDF, "application/pdf"),
-                                                  ("file", "b.pdf", PDF, "application/pdf")], status=400),
-                 400, "one file")
-    assert_error(form(client, alice, chat["id"], [("file", "a.pdf", PDF, "application/pdf")], content=" ",
-                      status=400), 400, "content")
+    assert_error(
+        post(b'--XyZ\r\nContent-Disposition: form-data; name="content"\r\n\r\nhi\r\n--XyZ--'),
+        400,
+        "Missing required field: file",
+    )
+    assert_error(
+        form(
+            client,
+            alice,
+            chat["id"],
+            [("file", "a.pdf", PDF, "application/pdf"), ("file", "b.pdf", PDF, "application/pdf")],
+            status=400,
+        ),
+        400,
+        "one file",
+    )
+    assert_error(
+        form(client, alice, chat["id"], [("file", "a.pdf", PDF, "application/pdf")], content=" ", status=400),
+        400,
+        "content",
+    )
     assert blob_files(tmp_path) == []
 
 
@@ -304,6 +367,7 @@ def test_an_empty_file_is_400(client, people, chat):
 
 
 # -- downloading -----------------------------------------------------------------------
+
 
 @pytest.fixture
 def movie(client, people, chat):
@@ -320,8 +384,10 @@ def test_a_download_carries_type_length_disposition_and_etag(client, people, mov
     assert answer.headers["Content-Length"] == str(len(data))
     assert answer.headers["ETag"] == f'"{attachment["sha256"]}"'
     assert answer.headers["Accept-Ranges"] == "bytes"
-    assert answer.headers["Content-Disposition"] == \
-        "inline; filename=\"clip _.mp4\"; filename*=UTF-8''clip%20%E2%98%83.mp4"
+    assert (
+        answer.headers["Content-Disposition"]
+        == "inline; filename=\"clip _.mp4\"; filename*=UTF-8''clip%20%E2%98%83.mp4"
+    )
     assert answer.headers["X-Content-Type-Options"] == "nosniff"
     assert "sandbox" in answer.headers["Content-Security-Policy"]
 
@@ -341,15 +407,22 @@ def test_if_none_match_answers_304_without_a_body(client, people, movie):
     assert client.get(url, headers=dict(people["bob"].headers, **{"If-None-Match": '"other"'})).status_int == 200
 
 
-@pytest.mark.parametrize("header, first, last", [
-    ("bytes=0-9", 0, 9), ("bytes=100-", 100, None), ("bytes=-16", -16, None), ("bytes=10-99999", 10, None),
-    ("bytes = 5 - 6", 5, 6),
-])
+@pytest.mark.parametrize(
+    "header, first, last",
+    [
+        ("bytes=0-9", 0, 9),
+        ("bytes=100-", 100, None),
+        ("bytes=-16", -16, None),
+        ("bytes=10-99999", 10, None),
+        ("bytes = 5 - 6", 5, 6),
+    ],
+)
 def test_a_single_byte_range_answers_206(client, people, movie, header, first, last):
     data, attachment = movie
-    answer = client.get(f"/api/attachments/{attachment['id']}/content",
-                        headers=dict(people["bob"].headers, Range=header), status=206)
-    expected = data[first:] if last is None else data[first:last + 1]
+    answer = client.get(
+        f"/api/attachments/{attachment['id']}/content", headers=dict(people["bob"].headers, Range=header), status=206
+    )
+    expected = data[first:] if last is None else data[first : last + 1]
     start = first if first >= 0 else len(data) + first
     assert answer.body == expected
     assert answer.headers["Content-Range"] == f"bytes {start}-{start + len(expected) - 1}/{len(data)}"
@@ -359,16 +432,18 @@ def test_a_single_byte_range_answers_206(client, people, movie, header, first, l
 @pytest.mark.parametrize("header", ["bytes=0-1,5-6", "bytes=9-2", "items=0-1", "bytes=", "bytes=x-y"])
 def test_ranges_that_are_malformed_or_several_get_the_whole_file(client, people, movie, header):
     data, attachment = movie
-    answer = client.get(f"/api/attachments/{attachment['id']}/content",
-                        headers=dict(people["bob"].headers, Range=header), status=200)
+    answer = client.get(
+        f"/api/attachments/{attachment['id']}/content", headers=dict(people["bob"].headers, Range=header), status=200
+    )
     assert answer.body == data
 
 
 @pytest.mark.parametrize("header", ["bytes=999999-", "bytes=-0"])
 def test_an_unsatisfiable_range_is_416(client, people, movie, header):
     data, attachment = movie
-    answer = client.get(f"/api/attachments/{attachment['id']}/content",
-                        headers=dict(people["bob"].headers, Range=header), status=416)
+    answer = client.get(
+        f"/api/attachments/{attachment['id']}/content", headers=dict(people["bob"].headers, Range=header), status=416
+    )
     assert_error(answer, 416)
     assert answer.headers["Content-Range"] == f"bytes */{len(data)}"
 
@@ -403,20 +478,24 @@ def test_the_file_goes_out_through_the_servers_file_wrapper(client, people, movi
         def close(self):
             self.file.close()
 
-    answer = client.get(f"/api/attachments/{attachment['id']}/content", headers=people["bob"].headers,
-                        extra_environ={"wsgi.file_wrapper": FileWrapper})
+    answer = client.get(
+        f"/api/attachments/{attachment['id']}/content",
+        headers=people["bob"].headers,
+        extra_environ={"wsgi.file_wrapper": FileWrapper},
+    )
     assert answer.body == data and used == [media.BLOCK]
 
 
 # -- thumbnails ---------------------------------------------------------------------------
 
+
 def test_images_get_a_thumbnail_no_larger_than_320_pixels(client, people, chat):
     pytest.importorskip("PIL", reason="thumbnails need Pillow (the media extra)")
     from PIL import Image
+
     attachment = upload(client, people["alice"], chat["id"], png(800, 400), "image/png").json["data"]
     thumbnail = attachment["thumbnail"]
-    assert thumbnail == {"status": "ready", "reason": None, "content_type": "image/jpeg", "width": 320,
-                         "height": 160}
+    assert thumbnail == {"status": "ready", "reason": None, "content_type": "image/jpeg", "width": 320, "height": 160}
     answer = client.get(f"/api/attachments/{attachment['id']}/thumbnail", headers=people["bob"].headers)
     assert answer.headers["Content-Type"] == "image/jpeg" and answer.headers["ETag"].startswith('"')
     assert Image.open(io.BytesIO(answer.body)).size == (320, 160)
@@ -432,8 +511,13 @@ def test_transparent_images_keep_their_transparency_as_png(client, people, chat)
 
 def test_other_kinds_say_clearly_that_they_have_no_thumbnail(client, people, chat):
     attachment = upload(client, people["alice"], chat["id"], PDF, "application/pdf").json["data"]
-    assert attachment["thumbnail"] == {"status": "none", "reason": "Only images have thumbnails",
-                                       "content_type": None, "width": None, "height": None}
+    assert attachment["thumbnail"] == {
+        "status": "none",
+        "reason": "Only images have thumbnails",
+        "content_type": None,
+        "width": None,
+        "height": None,
+    }
     answer = client.get(f"/api/attachments/{attachment['id']}/thumbnail", headers=people["bob"].headers, status=404)
     assert_error(answer, 404, "Only images have thumbnails")
 
@@ -459,6 +543,7 @@ def test_without_pillow_the_server_runs_says_so_and_makes_no_thumbnails(make_cli
 
 
 # -- deleting ------------------------------------------------------------------------------
+
 
 def test_the_uploader_or_a_moderator_deletes_an_attachment_and_its_bytes_go(client, people, chat, tmp_path):
     alice, bob, carol = people["alice"], people["bob"], people["carol"]
@@ -506,6 +591,7 @@ def test_deleting_a_chat_deletes_its_attachments_bytes(client, people, chat, tmp
 
 # -- the multipart parser and the upload body limit on their own ------------------------------
 
+
 def encode(parts, boundary=b"b0undary"):
     out = b"preamble to ignore\r\n"
     for name, filename, data in parts:
@@ -516,9 +602,16 @@ def encode(parts, boundary=b"b0undary"):
 
 def parse(body, boundary=b"b0undary", chunk=7, **options):
     stream = io.BytesIO(body)
-    return [(part.name, part.filename, part.text(1 << 20) if part.filename is None else b"".join(
-        iter(lambda: part.read(random.randint(1, 50)), b""))) for part in
-        multipart.Parts(lambda n: stream.read(min(n, chunk)), boundary, **options)]
+    return [
+        (
+            part.name,
+            part.filename,
+            part.text(1 << 20)
+            if part.filename is None
+            else b"".join(iter(lambda: part.read(random.randint(1, 50)), b"")),
+        )
+        for part in multipart.Parts(lambda n: stream.read(min(n, chunk)), boundary, **options)
+    ]
 
 
 @settings(max_examples=150, deadline=None)
@@ -530,16 +623,18 @@ def test_the_parser_returns_every_byte_whatever_the_reads(data, chunk):
 
 
 def test_the_parser_reads_rfc_8187_names_and_werkzeugs_empty_fields():
-    body = (b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x\"; "
-            b"filename*=UTF-8''%C3%A9t%C3%A9.txt\r\n\r\nsummer\r\n"
-            b"--b\r\nContent-Disposition: form-data; name=\"content\"\r\n\r\n--b--\r\n")
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="x"; '
+        b"filename*=UTF-8''%C3%A9t%C3%A9.txt\r\n\r\nsummer\r\n"
+        b'--b\r\nContent-Disposition: form-data; name="content"\r\n\r\n--b--\r\n'
+    )
     assert parse(body, b"b") == [("file", "été.txt", b"summer"), ("content", None, "")]
 
 
 def test_the_parser_limits_parts_and_header_size():
     with pytest.raises(multipart.MultipartError, match="More than 2 parts"):
         parse(encode([("a", None, b"1")] * 3), max_parts=2)
-    long_header = b"--b\r\nContent-Disposition: form-data; name=\"" + b"a" * 20000 + b"\"\r\n\r\nx\r\n--b--"
+    long_header = b'--b\r\nContent-Disposition: form-data; name="' + b"a" * 20000 + b'"\r\n\r\nx\r\n--b--'
     with pytest.raises(multipart.MultipartError, match="headers are longer"):
         parse(long_header, b"b")
 
@@ -549,8 +644,9 @@ def test_the_parser_limits_parts_and_header_size():
 def test_no_multipart_body_makes_the_upload_fail_with_500(client, body):
     if not hasattr(client, "fuzz_user"):
         client.fuzz_user = client.user("fuzz")
-        client.fuzz_chat = client.post_json("/api/chats/group", {"name": "f"},
-                                            headers=client.fuzz_user.headers).json["data"]["id"]
+        client.fuzz_chat = client.post_json("/api/chats/group", {"name": "f"}, headers=client.fuzz_user.headers).json[
+            "data"
+        ]["id"]
     framed = encode([("file", "x", body)], b"XyZ") if body[:1] == b"\x00" else b"--XyZ\r\n" + body
     headers = dict(client.fuzz_user.headers, **{"Content-Type": "multipart/form-data; boundary=XyZ"})
     answer = client.post(f"/api/chats/{client.fuzz_chat}/attachments", framed, headers=headers, expect_errors=True)
@@ -566,10 +662,14 @@ def echo_length(environ, start_response):
 def test_the_body_limit_lets_upload_paths_be_larger():
     app = TestApp(validator(BodyLimit(echo_length, 10, larger=((r"/api/chats/[^/]+/attachments", 100),))))
     assert app.post("/api/chats/c1/attachments", b"x" * 100).body == b"100"
-    assert app.post("/api/chats/c1/attachments", b"x" * 101, status=413).json["message"] == \
-        "Request body too large (limit 100 bytes)"
-    assert app.post("/api/chats/c1/messages", b"x" * 11, status=413).json["message"] == \
-        "Request body too large (limit 10 bytes)"
+    assert (
+        app.post("/api/chats/c1/attachments", b"x" * 101, status=413).json["message"]
+        == "Request body too large (limit 100 bytes)"
+    )
+    assert (
+        app.post("/api/chats/c1/messages", b"x" * 11, status=413).json["message"]
+        == "Request body too large (limit 10 bytes)"
+    )
     assert app.post("/api/chats/c1/attachments/extra", b"x" * 11, status=413)  # the pattern matches in full
 
 
@@ -581,6 +681,7 @@ def test_a_bad_larger_limit_is_refused_when_the_middleware_is_built(larger):
 
 # -- a real server ------------------------------------------------------------------------------
 
+
 def test_a_real_server_streams_uploads_and_ranges(tmp_path):
     server = Server(tmp_path / "data", MEDIA_MAX_BYTES=8 * 1024 * 1024)
     try:
@@ -588,9 +689,16 @@ def test_a_real_server_streams_uploads_and_ranges(tmp_path):
         chat = server.client(tokens={"access_token": token}).create_group("films")
         data = os.urandom(3 * 1024 * 1024)
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-        connection.request("POST", f"/api/chats/{chat['id']}/attachments?name=film.bin", body=io.BytesIO(data),
-                           headers={"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream",
-                                    "Content-Length": str(len(data))})
+        connection.request(
+            "POST",
+            f"/api/chats/{chat['id']}/attachments?name=film.bin",
+            body=io.BytesIO(data),
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(len(data)),
+            },
+        )
         response = connection.getresponse()
         attachment = __import__("json").loads(response.read())["data"]
         assert response.status == 201 and attachment["size"] == len(data)
@@ -602,8 +710,9 @@ def test_a_real_server_streams_uploads_and_ranges(tmp_path):
         response = connection.getresponse()
         assert response.status == 206 and response.read() == data[1000000:1000100]
         assert response.getheader("Content-Range") == f"bytes 1000000-1000099/{len(data)}"
-        connection.request("GET", url, headers={"Authorization": f"Bearer {token}",
-                                                "If-None-Match": f'"{attachment["sha256"]}"'})
+        connection.request(
+            "GET", url, headers={"Authorization": f"Bearer {token}", "If-None-Match": f'"{attachment["sha256"]}"'}
+        )
         response = connection.getresponse()
         assert response.status == 304 and response.read() == b""
         connection.close()

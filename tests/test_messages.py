@@ -3,7 +3,6 @@
 import threading
 
 import pytest
-
 from conftest import assert_error
 
 
@@ -73,8 +72,7 @@ def test_the_author_may_delete_a_message(client, people):
     alice, bob, _ = people
     message = post(client, alice, "oops").json["data"]
     response = client.delete(f"/api/messages/{message['id']}", headers=alice.headers)
-    assert response.json == {"status": "success",
-                             "message": f"Message with ID {message['id']} deleted successfully"}
+    assert response.json == {"status": "success", "message": f"Message with ID {message['id']} deleted successfully"}
     assert_error(client.get(f"/api/messages/{message['id']}", headers=bob.headers, status=404), 404)
     assert contents(client.get("/api/messages", headers=alice.headers)) == []
 
@@ -83,21 +81,25 @@ def test_others_cannot_delete_a_message_they_see_or_one_they_do_not(client, peop
     alice, bob, carol = people
     public = post(client, alice, "public").json["data"]
     private = post(client, alice, "to bob", recipient=bob).json["data"]
-    assert_error(client.delete(f"/api/messages/{public['id']}", headers=bob.headers, status=403), 403,
-                 "do not have permission")
+    assert_error(
+        client.delete(f"/api/messages/{public['id']}", headers=bob.headers, status=403), 403, "do not have permission"
+    )
     assert_error(client.delete(f"/api/messages/{private['id']}", headers=carol.headers, status=404), 404)
     assert_error(client.delete("/api/messages/nope", headers=carol.headers, status=404), 404)
     assert len(contents(client.get("/api/messages", headers=bob.headers))) == 2
 
 
-@pytest.mark.parametrize("body, message", [
-    ({}, "Missing required field: content"),
-    ({"content": "   "}, "Missing required field: content"),
-    ({"content": 42}, "must be a string"),
-    ({"content": "x" * 1001}, "at most 1000"),
-    ({"content": "hi", "recipient_id": "nobody"}, "Recipient with ID nobody not found"),
-    ({"content": "hi", "recipient_id": 3}, "must be a string"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({}, "Missing required field: content"),
+        ({"content": "   "}, "Missing required field: content"),
+        ({"content": 42}, "must be a string"),
+        ({"content": "x" * 1001}, "at most 1000"),
+        ({"content": "hi", "recipient_id": "nobody"}, "Recipient with ID nobody not found"),
+        ({"content": "hi", "recipient_id": 3}, "must be a string"),
+    ],
+)
 def test_bad_messages_are_refused_with_400(client, people, body, message):
     alice, _, _ = people
     assert_error(client.post_json("/api/messages", body, headers=alice.headers, status=400), 400, message)
@@ -110,15 +112,23 @@ def test_max_message_length_is_a_setting(make_client):
     assert_error(post(client, alice, "x" * 11, status=400), 400, "at most 10")
 
 
-@pytest.mark.parametrize("method, path", [
-    ("get", "/api/messages"), ("post", "/api/messages"), ("get", "/api/messages/me"),
-    ("get", "/api/messages/some-id"), ("delete", "/api/messages/some-id"), ("get", "/api/auth/token-info"),
-])
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("get", "/api/messages"),
+        ("post", "/api/messages"),
+        ("get", "/api/messages/me"),
+        ("get", "/api/messages/some-id"),
+        ("delete", "/api/messages/some-id"),
+        ("get", "/api/auth/token-info"),
+    ],
+)
 def test_every_message_endpoint_needs_a_token(client, method, path):
     assert_error(getattr(client, method)(path, status=401), 401, "missing")
 
 
 # -- pages ------------------------------------------------------------------
+
 
 @pytest.fixture
 def seventy(client, people):
@@ -167,11 +177,18 @@ def test_private_messages_of_others_never_appear_in_a_page(client, people, seven
     assert listed == [f"m{n}" for n in range(70) if n % 7 != 0]
 
 
-@pytest.mark.parametrize("query, message", [
-    ({"limit": "0"}, "limit"), ({"limit": "201"}, "limit"), ({"limit": "ten"}, "limit"),
-    ({"limit": "-1"}, "limit"), ({"before": "a", "after": "b"}, "either"),
-    ({"before": "unknown"}, "before"), ({"after": "unknown"}, "after"),
-])
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        ({"limit": "0"}, "limit"),
+        ({"limit": "201"}, "limit"),
+        ({"limit": "ten"}, "limit"),
+        ({"limit": "-1"}, "limit"),
+        ({"before": "a", "after": "b"}, "either"),
+        ({"before": "unknown"}, "before"),
+        ({"after": "unknown"}, "after"),
+    ],
+)
 def test_bad_paging_parameters_are_refused_with_400(client, seventy, query, message):
     assert_error(client.get("/api/messages", query, headers=seventy.headers, status=400), 400, message)
 

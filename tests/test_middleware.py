@@ -172,8 +172,16 @@ def test_exempt_path_passes_without_api_key_but_only_on_exact_match():
 
 @pytest.mark.parametrize(
     "keys, exempt_paths",
-    [([], ()), ("key-one", ()), ([""], ()), (["clé"], ()), (["with space"], ()), ([b"bytes"], ()),
-     (["key-one"], "/api/health"), (["key-one"], ("api/health",))],
+    [
+        ([], ()),
+        ("key-one", ()),
+        ([""], ()),
+        (["clé"], ()),
+        (["with space"], ()),
+        ([b"bytes"], ()),
+        (["key-one"], "/api/health"),
+        (["key-one"], ("api/health",)),
+    ],
 )
 def test_api_key_bad_config_raises_value_error(keys, exempt_paths):
     with pytest.raises(ValueError):
@@ -231,8 +239,11 @@ def test_preflight_is_answered_204_without_calling_the_app():
     inner = RecordingApp()
     response = client(Cors(inner, [ORIGIN])).options(
         "/api/messages",
-        headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "authorization, x-api-key"},
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, x-api-key",
+        },
         status=204,
     )
     assert inner.environs == []
@@ -247,9 +258,7 @@ def test_preflight_is_answered_204_without_calling_the_app():
 
 def test_preflight_needs_no_api_key_when_cors_wraps_api_key():
     app = client(Cors(ApiKey(checked(ok_app), ["key-one"]), [ORIGIN]))
-    response = app.options(
-        "/api/chats", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "GET"}, status=204
-    )
+    response = app.options("/api/chats", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "GET"}, status=204)
     assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
 
 
@@ -333,8 +342,17 @@ def test_cors_does_not_buffer_a_streamed_body():
 
 @pytest.mark.parametrize(
     "origins",
-    ["https://chat.example", [], ["*"], ["chat.example"], ["https://chat.example/"],
-     ["https://chat.example/path"], ["https://chat.example?x=1"], ["null"], [None]],
+    [
+        "https://chat.example",
+        [],
+        ["*"],
+        ["chat.example"],
+        ["https://chat.example/"],
+        ["https://chat.example/path"],
+        ["https://chat.example?x=1"],
+        ["null"],
+        [None],
+    ],
 )
 def test_cors_bad_config_raises_value_error(origins):
     with pytest.raises(ValueError):
@@ -472,9 +490,17 @@ def test_token_bucket_never_holds_more_than_its_capacity():
 
 @pytest.mark.parametrize(
     "policy",
-    [{"per_minute": 0}, {"per_minute": -5}, {"per_minute": 1.5}, {"per_minute": True}, {"burst": 0},
-     {"strict_per_minute": 0}, {"strict_paths": "/auth/login"}, {"strict_paths": ("auth/login",)},
-     {"max_clients": 0}],
+    [
+        {"per_minute": 0},
+        {"per_minute": -5},
+        {"per_minute": 1.5},
+        {"per_minute": True},
+        {"burst": 0},
+        {"strict_per_minute": 0},
+        {"strict_paths": "/auth/login"},
+        {"strict_paths": ("auth/login",)},
+        {"max_clients": 0},
+    ],
 )
 def test_rate_limit_bad_policy_raises_value_error(policy):
     with pytest.raises(ValueError):
@@ -644,8 +670,10 @@ def test_access_log_includes_the_script_name(caplog):
 
 def test_access_log_percent_encodes_control_characters_so_lines_cannot_be_forged(caplog):
     caplog.set_level(logging.INFO, logger="oxc.access")
-    call(AccessLog(ok_app, clock=SteppingClock(0.0, 0.0)),
-         raw_environ(PATH_INFO="/a\n200 GET /admin b", HTTP_X_REQUEST_ID="r1"))
+    call(
+        AccessLog(ok_app, clock=SteppingClock(0.0, 0.0)),
+        raw_environ(PATH_INFO="/a\n200 GET /admin b", HTTP_X_REQUEST_ID="r1"),
+    )
     assert access_lines(caplog) == ["GET /a%0A200%20GET%20/admin%20b 200 0.0ms rid=r1"]
 
 
@@ -753,8 +781,9 @@ def test_composed_stack_decorates_refusals_and_answers_preflights_before_the_key
         clock=FakeClock(),
     )
     app = client(stack, **CLIENT)
-    preflight = app.options("/api/chats", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "GET"},
-                            status=204)
+    preflight = app.options(
+        "/api/chats", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "GET"}, status=204
+    )
     assert preflight.headers["Access-Control-Allow-Origin"] == ORIGIN
     assert "X-Request-ID" in preflight.headers
 

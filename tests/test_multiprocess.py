@@ -14,10 +14,10 @@ import threading
 import time
 
 import pytest
-
-from oxc_client import Client
 from server import ROOT, Server, wait_until
 from test_crash import Ledger, write_messages
+
+from oxc_client import Client
 
 pytestmark = pytest.mark.backends("postgres")
 
@@ -40,6 +40,7 @@ def login(url, name):
 
 def listen(client, seen, wanted):
     """Collect (arrival time, event) of chat messages from ``client``'s stream until ``wanted`` came."""
+
     def run():
         events = client.stream()
         for event in events:
@@ -48,6 +49,7 @@ def listen(client, seen, wanted):
                 if len(seen) >= wanted:
                     events.close()
                     return
+
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
@@ -75,8 +77,7 @@ def test_a_kill_9_of_one_process_loses_nothing_it_acknowledged(servers):
     first, second = servers
     token = first.user("alice")["access_token"]
     ledger, stop = Ledger(), threading.Event()
-    writers = [threading.Thread(target=write_messages, args=(first, "alice", token, ledger, stop))
-               for _ in range(4)]
+    writers = [threading.Thread(target=write_messages, args=(first, "alice", token, ledger, stop)) for _ in range(4)]
     for writer in writers:
         writer.start()
     assert wait_until(lambda: len(ledger.messages) >= 50, timeout=20)
@@ -98,11 +99,33 @@ def test_gunicorn_gevent_workers_on_one_database_deliver_every_event_to_a_stream
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = dict(os.environ, DATA_DIR=str(tmp_path / "data"), STORE_URL=backend["store_url"], BCRYPT_ROUNDS="4",
-               LOG_LEVEL="WARNING")
-    process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", "2", "--graceful-timeout",
-                                "3", "-b", f"127.0.0.1:{port}", "oxc_wsgi:application"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(
+        os.environ,
+        DATA_DIR=str(tmp_path / "data"),
+        STORE_URL=backend["store_url"],
+        BCRYPT_ROUNDS="4",
+        LOG_LEVEL="WARNING",
+    )
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-k",
+            "gevent",
+            "-w",
+            "2",
+            "--graceful-timeout",
+            "3",
+            "-b",
+            f"127.0.0.1:{port}",
+            "oxc_wsgi:application",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
 

@@ -9,7 +9,6 @@ import threading
 import time
 
 import pytest
-
 from conftest import assert_error
 from server import wait_until
 
@@ -19,8 +18,9 @@ SECRET = "push-secret-for-tests-0123456789"
 @pytest.fixture
 def group(client):
     alice, bob, carol = (client.user(name) for name in ("alice", "bob", "carol"))
-    chat = client.post_json("/api/chats/group", {"name": "team", "members": [bob.id, carol.id]},
-                            headers=alice.headers).json["data"]
+    chat = client.post_json(
+        "/api/chats/group", {"name": "team", "members": [bob.id, carol.id]}, headers=alice.headers
+    ).json["data"]
     return alice, bob, carol, chat["id"]
 
 
@@ -64,8 +64,9 @@ def test_a_plain_group_message_notifies_nobody(client, group):
 
 def test_direct_messages_notify_unless_muted(client, group):
     alice, bob, _, _ = group
-    chat = client.post_json("/api/chats/direct", {"user_id": bob.id, "content": "psst"},
-                            headers=alice.headers).json["data"]
+    chat = client.post_json("/api/chats/direct", {"user_id": bob.id, "content": "psst"}, headers=alice.headers).json[
+        "data"
+    ]
     assert kinds(client, bob)[0] == "direct_message"
     client.put_json(f"/api/chats/{chat['id']}/mute", {"muted": True}, headers=bob.headers)
     count = len(kinds(client, bob))
@@ -111,8 +112,7 @@ def test_the_feed_pages_counts_and_marks_read(client, group):
 def test_feed_refusals(client, group):
     alice, bob, _, chat_id = group
     note = feed(client, bob)["notifications"][0]
-    assert_error(client.post_json(f"/api/notifications/{note['id']}/read", {}, headers=alice.headers,
-                                  status=404), 404)
+    assert_error(client.post_json(f"/api/notifications/{note['id']}/read", {}, headers=alice.headers, status=404), 404)
     assert_error(client.get("/api/notifications", {"before": note["id"]}, headers=alice.headers, status=400), 400)
     assert_error(client.get("/api/notifications", {"unread": "maybe"}, headers=bob.headers, status=400), 400)
     assert_error(client.get("/api/notifications", {"limit": "0"}, headers=bob.headers, status=400), 400)
@@ -134,27 +134,39 @@ def test_notifications_also_arrive_as_events(client, group):
 
 # -- devices ----------------------------------------------------------------------------
 
+
 def test_devices_are_registered_listed_and_removed(make_client):
     client = make_client(push_device_hosts=("hooks.example",))
     alice, bob = client.user("alice"), client.user("bob")
-    phone = client.post_json("/api/devices", {"platform": "ios", "token": "apns-token"}, headers=alice.headers,
-                             status=201).json["data"]
-    hook = client.post_json("/api/devices", {"platform": "webhook", "endpoint": "https://hooks.example/push"},
-                            headers=alice.headers, status=201).json["data"]
-    assert [d["id"] for d in client.get("/api/devices", headers=alice.headers).json["data"]] == [phone["id"], hook["id"]]
+    phone = client.post_json(
+        "/api/devices", {"platform": "ios", "token": "apns-token"}, headers=alice.headers, status=201
+    ).json["data"]
+    hook = client.post_json(
+        "/api/devices",
+        {"platform": "webhook", "endpoint": "https://hooks.example/push"},
+        headers=alice.headers,
+        status=201,
+    ).json["data"]
+    assert [d["id"] for d in client.get("/api/devices", headers=alice.headers).json["data"]] == [
+        phone["id"],
+        hook["id"],
+    ]
     assert_error(client.delete(f"/api/devices/{phone['id']}", headers=bob.headers, status=404), 404)
     client.delete(f"/api/devices/{phone['id']}", headers=alice.headers)
     assert [d["id"] for d in client.get("/api/devices", headers=alice.headers).json["data"]] == [hook["id"]]
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"token": "t"}, "platform"),
-    ({"platform": "pager", "token": "t"}, "platform"),
-    ({"platform": "web"}, "token"),
-    ({"platform": "web", "endpoint": "ftp://hooks.example/x"}, "http(s) URL"),
-    ({"platform": "web", "endpoint": "http://127.0.0.1:5432/"}, "PUSH_DEVICE_HOSTS"),
-    ({"platform": "web", "endpoint": "http://169.254.169.254/latest"}, "PUSH_DEVICE_HOSTS"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"token": "t"}, "platform"),
+        ({"platform": "pager", "token": "t"}, "platform"),
+        ({"platform": "web"}, "token"),
+        ({"platform": "web", "endpoint": "ftp://hooks.example/x"}, "http(s) URL"),
+        ({"platform": "web", "endpoint": "http://127.0.0.1:5432/"}, "PUSH_DEVICE_HOSTS"),
+        ({"platform": "web", "endpoint": "http://169.254.169.254/latest"}, "PUSH_DEVICE_HOSTS"),
+    ],
+)
 def test_bad_devices_are_refused(make_client, body, message):
     client = make_client(push_device_hosts=("hooks.example",))
     alice = client.user("alice")
@@ -162,6 +174,7 @@ def test_bad_devices_are_refused(make_client, body, message):
 
 
 # -- push -------------------------------------------------------------------------------
+
 
 class Receiver:
     """A webhook receiver on loopback answering a scripted list of statuses (then 200)."""
@@ -260,8 +273,9 @@ def test_after_the_last_attempt_a_delivery_is_a_dead_letter_admins_can_see(make_
 def test_one_delivery_per_receiver_carries_every_notification_of_a_message(make_client, receiver):
     client = push_client(make_client, receiver.url)
     alice, bob, carol = client.user("alice"), client.user("bob"), client.user("carol")
-    chat = client.post_json("/api/chats/group", {"name": "g", "members": [bob.id, carol.id]},
-                            headers=alice.headers).json["data"]
+    chat = client.post_json(
+        "/api/chats/group", {"name": "g", "members": [bob.id, carol.id]}, headers=alice.headers
+    ).json["data"]
     assert wait_until(lambda: len(receiver.deliveries) == 1, timeout=5)
     say(client, alice, chat["id"], "@bob @carol look")
     assert wait_until(lambda: len(receiver.deliveries) == 2, timeout=5)

@@ -20,8 +20,11 @@ PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 def served_operations(doc):
     """(METHOD, path) -> operation for every operation in ``doc``."""
-    return {(method.upper(), path): operation
-            for path, methods in doc["paths"].items() for method, operation in methods.items()}
+    return {
+        (method.upper(), path): operation
+        for path, methods in doc["paths"].items()
+        for method, operation in methods.items()
+    }
 
 
 def contract_problems(doc, table):
@@ -34,19 +37,18 @@ def contract_problems(doc, table):
             problems.append(f"{route.method} {route.template} ({route.name}) is not documented")
             continue
         if operation.get("operationId") != route.name:
-            problems.append(f"{route.method} {route.template} is {operation.get('operationId')!r}, "
-                            f"not {route.name!r}")
+            problems.append(f"{route.method} {route.template} is {operation.get('operationId')!r}, not {route.name!r}")
         for field in ("summary", "description"):
             if not str(operation.get(field, "")).strip():
                 problems.append(f"{route.name} has no {field}")
         if not operation.get("tags"):
             problems.append(f"{route.name} has no tag")
     routed = {(route.method, route.template) for route in table}
-    problems += [f"{method} {path} is documented but not routed"
-                 for method, path in served if (method, path) not in routed]
+    problems += [
+        f"{method} {path} is documented but not routed" for method, path in served if (method, path) not in routed
+    ]
     names = {route.name for route in table}
-    problems += [f"OPERATIONS entry {name} has no route"
-                 for name in openapi.operations() if name not in names]
+    problems += [f"OPERATIONS entry {name} has no route" for name in openapi.operations() if name not in names]
     return problems
 
 
@@ -62,8 +64,9 @@ def resolve(doc, node):
 
 def validates(doc, schema, instance):
     """Raise unless ``instance`` matches ``schema`` (whose refs point into ``doc``)."""
-    jsonschema.Draft202012Validator({**schema, "components": doc["components"]},
-                                    format_checker=jsonschema.FormatChecker()).validate(instance)
+    jsonschema.Draft202012Validator(
+        {**schema, "components": doc["components"]}, format_checker=jsonschema.FormatChecker()
+    ).validate(instance)
 
 
 @pytest.fixture
@@ -81,11 +84,11 @@ def test_a_route_without_an_entry_or_description_is_caught(client, doc, monkeypa
         """Not documented on purpose."""
 
     table = routes(client.prefix) + [Route("POST", f"{client.prefix}/reactions", post_reaction, True)]
-    assert contract_problems(doc, table) == [
-        f"POST {client.prefix}/reactions (post_reaction) is not documented"]
+    assert contract_problems(doc, table) == [f"POST {client.prefix}/reactions (post_reaction) is not documented"]
 
-    monkeypatch.setitem(openapi.OPERATIONS, "get_health",
-                        openapi.dataclasses.replace(openapi.OPERATIONS["get_health"], description=""))
+    monkeypatch.setitem(
+        openapi.OPERATIONS, "get_health", openapi.dataclasses.replace(openapi.OPERATIONS["get_health"], description="")
+    )
     undescribed = openapi.build_document(client.wsgi.core.ctx.settings, routes(client.prefix), "0")
     assert contract_problems(undescribed, routes(client.prefix)) == ["get_health has no description"]
 
@@ -152,11 +155,9 @@ def test_every_path_placeholder_is_a_required_path_parameter(doc):
 def test_list_operations_document_limit_and_cursors(client, doc):
     for path in (f"{client.prefix}/messages", f"{client.prefix}/messages/me"):
         operation = doc["paths"][path]["get"]
-        parameters = {parameter["name"]: parameter
-                      for parameter in (resolve(doc, p) for p in operation["parameters"])}
+        parameters = {parameter["name"]: parameter for parameter in (resolve(doc, p) for p in operation["parameters"])}
         assert set(parameters) == {"limit", "before", "after"}
-        assert parameters["limit"]["schema"] == {
-            "type": "integer", "minimum": 1, "maximum": 200, "default": 50}
+        assert parameters["limit"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}
         assert all(parameter["in"] == "query" for parameter in parameters.values())
 
 
@@ -206,7 +207,7 @@ def test_errors_use_the_error_envelope_and_successes_the_success_envelope(doc):
 
 def test_every_example_matches_its_schema(client, doc):
     components = doc["components"]
-    for (method, path), operation in served_operations(doc).items():
+    for operation in served_operations(doc).values():
         media = operation.get("requestBody", {}).get("content", {}).get("application/json")
         if media is not None:  # uploads are files, not JSON
             validates(doc, media["schema"], media["example"])
@@ -223,15 +224,19 @@ def test_the_request_examples_work_against_the_app(client, doc):
 
     client.post_json(f"{client.prefix}/auth/register", example("auth/register"), status=201)
     token = client.post_json(f"{client.prefix}/auth/login", example("auth/login"), status=200).json["data"]
-    client.post_json(f"{client.prefix}/messages", example("messages"), status=201,
-                     headers={"Authorization": f"Bearer {token['access_token']}"})
+    client.post_json(
+        f"{client.prefix}/messages",
+        example("messages"),
+        status=201,
+        headers={"Authorization": f"Bearer {token['access_token']}"},
+    )
 
 
 def test_the_docs_page_renders_every_operation_and_works_offline(client, doc):
     page = client.get(f"{client.prefix}/docs")
     assert page.status_int == 200
     assert page.headers["Content-Type"] == "text/html; charset=utf-8"
-    for (method, path), operation in served_operations(doc).items():
+    for (_method, path), operation in served_operations(doc).items():
         assert path in page.text and operation["operationId"] in page.text
         assert operation["summary"] in page.text.replace("&#x27;", "'")
     assert not re.search(r"https?://", page.text, re.IGNORECASE)
@@ -259,7 +264,7 @@ def test_mounted_under_a_prefix_the_servers_url_includes_it(make_client):
         if not path.startswith("/chat/"):
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"not here"]
-        environ["SCRIPT_NAME"], environ["PATH_INFO"] = "/chat", path[len("/chat"):]
+        environ["SCRIPT_NAME"], environ["PATH_INFO"] = "/chat", path[len("/chat") :]
         return client.wsgi(environ, start_response)
 
     outer = TestApp(validator(mounted))

@@ -18,9 +18,9 @@ import threading
 import time
 
 import pytest
-
 from pgtest import admin_connection, fresh_schema, with_search_path
 from server import ROOT
+
 from store import JsonStore, StoreError, StoreUnavailable, open_store
 
 pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[test,postgres]')")
@@ -47,18 +47,35 @@ def store(schema, tmp_path):
 
 
 def user(user_id, username, email=None):
-    return {"id": user_id, "username": username, "email": email, "password_hash": "$2b$04$" + "x" * 53,
-            "created_at": "2024-05-01T12:00:00Z"}
+    return {
+        "id": user_id,
+        "username": username,
+        "email": email,
+        "password_hash": "$2b$04$" + "x" * 53,
+        "created_at": "2024-05-01T12:00:00Z",
+    }
 
 
 def member(user_id, role="member"):
-    return {"user_id": user_id, "role": role, "joined_at": "2024-05-01T12:00:00Z", "muted": False,
-            "read_seq": 0, "delivered_seq": 0}
+    return {
+        "user_id": user_id,
+        "role": role,
+        "joined_at": "2024-05-01T12:00:00Z",
+        "muted": False,
+        "read_seq": 0,
+        "delivered_seq": 0,
+    }
 
 
 def chat(chat_id, kind="group"):
-    return {"id": chat_id, "type": kind, "name": chat_id, "description": None, "created_by": "u0",
-            "created_at": "2024-05-01T12:00:00Z"}
+    return {
+        "id": chat_id,
+        "type": kind,
+        "name": chat_id,
+        "description": None,
+        "created_by": "u0",
+        "created_at": "2024-05-01T12:00:00Z",
+    }
 
 
 def fill(store, users=20, chats=30, messages=600):
@@ -66,18 +83,41 @@ def fill(store, users=20, chats=30, messages=600):
     for number in range(users):
         store.create_user(user(f"u{number}", f"user{number}", f"user{number}@example.com"))
     for number in range(chats):
-        store.create_chat(chat(f"c{number}"), [member(f"u{(number + k) % users}", "owner" if k == 0 else "member")
-                                               for k in range(4)])
+        store.create_chat(
+            chat(f"c{number}"), [member(f"u{(number + k) % users}", "owner" if k == 0 else "member") for k in range(4)]
+        )
     for number in range(messages):
-        store.add_chat_message({"id": f"cm{number}", "chat_id": f"c{number % chats}",  # by one of its members
-                                "user_id": f"u{(number % chats + number % 4) % users}",
-                                "content": f"word{number % 50} lunch {number}", "created_at": "2024-05-01T12:00:00Z"})
-        store.add_message({"id": f"m{number}", "user_id": f"u{number % users}", "username": "x",
-                           "content": f"hello {number}", "timestamp": "2024-05-01T12:00:00Z",
-                           "recipient_id": None if number % 3 else f"u{(number + 1) % users}"})
-    store.add_notifications([{"id": f"n{number}", "user_id": f"u{number % users}", "kind": "mention",
-                              "read": number % 2 == 0, "created_at": "2024-05-01T12:00:00Z"}
-                             for number in range(200)])
+        store.add_chat_message(
+            {
+                "id": f"cm{number}",
+                "chat_id": f"c{number % chats}",  # by one of its members
+                "user_id": f"u{(number % chats + number % 4) % users}",
+                "content": f"word{number % 50} lunch {number}",
+                "created_at": "2024-05-01T12:00:00Z",
+            }
+        )
+        store.add_message(
+            {
+                "id": f"m{number}",
+                "user_id": f"u{number % users}",
+                "username": "x",
+                "content": f"hello {number}",
+                "timestamp": "2024-05-01T12:00:00Z",
+                "recipient_id": None if number % 3 else f"u{(number + 1) % users}",
+            }
+        )
+    store.add_notifications(
+        [
+            {
+                "id": f"n{number}",
+                "user_id": f"u{number % users}",
+                "kind": "mention",
+                "read": number % 2 == 0,
+                "created_at": "2024-05-01T12:00:00Z",
+            }
+            for number in range(200)
+        ]
+    )
 
 
 # ---- indexes ---------------------------------------------------------------------------------
@@ -137,8 +177,9 @@ def test_hot_queries_read_indexes_never_whole_tables(filled, name):
     store.trace = []
     try:
         HOT_QUERIES[name](store)
-        statements = [(query, params) for query, params in store.trace
-                      if query.lstrip(" (").upper().startswith("SELECT")]
+        statements = [
+            (query, params) for query, params in store.trace if query.lstrip(" (").upper().startswith("SELECT")
+        ]
     finally:
         store.trace = None
     assert statements, "the call ran no query"
@@ -180,7 +221,7 @@ class Proxy:
         while self._listener is listener:
             try:
                 client, _ = listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -255,8 +296,11 @@ def test_an_outage_is_store_unavailable_within_the_timeout_and_the_store_recover
         store.create_user(user("u1", "alice"))
         assert store.writable is True
         running.cut()
-        for call in (lambda: store.get_user("u1"), lambda: store.create_user(user("u2", "bob")),
-                     lambda: store.add_message({"id": "m1", "user_id": "u1", "content": "hi", "recipient_id": None})):
+        for call in (
+            lambda: store.get_user("u1"),
+            lambda: store.create_user(user("u2", "bob")),
+            lambda: store.add_message({"id": "m1", "user_id": "u1", "content": "hi", "recipient_id": None}),
+        ):
             started = time.monotonic()
             with pytest.raises(StoreUnavailable):
                 call()
@@ -350,6 +394,7 @@ def test_a_failing_migration_changes_nothing_and_stops_there(schema, tmp_path):
     shutil.copy(os.path.join(postgres.MIGRATIONS, "0001_initial.sql"), directory)
     (directory / "0002_broken.sql").write_text("CREATE TABLE half (id integer);\nTHIS IS NOT SQL;\n")
     import psycopg
+
     with pytest.raises(psycopg.Error):
         postgres.migrate(url, directory)
     assert postgres.current_version(url, directory) == (1, 2)
@@ -380,8 +425,9 @@ def test_two_processes_starting_at_once_migrate_once(schema, tmp_path):
 def test_oxc_migrate_shows_and_applies_the_schema_version(schema, tmp_path):
     env = dict(os.environ, STORE_URL=schema[0], DATA_DIR=str(tmp_path / "data"))
     run = [sys.executable, os.path.join(ROOT, "oxc_wsgi.py")]
-    shown = subprocess.run([*run, "migrate", "--show"], env=env, capture_output=True, text=True, timeout=60,
-                           cwd=tmp_path)
+    shown = subprocess.run(
+        [*run, "migrate", "--show"], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
     assert shown.returncode == 0, shown.stderr
     assert f"schema version 0 (this oxc's newest: {NEWEST})" in shown.stdout
     applied = subprocess.run([*run, "migrate"], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
@@ -399,36 +445,104 @@ def populate(store):
     """Some of every table, through the Store interface."""
     store.create_user(user("u1", "Alice", "alice@example.com"))
     store.create_user(user("u2", "bob"))
-    store.add_message({"id": "m1", "user_id": "u1", "username": "Alice", "content": "hello public",
-                       "timestamp": "t", "recipient_id": None})
-    store.add_message({"id": "m2", "user_id": "u1", "username": "Alice", "content": "hello bob",
-                       "timestamp": "t", "recipient_id": "u2"})
-    store.add_message({"id": "gone", "user_id": "u2", "username": "bob", "content": "x", "timestamp": "t",
-                       "recipient_id": None})
-    store.add_session({"id": "s1", "user_id": "u1", "token_hash": "a" * 64, "previous_hash": None,
-                       "rotated_at": None, "created_at": 1.5, "expires_at": 2.5})
+    store.add_message(
+        {
+            "id": "m1",
+            "user_id": "u1",
+            "username": "Alice",
+            "content": "hello public",
+            "timestamp": "t",
+            "recipient_id": None,
+        }
+    )
+    store.add_message(
+        {
+            "id": "m2",
+            "user_id": "u1",
+            "username": "Alice",
+            "content": "hello bob",
+            "timestamp": "t",
+            "recipient_id": "u2",
+        }
+    )
+    store.add_message(
+        {"id": "gone", "user_id": "u2", "username": "bob", "content": "x", "timestamp": "t", "recipient_id": None}
+    )
+    store.add_session(
+        {
+            "id": "s1",
+            "user_id": "u1",
+            "token_hash": "a" * 64,
+            "previous_hash": None,
+            "rotated_at": None,
+            "created_at": 1.5,
+            "expires_at": 2.5,
+        }
+    )
     store.create_chat(chat("g1"), [member("u2", "owner"), member("u1")])
     store.direct_chat(chat("d1", "direct"), member("u1"), member("u2"))
-    store.add_chat_message({"id": "cm1", "chat_id": "g1", "user_id": "u1", "content": "lunch at noon",
-                            "created_at": "t", "mentions": [{"user_id": "u2", "username": "bob"}]})
+    store.add_chat_message(
+        {
+            "id": "cm1",
+            "chat_id": "g1",
+            "user_id": "u1",
+            "content": "lunch at noon",
+            "created_at": "t",
+            "mentions": [{"user_id": "u2", "username": "bob"}],
+        }
+    )
     store.add_chat_message({"id": "cm2", "chat_id": "d1", "user_id": "u2", "content": "lunch?", "created_at": "t"})
     store.update_chat_message("cm1", {"content": "dinner at noon", "edited_at": "t2"})
     store.update_members({("g1", "u1"): {"role": "admin", "muted": True}})
     digest = store.save_blob_bytes(b"attachment bytes")
     thumb = store.save_blob_bytes(b"thumbnail bytes")
-    store.add_attachment({"id": "a1", "chat_id": "g1", "uploader_id": "u1", "message_id": "cm1", "sha256": digest,
-                          "thumbnail_sha256": thumb, "size": 16, "name": "f.png", "created_at": "t"})
-    store.add_key({"id": "k1", "user_id": "u1", "device_id": "d", "algorithm": "x25519", "public_key": "AA",
-                   "created_at": "t", "revoked_at": None})
+    store.add_attachment(
+        {
+            "id": "a1",
+            "chat_id": "g1",
+            "uploader_id": "u1",
+            "message_id": "cm1",
+            "sha256": digest,
+            "thumbnail_sha256": thumb,
+            "size": 16,
+            "name": "f.png",
+            "created_at": "t",
+        }
+    )
+    store.add_key(
+        {
+            "id": "k1",
+            "user_id": "u1",
+            "device_id": "d",
+            "algorithm": "x25519",
+            "public_key": "AA",
+            "created_at": "t",
+            "revoked_at": None,
+        }
+    )
     store.put_code({"id": "verify:u1", "user_id": "u1", "purpose": "verify", "digest": "d", "attempts": 2})
-    store.add_notifications([{"id": "n1", "user_id": "u2", "kind": "mention", "read": False, "created_at": "t"},
-                             {"id": "n2", "user_id": "u2", "kind": "direct_message", "read": True,
-                              "created_at": "t"}],
-                            [{"id": "j1", "url": "https://h/", "payload": {"deliveries": []}, "attempts": 0,
-                              "last_error": None, "next_attempt_at": 100.5, "created_at": "t"}],
-                            max_pending=10, mark=7)
-    store.add_device({"id": "dev1", "user_id": "u2", "platform": "web", "token": "tok", "endpoint": None,
-                      "created_at": "t"})
+    store.add_notifications(
+        [
+            {"id": "n1", "user_id": "u2", "kind": "mention", "read": False, "created_at": "t"},
+            {"id": "n2", "user_id": "u2", "kind": "direct_message", "read": True, "created_at": "t"},
+        ],
+        [
+            {
+                "id": "j1",
+                "url": "https://h/",
+                "payload": {"deliveries": []},
+                "attempts": 0,
+                "last_error": None,
+                "next_attempt_at": 100.5,
+                "created_at": "t",
+            }
+        ],
+        max_pending=10,
+        mark=7,
+    )
+    store.add_device(
+        {"id": "dev1", "user_id": "u2", "platform": "web", "token": "tok", "endpoint": None, "created_at": "t"}
+    )
     store.delete_message("gone")  # the seq it had must not be handed out again
     return digest, thumb
 
@@ -450,8 +564,9 @@ def test_migrate_store_carries_a_json_store_to_postgres_and_back_unchanged(schem
     original.close()
     reports = []
 
-    counts = transfer.copy_store(str(source), schema[0], blob_dir=str(pg_blobs),
-                                 progress=lambda *report: reports.append(report))
+    counts = transfer.copy_store(
+        str(source), schema[0], blob_dir=str(pg_blobs), progress=lambda *report: reports.append(report)
+    )
     assert counts["users"] == 2 and counts["chat_messages"] == 2 and counts["meta"] == 1
     assert reports and reports[-1][0] == reports[-1][1]
 
@@ -466,8 +581,10 @@ def test_migrate_store_carries_a_json_store_to_postgres_and_back_unchanged(schem
         with database.open_blob(thumb) as f:
             assert f.read() == b"thumbnail bytes"
         latest = database.latest_seq()
-        assert database.add_message({"id": "new", "user_id": "u1", "content": "x",
-                                     "recipient_id": None})["seq"] == latest + 1
+        assert (
+            database.add_message({"id": "new", "user_id": "u1", "content": "x", "recipient_id": None})["seq"]
+            == latest + 1
+        )
         database.delete_message("new")
     finally:
         database.close()
@@ -501,8 +618,18 @@ def test_migrate_store_back_into_the_data_directory_the_database_shares_keeps_it
     database = open_store(data, url=schema[0])
     digest = database.save_blob_bytes(b"kept bytes")
     database.create_chat(chat("g1"), [member("u1", "owner")])
-    database.add_attachment({"id": "a1", "chat_id": "g1", "uploader_id": "u1", "message_id": None,
-                             "sha256": digest, "size": 10, "name": "f", "created_at": "t"})
+    database.add_attachment(
+        {
+            "id": "a1",
+            "chat_id": "g1",
+            "uploader_id": "u1",
+            "message_id": None,
+            "sha256": digest,
+            "size": 10,
+            "name": "f",
+            "created_at": "t",
+        }
+    )
     database.close()
     transfer.copy_store(schema[0], str(data), blob_dir=str(data / "blobs"))
     restored = open_store(data)
@@ -520,9 +647,22 @@ def test_oxc_migrate_store_copies_with_progress(schema, tmp_path):
     source.close()
     env = dict(os.environ, DATA_DIR=str(tmp_path / "pgdata"))
     env.pop("STORE_URL", None)
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "oxc_wsgi.py"), "migrate-store",
-                             "--from", str(tmp_path / "source"), "--to", schema[0]],
-                            env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "oxc_wsgi.py"),
+            "migrate-store",
+            "--from",
+            str(tmp_path / "source"),
+            "--to",
+            schema[0],
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "copied 21 records (2 users, 2 messages, 1 sessions, 2 chats, 4 members," in result.stdout
     assert "21/21 meta" in result.stderr and "2/2 blobs" in result.stderr  # progress

@@ -15,10 +15,10 @@ import subprocess
 import threading
 
 import pytest
-
 from conftest import assert_error
-from handlers import push
 from server import wait_until
+
+from handlers import push
 
 
 class Receiver:
@@ -70,29 +70,34 @@ def dead_letters(client, admin):
 
 # -- registration ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("endpoint, message", [
-    ("http://127.0.0.1\\@hooks.example/", "backslash"),
-    ("http://127.0.0.1%2f@hooks.example/", "user name"),
-    ("http://user:secret@hooks.example/push", "user name"),
-    ("http://hooks.example%2f@127.0.0.1/", "user name"),
-    ("http://hooks%2eexample/push", "percent-encode"),
-    ("http://hooks.example:8080/push", "port 8080"),
-    ("http://hooks.example:0/push", "port from 1 to 65535"),
-    ("http://hooks.example\t/push", "control characters"),
-    ("http://hooks.ex\u0430mple/push", "ASCII"),
-    ("http://hooks.example:80:81/push", "host plainly"),
-    ("http:/hooks.example/push", "http(s) URL"),
-    ("http://169.254.169.254/latest/meta-data/", "cloud metadata"),
-    ("http://127.0.0.1/push", "loopback"),
-    ("http://[::1]/push", "loopback"),
-    ("http://10.0.0.7/push", "private"),
-])
+
+@pytest.mark.parametrize(
+    "endpoint, message",
+    [
+        ("http://127.0.0.1\\@hooks.example/", "backslash"),
+        ("http://127.0.0.1%2f@hooks.example/", "user name"),
+        ("http://user:secret@hooks.example/push", "user name"),
+        ("http://hooks.example%2f@127.0.0.1/", "user name"),
+        ("http://hooks%2eexample/push", "percent-encode"),
+        ("http://hooks.example:8080/push", "port 8080"),
+        ("http://hooks.example:0/push", "port from 1 to 65535"),
+        ("http://hooks.example\t/push", "control characters"),
+        ("http://hooks.ex\u0430mple/push", "ASCII"),
+        ("http://hooks.example:80:81/push", "host plainly"),
+        ("http:/hooks.example/push", "http(s) URL"),
+        ("http://169.254.169.254/latest/meta-data/", "cloud metadata"),
+        ("http://127.0.0.1/push", "loopback"),
+        ("http://[::1]/push", "loopback"),
+        ("http://10.0.0.7/push", "private"),
+    ],
+)
 def test_endpoints_that_could_reach_somewhere_else_are_refused_at_registration(make_client, endpoint, message):
     # Even hosts the operator listed are refused when they are addresses pushes must not reach.
     client = make_client(push_device_hosts=("hooks.example", "169.254.169.254", "127.0.0.1", "[::1]", "10.0.0.7"))
     alice = client.user("alice")
-    answer = client.post_json("/api/devices", {"platform": "web", "endpoint": endpoint}, headers=alice.headers,
-                              status=400)
+    answer = client.post_json(
+        "/api/devices", {"platform": "web", "endpoint": endpoint}, headers=alice.headers, status=400
+    )
     assert_error(answer, 400, message)
     assert client.get("/api/devices", headers=alice.headers).json["data"] == []
 
@@ -101,16 +106,39 @@ def test_an_allow_listed_address_may_be_registered_on_any_port(make_client):
     client = make_client(push_device_hosts=("10.0.0.7", "hooks.example"), push_allowed_addresses=("10.0.0.0/24",))
     alice = client.user("alice")
     for endpoint in ("http://10.0.0.7:8080/push", "https://hooks.example:8443/push"):  # a name: checked when sent
-        client.post_json("/api/devices", {"platform": "web", "endpoint": endpoint}, headers=alice.headers,
-                         status=201)
+        client.post_json("/api/devices", {"platform": "web", "endpoint": endpoint}, headers=alice.headers, status=201)
 
 
-@pytest.mark.parametrize("address", [
-    "127.0.0.1", "127.8.9.10", "0.0.0.0", "10.1.2.3", "172.16.0.1", "192.168.1.1", "100.64.0.1", "169.254.169.254",
-    "169.254.170.2", "100.100.100.200", "224.0.0.1", "240.0.0.1", "255.255.255.255", "192.0.2.1", "::1", "::",
-    "fd00:ec2::254", "fe80::1", "fec0::1", "ff02::1", "::ffff:127.0.0.1", "::ffff:169.254.169.254",
-    "64:ff9b::7f00:1", "2002:7f00:1::", "2002:a00:1::",
-])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "127.8.9.10",
+        "0.0.0.0",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "100.64.0.1",
+        "169.254.169.254",
+        "169.254.170.2",
+        "100.100.100.200",
+        "224.0.0.1",
+        "240.0.0.1",
+        "255.255.255.255",
+        "192.0.2.1",
+        "::1",
+        "::",
+        "fd00:ec2::254",
+        "fe80::1",
+        "fec0::1",
+        "ff02::1",
+        "::ffff:127.0.0.1",
+        "::ffff:169.254.169.254",
+        "64:ff9b::7f00:1",
+        "2002:7f00:1::",
+        "2002:a00:1::",
+    ],
+)
 def test_no_private_loopback_link_local_multicast_reserved_or_metadata_address_is_reachable(address):
     assert push.address_refusal(address, 443) is not None
     assert push.address_refusal(address, 443, push.allowed_networks([address])) is None  # unless named
@@ -125,6 +153,7 @@ def test_public_addresses_are_reachable_on_80_and_443_only():
 
 def test_a_webhook_url_with_a_user_or_a_backslash_stops_start_up():
     from oxc_wsgi import ConfigError, Settings
+
     for url in ("http://127.0.0.1\\@hooks.example/", "http://a@hooks.example/"):
         with pytest.raises(ConfigError, match="PUSH_WEBHOOK_URL"):
             Settings.from_environ({"PUSH_WEBHOOK_URL": url}, env_file=None)
@@ -133,6 +162,7 @@ def test_a_webhook_url_with_a_user_or_a_backslash_stops_start_up():
 
 
 # -- delivery ---------------------------------------------------------------------------------
+
 
 def test_a_name_that_resolves_to_loopback_is_refused_at_delivery_and_never_called(make_client, receiver):
     client = make_client(push_webhook_url=f"http://localhost:{receiver.port}/hook", admins=("alice",))
@@ -146,11 +176,16 @@ def test_a_name_that_resolves_to_loopback_is_refused_at_delivery_and_never_calle
 
 def test_a_device_endpoint_is_checked_again_at_every_delivery(make_client, receiver):
     # Registered while its name pointed somewhere allowed; by delivery time it points at loopback.
-    client = make_client(push_device_hosts=("hooks.example",), push_allowed_addresses=("10.20.30.0/24",),
-                         admins=("alice",))
+    client = make_client(
+        push_device_hosts=("hooks.example",), push_allowed_addresses=("10.20.30.0/24",), admins=("alice",)
+    )
     alice, bob = client.user("alice"), client.user("bob")
-    client.post_json("/api/devices", {"platform": "web", "endpoint": f"http://hooks.example:{receiver.port}/hook"},
-                     headers=bob.headers, status=201)
+    client.post_json(
+        "/api/devices",
+        {"platform": "web", "endpoint": f"http://hooks.example:{receiver.port}/hook"},
+        headers=bob.headers,
+        status=201,
+    )
     client.wsgi.core.ctx.push.resolve = lambda host, port: ["127.0.0.1"]
     client.post_json("/api/chats/direct", {"user_id": bob.id, "content": "hello"}, headers=alice.headers)
     assert wait_until(lambda: dead_letters(client, alice), timeout=5)
@@ -160,8 +195,9 @@ def test_a_device_endpoint_is_checked_again_at_every_delivery(make_client, recei
 
 
 def test_an_allow_listed_loopback_receiver_gets_the_push_on_the_checked_address(make_client, receiver):
-    client = make_client(push_webhook_url=f"http://hooks.example:{receiver.port}/hook?via=oxc",
-                         push_allowed_addresses=("127.0.0.1/32",))
+    client = make_client(
+        push_webhook_url=f"http://hooks.example:{receiver.port}/hook?via=oxc", push_allowed_addresses=("127.0.0.1/32",)
+    )
     looked_up = []
 
     def resolve(host, port):
@@ -193,8 +229,9 @@ def test_dns_rebinding_cannot_reach_loopback(make_client, monkeypatch):
             return real(answers[-1], port, *args, **kwargs)
 
         monkeypatch.setattr(socket, "getaddrinfo", rebinding)
-        client = make_client(push_webhook_url=f"http://rebind.example:{allowed_side.port}/hook",
-                             push_allowed_addresses=("127.0.0.2",))
+        client = make_client(
+            push_webhook_url=f"http://rebind.example:{allowed_side.port}/hook", push_allowed_addresses=("127.0.0.2",)
+        )
         direct_message(client)
         assert wait_until(lambda: allowed_side.deliveries, timeout=5)
         assert loopback_side.deliveries == [] and answers == ["127.0.0.2"]
@@ -207,8 +244,12 @@ def test_dns_rebinding_cannot_reach_loopback(make_client, monkeypatch):
 def test_redirects_are_not_followed(make_client, receiver):
     elsewhere = Receiver(status=307, headers=[("Location", f"http://127.0.0.1:{receiver.port}/hook")])
     try:
-        client = make_client(push_webhook_url=f"http://127.0.0.1:{elsewhere.port}/hook", push_max_attempts=1,
-                             push_allowed_addresses=("127.0.0.1",), admins=("alice",))
+        client = make_client(
+            push_webhook_url=f"http://127.0.0.1:{elsewhere.port}/hook",
+            push_max_attempts=1,
+            push_allowed_addresses=("127.0.0.1",),
+            admins=("alice",),
+        )
         alice, _ = direct_message(client)
         assert wait_until(lambda: dead_letters(client, alice), timeout=5)
         assert dead_letters(client, alice)[0]["last_error"] == "HTTP 307"
@@ -221,9 +262,28 @@ def test_over_tls_the_pinned_connection_names_the_host_and_checks_its_certificat
     if shutil.which("openssl") is None:
         pytest.skip("making a certificate needs the openssl command")
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
-                    "-days", "1", "-subj", "/CN=hooks.example", "-addext", "subjectAltName=DNS:hooks.example"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            cert,
+            "-days",
+            "1",
+            "-subj",
+            "/CN=hooks.example",
+            "-addext",
+            "subjectAltName=DNS:hooks.example",
+        ],
+        check=True,
+        capture_output=True,
+    )
     server_names = []
     receiver = Receiver(status=204)
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

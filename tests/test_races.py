@@ -27,10 +27,10 @@ import uuid
 from wsgiref.util import setup_testing_defaults
 
 import pytest
-
 from conftest import assert_error
-from oxc_wsgi import Settings, create_app
 from server import Server
+
+from oxc_wsgi import Settings, create_app
 from store import open_store
 
 TRIALS = 100
@@ -76,8 +76,13 @@ class InProcess:
             raw, content_type = json.dumps(body).encode(), "application/json"
         raw = raw or b""
         path, _, query = path.partition("?")
-        environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query,
-                   "CONTENT_LENGTH": str(len(raw)), "wsgi.input": io.BytesIO(raw)}
+        environ = {
+            "REQUEST_METHOD": method,
+            "PATH_INFO": path,
+            "QUERY_STRING": query,
+            "CONTENT_LENGTH": str(len(raw)),
+            "wsgi.input": io.BytesIO(raw),
+        }
         if content_type:
             environ["CONTENT_TYPE"] = content_type
         if token:
@@ -194,8 +199,8 @@ def test_two_concurrent_ownership_transfers_leave_exactly_one_owner(service):
 
     def pair(chat_id):
         def transfer(to, user):
-            return lambda: way.call(to, "PATCH", f"/api/chats/{chat_id}/members/{user[0]}", {"role": "owner"},
-                                    alice[1])
+            return lambda: way.call(to, "PATCH", f"/api/chats/{chat_id}/members/{user[0]}", {"role": "owner"}, alice[1])
+
         return transfer(0, bob), transfer(1, carol)
 
     outcomes = race(chats, pair)
@@ -211,9 +216,13 @@ def test_a_transfer_racing_the_new_owners_leave_leaves_exactly_one_owner(service
     cast = people(way, "alice", "bob")
     alice, bob = cast["alice"], cast["bob"]
     chats = each(lambda n: group(way, alice, [bob], to=n))
-    outcomes = race(chats, lambda chat_id: (
-        lambda: way.call(0, "PATCH", f"/api/chats/{chat_id}/members/{bob[0]}", {"role": "owner"}, alice[1]),
-        lambda: way.call(1, "DELETE", f"/api/chats/{chat_id}/members/{bob[0]}", token=bob[1])))
+    outcomes = race(
+        chats,
+        lambda chat_id: (
+            lambda: way.call(0, "PATCH", f"/api/chats/{chat_id}/members/{bob[0]}", {"role": "owner"}, alice[1]),
+            lambda: way.call(1, "DELETE", f"/api/chats/{chat_id}/members/{bob[0]}", token=bob[1]),
+        ),
+    )
     for chat_id, (transfer, leave) in zip(chats, outcomes):
         assert (transfer[0], leave[0]) in {(200, 400), (409, 200), (400, 200)}, (transfer, leave)
         assert owners(store, chat_id) == [bob[0] if transfer[0] == 200 else alice[0]]
@@ -233,9 +242,13 @@ def test_a_promotion_racing_a_removal_of_the_same_member_never_both_succeed(serv
         return chat_id
 
     chats = each(setup)
-    outcomes = race(chats, lambda chat_id: (
-        lambda: way.call(0, "PATCH", f"/api/chats/{chat_id}/members/{carol[0]}", {"role": "admin"}, alice[1]),
-        lambda: way.call(1, "DELETE", f"/api/chats/{chat_id}/members/{carol[0]}", token=bob[1])))
+    outcomes = race(
+        chats,
+        lambda chat_id: (
+            lambda: way.call(0, "PATCH", f"/api/chats/{chat_id}/members/{carol[0]}", {"role": "admin"}, alice[1]),
+            lambda: way.call(1, "DELETE", f"/api/chats/{chat_id}/members/{carol[0]}", token=bob[1]),
+        ),
+    )
     for chat_id, (promote, remove) in zip(chats, outcomes):
         assert (promote[0], remove[0]) in {(200, 403), (409, 200), (400, 200)}, (promote, remove)
         carols = store.get_member(chat_id, carol[0])
@@ -250,14 +263,34 @@ def test_an_attachment_sent_by_two_concurrent_messages_joins_exactly_one(service
     chat_id = group(way, alice, [bob])
 
     def upload(number):
-        return ok(way.call(number, "POST", f"/api/chats/{chat_id}/attachments?name=n{number}.txt", token=alice[1],
-                           raw=f"note {number} {uuid.uuid4()}\n".encode(), content_type="text/plain"), 201)["id"]
+        return ok(
+            way.call(
+                number,
+                "POST",
+                f"/api/chats/{chat_id}/attachments?name=n{number}.txt",
+                token=alice[1],
+                raw=f"note {number} {uuid.uuid4()}\n".encode(),
+                content_type="text/plain",
+            ),
+            201,
+        )["id"]
 
     attachments = each(upload)
-    outcomes = race(attachments, lambda attachment_id: tuple(
-        (lambda to=to, user=user: way.call(to, "POST", f"/api/chats/{chat_id}/messages",
-                                           {"content": f"from {to}", "attachment_id": attachment_id}, user[1]))
-        for to, user in ((0, alice), (1, bob))))
+    outcomes = race(
+        attachments,
+        lambda attachment_id: tuple(
+            (
+                lambda to=to, user=user: way.call(
+                    to,
+                    "POST",
+                    f"/api/chats/{chat_id}/messages",
+                    {"content": f"from {to}", "attachment_id": attachment_id},
+                    user[1],
+                )
+            )
+            for to, user in ((0, alice), (1, bob))
+        ),
+    )
     carrying = {}
     for message in store.chat_history(chat_id, limit=10 * TRIALS).items:
         carrying.setdefault(message.get("attachment_id"), []).append(message["id"])
@@ -274,11 +307,18 @@ def test_two_concurrent_deletes_of_one_message_give_one_success(service):
     alice, bob = cast["alice"], cast["bob"]
     chat_id = group(way, alice, [bob])
     ok(way.call(0, "PATCH", f"/api/chats/{chat_id}/members/{bob[0]}", {"role": "admin"}, alice[1]))
-    messages = each(lambda number: ok(way.call(number, "POST", f"/api/chats/{chat_id}/messages",
-                                               {"content": f"say {number}"}, alice[1]), 201)["id"])
-    outcomes = race(messages, lambda message_id: (
-        lambda: way.call(0, "DELETE", f"/api/chats/{chat_id}/messages/{message_id}", token=alice[1]),
-        lambda: way.call(1, "DELETE", f"/api/chats/{chat_id}/messages/{message_id}", token=bob[1])))
+    messages = each(
+        lambda number: ok(
+            way.call(number, "POST", f"/api/chats/{chat_id}/messages", {"content": f"say {number}"}, alice[1]), 201
+        )["id"]
+    )
+    outcomes = race(
+        messages,
+        lambda message_id: (
+            lambda: way.call(0, "DELETE", f"/api/chats/{chat_id}/messages/{message_id}", token=alice[1]),
+            lambda: way.call(1, "DELETE", f"/api/chats/{chat_id}/messages/{message_id}", token=bob[1]),
+        ),
+    )
     for message_id, answers in zip(messages, outcomes):
         assert sorted(code for code, _ in answers) == [200, 400], answers
         deleter = alice[0] if answers[0][0] == 200 else bob[0]
@@ -289,11 +329,16 @@ def test_two_concurrent_deletes_of_one_message_give_one_success(service):
 def test_concurrent_direct_chat_requests_of_one_pair_make_one_chat(service):
     way, store = service
     cast = people(way, *(f"user{number}" for number in range(15)))
-    pairs = [(first, second) for index, first in enumerate(cast.values())
-             for second in list(cast.values())[index + 1:]][:TRIALS]
-    outcomes = race(pairs, lambda pair: (
-        lambda: way.call(0, "POST", "/api/chats/direct", {"user_id": pair[1][0]}, pair[0][1]),
-        lambda: way.call(1, "POST", "/api/chats/direct", {"user_id": pair[0][0]}, pair[1][1])))
+    pairs = [
+        (first, second) for index, first in enumerate(cast.values()) for second in list(cast.values())[index + 1 :]
+    ][:TRIALS]
+    outcomes = race(
+        pairs,
+        lambda pair: (
+            lambda: way.call(0, "POST", "/api/chats/direct", {"user_id": pair[1][0]}, pair[0][1]),
+            lambda: way.call(1, "POST", "/api/chats/direct", {"user_id": pair[0][0]}, pair[1][1]),
+        ),
+    )
     for (first, second), answers in zip(pairs, outcomes):
         assert sorted(code for code, _ in answers) == [200, 201], answers
         chat_ids = {body["data"]["id"] for _, body in answers}
@@ -324,8 +369,9 @@ def crowd(client):
 
 
 def make_group(client, owner, *members):
-    return client.post_json("/api/chats/group", {"name": "g", "members": [m.id for m in members]},
-                            headers=owner.headers, status=201).json["data"]["id"]
+    return client.post_json(
+        "/api/chats/group", {"name": "g", "members": [m.id for m in members]}, headers=owner.headers, status=201
+    ).json["data"]["id"]
 
 
 def test_a_role_change_for_a_member_who_left_meanwhile_is_409(client, crowd, monkeypatch):
@@ -333,8 +379,9 @@ def test_a_role_change_for_a_member_who_left_meanwhile_is_409(client, crowd, mon
     chat_id = make_group(client, alice, bob)
     store = client.wsgi.core.ctx.store
     interleave(monkeypatch, store, "change_chat", lambda: store.remove_member(chat_id, bob.id))
-    answer = client.patch_json(f"/api/chats/{chat_id}/members/{bob.id}", {"role": "owner"}, headers=alice.headers,
-                               status=409)
+    answer = client.patch_json(
+        f"/api/chats/{chat_id}/members/{bob.id}", {"role": "owner"}, headers=alice.headers, status=409
+    )
     assert_error(answer, 409, "no longer a member")
     assert owners(store, chat_id) == [alice.id]
 
@@ -344,24 +391,29 @@ def test_removing_a_member_who_left_meanwhile_is_409(client, crowd, monkeypatch)
     chat_id = make_group(client, alice, bob)
     store = client.wsgi.core.ctx.store
     interleave(monkeypatch, store, "change_chat", lambda: store.remove_member(chat_id, bob.id))
-    assert_error(client.delete(f"/api/chats/{chat_id}/members/{bob.id}", headers=alice.headers, status=409),
-                 409, f"User {bob.id} is no longer a member")
+    assert_error(
+        client.delete(f"/api/chats/{chat_id}/members/{bob.id}", headers=alice.headers, status=409),
+        409,
+        f"User {bob.id} is no longer a member",
+    )
 
 
-def test_an_owner_who_transferred_meanwhile_may_no_longer_change_roles_or_delete_the_group(client, crowd,
-                                                                                          monkeypatch):
+def test_an_owner_who_transferred_meanwhile_may_no_longer_change_roles_or_delete_the_group(client, crowd, monkeypatch):
     alice, bob, carol = crowd["alice"], crowd["bob"], crowd["carol"]
     chat_id = make_group(client, alice, bob, carol)
     store = client.wsgi.core.ctx.store
 
     def owned_by(new, old):
-        return lambda: store.update_members({(chat_id, new.id): {"role": "owner"},
-                                             (chat_id, old.id): {"role": "admin"}})
+        return lambda: store.update_members(
+            {(chat_id, new.id): {"role": "owner"}, (chat_id, old.id): {"role": "admin"}}
+        )
 
     for request in [
-            lambda: client.patch_json(f"/api/chats/{chat_id}/members/{carol.id}", {"role": "owner"},
-                                      headers=alice.headers, status=403),
-            lambda: client.delete(f"/api/chats/{chat_id}", headers=alice.headers, status=403)]:
+        lambda: client.patch_json(
+            f"/api/chats/{chat_id}/members/{carol.id}", {"role": "owner"}, headers=alice.headers, status=403
+        ),
+        lambda: client.delete(f"/api/chats/{chat_id}", headers=alice.headers, status=403),
+    ]:
         owned_by(alice, bob)()  # alice owns the group when the request starts ...
         interleave(monkeypatch, store, "change_chat", owned_by(bob, alice))  # ... and bob when it writes
         assert_error(request(), 403, "owner")
@@ -374,8 +426,9 @@ def test_an_admin_demoted_meanwhile_cannot_remove_rename_or_moderate(client, cro
     alice, bob, carol = crowd["alice"], crowd["bob"], crowd["carol"]
     chat_id = make_group(client, alice, bob, carol)
     client.patch_json(f"/api/chats/{chat_id}/members/{bob.id}", {"role": "admin"}, headers=alice.headers)
-    said = client.post_json(f"/api/chats/{chat_id}/messages", {"content": "hi"}, headers=carol.headers,
-                            status=201).json["data"]["id"]
+    said = client.post_json(
+        f"/api/chats/{chat_id}/messages", {"content": "hi"}, headers=carol.headers, status=201
+    ).json["data"]["id"]
     store = client.wsgi.core.ctx.store
 
     def demote():
@@ -385,12 +438,19 @@ def test_an_admin_demoted_meanwhile_cannot_remove_rename_or_moderate(client, cro
         store.update_members({(chat_id, bob.id): {"role": "admin"}})
 
     for method, request in [
-            ("change_chat", lambda: client.delete(f"/api/chats/{chat_id}/members/{carol.id}", headers=bob.headers,
-                                                  status=403)),
-            ("change_chat", lambda: client.patch_json(f"/api/chats/{chat_id}", {"name": "mine"}, headers=bob.headers,
-                                                      status=403)),
-            ("change_chat_message", lambda: client.delete(f"/api/chats/{chat_id}/messages/{said}",
-                                                          headers=bob.headers, status=403))]:
+        (
+            "change_chat",
+            lambda: client.delete(f"/api/chats/{chat_id}/members/{carol.id}", headers=bob.headers, status=403),
+        ),
+        (
+            "change_chat",
+            lambda: client.patch_json(f"/api/chats/{chat_id}", {"name": "mine"}, headers=bob.headers, status=403),
+        ),
+        (
+            "change_chat_message",
+            lambda: client.delete(f"/api/chats/{chat_id}/messages/{said}", headers=bob.headers, status=403),
+        ),
+    ]:
         promote()
         interleave(monkeypatch, store, method, demote)
         assert_error(request(), 403)
@@ -402,23 +462,42 @@ def test_an_admin_demoted_meanwhile_cannot_remove_rename_or_moderate(client, cro
 def test_a_caller_removed_meanwhile_gets_409_for_what_they_try(client, crowd, monkeypatch):
     alice, bob = crowd["alice"], crowd["bob"]
     chat_id = make_group(client, alice, bob)
-    said = client.post_json(f"/api/chats/{chat_id}/messages", {"content": "mine"}, headers=bob.headers,
-                            status=201).json["data"]["id"]
+    said = client.post_json(
+        f"/api/chats/{chat_id}/messages", {"content": "mine"}, headers=bob.headers, status=201
+    ).json["data"]["id"]
     store = client.wsgi.core.ctx.store
     for method, request in [
-            ("add_chat_message", lambda: client.post_json(f"/api/chats/{chat_id}/messages", {"content": "late"},
-                                                          headers=bob.headers, status=409)),
-            ("change_chat", lambda: client.put_json(f"/api/chats/{chat_id}/mute", {"muted": True},
-                                                    headers=bob.headers, status=409)),
-            ("change_chat", lambda: client.post_json(f"/api/chats/{chat_id}/read", {"message_id": said},
-                                                     headers=bob.headers, status=409)),
-            ("change_chat", lambda: client.delete(f"/api/chats/{chat_id}/members/{bob.id}", headers=bob.headers,
-                                                  status=409)),
-            ("change_chat_message", lambda: client.patch_json(f"/api/chats/{chat_id}/messages/{said}",
-                                                              {"content": "edited"}, headers=bob.headers,
-                                                              status=409)),
-            ("change_chat_message", lambda: client.delete(f"/api/chats/{chat_id}/messages/{said}",
-                                                          headers=bob.headers, status=409))]:
+        (
+            "add_chat_message",
+            lambda: client.post_json(
+                f"/api/chats/{chat_id}/messages", {"content": "late"}, headers=bob.headers, status=409
+            ),
+        ),
+        (
+            "change_chat",
+            lambda: client.put_json(f"/api/chats/{chat_id}/mute", {"muted": True}, headers=bob.headers, status=409),
+        ),
+        (
+            "change_chat",
+            lambda: client.post_json(
+                f"/api/chats/{chat_id}/read", {"message_id": said}, headers=bob.headers, status=409
+            ),
+        ),
+        (
+            "change_chat",
+            lambda: client.delete(f"/api/chats/{chat_id}/members/{bob.id}", headers=bob.headers, status=409),
+        ),
+        (
+            "change_chat_message",
+            lambda: client.patch_json(
+                f"/api/chats/{chat_id}/messages/{said}", {"content": "edited"}, headers=bob.headers, status=409
+            ),
+        ),
+        (
+            "change_chat_message",
+            lambda: client.delete(f"/api/chats/{chat_id}/messages/{said}", headers=bob.headers, status=409),
+        ),
+    ]:
         if store.get_member(chat_id, bob.id) is None:
             client.post_json(f"/api/chats/{chat_id}/members", {"user_id": bob.id}, headers=alice.headers)
         interleave(monkeypatch, store, method, lambda: store.remove_member(chat_id, bob.id))
@@ -434,8 +513,11 @@ def test_a_request_into_a_group_deleted_meanwhile_is_404(client, crowd, monkeypa
     chat_id = make_group(client, alice, bob)
     store = client.wsgi.core.ctx.store
     interleave(monkeypatch, store, "add_chat_message", lambda: store.delete_chat(chat_id))
-    assert_error(client.post_json(f"/api/chats/{chat_id}/messages", {"content": "late"}, headers=bob.headers,
-                                  status=404), 404, "not found")
+    assert_error(
+        client.post_json(f"/api/chats/{chat_id}/messages", {"content": "late"}, headers=bob.headers, status=404),
+        404,
+        "not found",
+    )
     assert store.chat_history(chat_id).items == []
 
 
@@ -443,49 +525,87 @@ def test_adding_a_member_who_joined_meanwhile_is_400(client, crowd, monkeypatch)
     alice, bob = crowd["alice"], crowd["bob"]
     chat_id = make_group(client, alice)
     store = client.wsgi.core.ctx.store
-    record = {"user_id": bob.id, "role": "member", "joined_at": "t", "muted": False, "read_seq": 0,
-              "delivered_seq": 0, "chat_id": chat_id}
+    record = {
+        "user_id": bob.id,
+        "role": "member",
+        "joined_at": "t",
+        "muted": False,
+        "read_seq": 0,
+        "delivered_seq": 0,
+        "chat_id": chat_id,
+    }
     interleave(monkeypatch, store, "change_chat", lambda: store.add_member(record))
-    assert_error(client.post_json(f"/api/chats/{chat_id}/members", {"user_id": bob.id}, headers=alice.headers,
-                                  status=400), 400, "already a member")
+    assert_error(
+        client.post_json(f"/api/chats/{chat_id}/members", {"user_id": bob.id}, headers=alice.headers, status=400),
+        400,
+        "already a member",
+    )
     assert len(store.members(chat_id)) == 2
 
 
 def test_an_attachment_sent_meanwhile_is_refused_and_stays_with_its_message(client, crowd, monkeypatch):
     alice, bob = crowd["alice"], crowd["bob"]
     chat_id = make_group(client, alice, bob)
-    attachment_id = client.post(f"/api/chats/{chat_id}/attachments?name=a.txt", b"hello\n", headers=dict(
-        alice.headers, **{"Content-Type": "text/plain"}), status=201).json["data"]["id"]
+    attachment_id = client.post(
+        f"/api/chats/{chat_id}/attachments?name=a.txt",
+        b"hello\n",
+        headers=dict(alice.headers, **{"Content-Type": "text/plain"}),
+        status=201,
+    ).json["data"]["id"]
     store = client.wsgi.core.ctx.store
     first = {}
 
     def send_first():
-        first.update(store.add_chat_message({"id": "first", "chat_id": chat_id, "user_id": bob.id, "username": "bob",
-                                             "content": None, "attachment_id": attachment_id,
-                                             "created_at": "2024-05-01T12:00:00Z", "mentions": []}))
+        first.update(
+            store.add_chat_message(
+                {
+                    "id": "first",
+                    "chat_id": chat_id,
+                    "user_id": bob.id,
+                    "username": "bob",
+                    "content": None,
+                    "attachment_id": attachment_id,
+                    "created_at": "2024-05-01T12:00:00Z",
+                    "mentions": [],
+                }
+            )
+        )
 
     interleave(monkeypatch, store, "add_chat_message", send_first)
-    answer = client.post_json(f"/api/chats/{chat_id}/messages", {"attachment_id": attachment_id},
-                              headers=alice.headers, status=400)
+    answer = client.post_json(
+        f"/api/chats/{chat_id}/messages", {"attachment_id": attachment_id}, headers=alice.headers, status=400
+    )
     assert_error(answer, 400, "already sent")
     assert store.get_attachment(attachment_id)["message_id"] == "first"
     assert [m["id"] for m in store.chat_history(chat_id).items] == ["first"]
 
 
-def test_deleting_an_unsent_attachment_that_was_sent_meanwhile_takes_it_out_of_its_message(client, crowd,
-                                                                                           monkeypatch):
+def test_deleting_an_unsent_attachment_that_was_sent_meanwhile_takes_it_out_of_its_message(client, crowd, monkeypatch):
     alice, bob = crowd["alice"], crowd["bob"]
     chat_id = make_group(client, alice, bob)
-    attachment_id = client.post(f"/api/chats/{chat_id}/attachments?name=a.txt", b"hello\n", headers=dict(
-        alice.headers, **{"Content-Type": "text/plain"}), status=201).json["data"]["id"]
+    attachment_id = client.post(
+        f"/api/chats/{chat_id}/attachments?name=a.txt",
+        b"hello\n",
+        headers=dict(alice.headers, **{"Content-Type": "text/plain"}),
+        status=201,
+    ).json["data"]["id"]
     store = client.wsgi.core.ctx.store
     attachment = store.get_attachment(attachment_id)
 
     def send_first():
-        store.add_chat_message({"id": "first", "chat_id": chat_id, "user_id": bob.id, "username": "bob",
-                                "content": "see this", "attachment_id": attachment_id,
-                                "attachment": dict(attachment, message_id="first"),
-                                "created_at": "2024-05-01T12:00:00Z", "mentions": []})
+        store.add_chat_message(
+            {
+                "id": "first",
+                "chat_id": chat_id,
+                "user_id": bob.id,
+                "username": "bob",
+                "content": "see this",
+                "attachment_id": attachment_id,
+                "attachment": dict(attachment, message_id="first"),
+                "created_at": "2024-05-01T12:00:00Z",
+                "mentions": [],
+            }
+        )
 
     interleave(monkeypatch, store, "delete_attachment", send_first)
     client.delete(f"/api/attachments/{attachment_id}", headers=alice.headers, status=200)
@@ -498,36 +618,52 @@ def test_deleting_an_unsent_attachment_that_was_sent_meanwhile_takes_it_out_of_i
 def test_the_second_of_two_deletes_of_a_message_is_400_and_an_edit_after_a_delete_too(client, crowd, monkeypatch):
     alice, bob = crowd["alice"], crowd["bob"]
     chat_id = make_group(client, alice, bob)
-    said = client.post_json(f"/api/chats/{chat_id}/messages", {"content": "oops"}, headers=alice.headers,
-                            status=201).json["data"]["id"]
+    said = client.post_json(
+        f"/api/chats/{chat_id}/messages", {"content": "oops"}, headers=alice.headers, status=201
+    ).json["data"]["id"]
     store = client.wsgi.core.ctx.store
 
     def delete_first():
-        store.change_chat_message(said, alice.id, lambda message, member: {"deleted": True, "content": None,
-                                                                            "deleted_by": bob.id})
+        store.change_chat_message(
+            said, alice.id, lambda message, member: {"deleted": True, "content": None, "deleted_by": bob.id}
+        )
 
     interleave(monkeypatch, store, "change_chat_message", delete_first)
-    assert_error(client.delete(f"/api/chats/{chat_id}/messages/{said}", headers=alice.headers, status=400),
-                 400, "already deleted")
+    assert_error(
+        client.delete(f"/api/chats/{chat_id}/messages/{said}", headers=alice.headers, status=400),
+        400,
+        "already deleted",
+    )
     assert store.get_chat_message(said)["deleted_by"] == bob.id
     monkeypatch.undo()
-    said = client.post_json(f"/api/chats/{chat_id}/messages", {"content": "typo"}, headers=alice.headers,
-                            status=201).json["data"]["id"]
+    said = client.post_json(
+        f"/api/chats/{chat_id}/messages", {"content": "typo"}, headers=alice.headers, status=201
+    ).json["data"]["id"]
     interleave(monkeypatch, store, "change_chat_message", delete_first)
-    assert_error(client.patch_json(f"/api/chats/{chat_id}/messages/{said}", {"content": "fixed"},
-                                   headers=alice.headers, status=400), 400, "deleted")
+    assert_error(
+        client.patch_json(
+            f"/api/chats/{chat_id}/messages/{said}", {"content": "fixed"}, headers=alice.headers, status=400
+        ),
+        400,
+        "deleted",
+    )
     assert store.get_chat_message(said)["content"] is None
 
 
 def test_a_read_pointer_moved_further_meanwhile_stays_where_it_is(client, crowd, monkeypatch):
     alice, bob = crowd["alice"], crowd["bob"]
     chat_id = make_group(client, alice, bob)
-    said = [client.post_json(f"/api/chats/{chat_id}/messages", {"content": f"m{n}"}, headers=alice.headers,
-                             status=201).json["data"]["id"] for n in range(3)]
+    said = [
+        client.post_json(
+            f"/api/chats/{chat_id}/messages", {"content": f"m{n}"}, headers=alice.headers, status=201
+        ).json["data"]["id"]
+        for n in range(3)
+    ]
     store = client.wsgi.core.ctx.store
     newest = store.get_chat_message(said[2])["seq"]
-    interleave(monkeypatch, store, "change_chat",
-               lambda: store.update_members({(chat_id, bob.id): {"read_seq": newest}}))
+    interleave(
+        monkeypatch, store, "change_chat", lambda: store.update_members({(chat_id, bob.id): {"read_seq": newest}})
+    )
     answer = client.post_json(f"/api/chats/{chat_id}/read", {"message_id": said[0]}, headers=bob.headers, status=200)
     assert answer.json["data"]["unread_count"] == 0
     assert store.get_member(chat_id, bob.id)["read_seq"] == newest
@@ -536,6 +672,7 @@ def test_a_read_pointer_moved_further_meanwhile_stays_where_it_is(client, crowd,
 def test_a_second_key_for_one_device_published_meanwhile_is_409(client, crowd, monkeypatch):
     import base64
     import os
+
     alice = crowd["alice"]
     store = client.wsgi.core.ctx.store
 
@@ -543,11 +680,30 @@ def test_a_second_key_for_one_device_published_meanwhile_is_409(client, crowd, m
         return base64.b64encode(os.urandom(31) + b"\x01").decode()
 
     def publish_first():
-        store.add_key({"id": "k0", "user_id": alice.id, "device_id": "phone", "algorithm": "x25519",
-                       "public_key": x25519(), "fingerprint": "f" * 64, "created_at": "2024-05-01T12:00:00Z",
-                       "revoked_at": None, "replaces": None, "replaced_by": None})
+        store.add_key(
+            {
+                "id": "k0",
+                "user_id": alice.id,
+                "device_id": "phone",
+                "algorithm": "x25519",
+                "public_key": x25519(),
+                "fingerprint": "f" * 64,
+                "created_at": "2024-05-01T12:00:00Z",
+                "revoked_at": None,
+                "replaces": None,
+                "replaced_by": None,
+            }
+        )
 
     interleave(monkeypatch, store, "change_user_keys", publish_first)
-    assert_error(client.post_json("/api/keys", {"device_id": "phone", "algorithm": "x25519", "public_key": x25519()},
-                                  headers=alice.headers, status=409), 409, "already has a live")
+    assert_error(
+        client.post_json(
+            "/api/keys",
+            {"device_id": "phone", "algorithm": "x25519", "public_key": x25519()},
+            headers=alice.headers,
+            status=409,
+        ),
+        409,
+        "already has a live",
+    )
     assert [key["id"] for key in store.user_keys(alice.id)] == ["k0"]

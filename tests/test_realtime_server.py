@@ -1,10 +1,8 @@
 """Real-time on a real waitress server: first bytes, heartbeats, the cap, departures."""
 
-import socket
 import time
 
 import pytest
-
 from server import RawStream as Stream
 from server import Server, wait_until
 

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from conftest import assert_error
+from test_events import open_stream
 
 
 @pytest.fixture
@@ -13,24 +13,28 @@ def alice(client):
 
 
 def send(client, alice, body, content_type="application/json", status=400):
-    return client.post("/api/messages", body, headers=dict(alice.headers, **{"Content-Type": content_type}),
-                       status=status)
+    return client.post(
+        "/api/messages", body, headers=dict(alice.headers, **{"Content-Type": content_type}), status=status
+    )
 
 
-@pytest.mark.parametrize("body, message", [
-    (b"{", "not valid JSON"),
-    (b"", "must be a JSON object"),
-    (b"[1, 2]", "must be a JSON object"),
-    (b'"text"', "must be a JSON object"),
-    (b"null", "must be a JSON object"),
-    (b'{"content": NaN}', "NaN"),
-    (b'{"content": Infinity}', "Infinity"),
-    (b'{"content": -Infinity}', "Infinity"),
-    (b'{"content": "\\ud800"}', "surrogate"),
-    (b'{"content": "ok", "x": {"\\udfff": 1}}', "surrogate"),
-    (b"\xff\xfe{}", "UTF-8"),
-    (b"[" * 32000, "nested too deeply"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"{", "not valid JSON"),
+        (b"", "must be a JSON object"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'"text"', "must be a JSON object"),
+        (b"null", "must be a JSON object"),
+        (b'{"content": NaN}', "NaN"),
+        (b'{"content": Infinity}', "Infinity"),
+        (b'{"content": -Infinity}', "Infinity"),
+        (b'{"content": "\\ud800"}', "surrogate"),
+        (b'{"content": "ok", "x": {"\\udfff": 1}}', "surrogate"),
+        (b"\xff\xfe{}", "UTF-8"),
+        (b"[" * 32000, "nested too deeply"),
+    ],
+)
 def test_malformed_json_bodies_are_400(client, alice, body, message):
     assert_error(send(client, alice, body), 400, message)
 
@@ -75,6 +79,7 @@ def test_url_parameters_are_percent_decoded(client, alice):
 
 # -- middleware as composed by create_app -------------------------------------
 
+
 def test_with_an_api_key_required_requests_without_it_get_401(make_client):
     client = make_client(secret_key_enabled=True, secret_key="k" * 20)
     assert_error(client.post_json("/api/auth/register", {}, status=401), 401, "API key is missing")
@@ -86,9 +91,15 @@ def test_with_an_api_key_required_requests_without_it_get_401(make_client):
 
 def test_a_preflight_needs_no_api_key_and_refusals_carry_cors_headers(make_client):
     client = make_client(secret_key_enabled=True, secret_key="k" * 20, cors_origins=("https://chat.example",))
-    preflight = client.options("/api/messages", headers={
-        "Origin": "https://chat.example", "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization, content-type, x-api-key"}, status=204)
+    preflight = client.options(
+        "/api/messages",
+        headers={
+            "Origin": "https://chat.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type, x-api-key",
+        },
+        status=204,
+    )
     assert preflight.headers["Access-Control-Allow-Origin"] == "https://chat.example"
     assert "X-API-Key" in preflight.headers["Access-Control-Allow-Headers"]
     refused = client.get("/api/messages", headers={"Origin": "https://chat.example"}, status=401)
@@ -169,12 +180,13 @@ def test_the_app_can_be_mounted_under_a_script_name(make_client):
         path = environ["PATH_INFO"]
         if path.startswith("/chat/"):
             environ["SCRIPT_NAME"] += "/chat"
-            environ["PATH_INFO"] = path[len("/chat"):]
+            environ["PATH_INFO"] = path[len("/chat") :]
             return app(environ, start_response)
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"parent"]
 
     from webtest import TestApp
+
     mounted = TestApp(parent)
     mounted.post_json("/chat/api/auth/register", {"username": "alice", "password": "p" * 10}, status=201)
     token = mounted.post_json("/chat/api/auth/login", {"username": "alice", "password": "p" * 10}).json
@@ -210,7 +222,13 @@ def test_with_an_api_key_a_ticketed_event_stream_needs_no_header(make_client):
     client = make_client(secret_key_enabled=True, secret_key="k" * 20)
     key = {"X-API-Key": "k" * 20}
     client.post_json("/api/auth/register", {"username": "alice", "password": "p" * 10}, headers=key)
-    token = client.post_json("/api/auth/login", {"username": "alice", "password": "p" * 10},
-                             headers=key).json["data"]["access_token"]
+    token = client.post_json("/api/auth/login", {"username": "alice", "password": "p" * 10}, headers=key).json["data"][
+        "access_token"
+    ]
     assert_error(client.get("/api/events/stream", status=401), 401, "API key")
     assert_error(client.get("/api/events/stream", {"ticket": "forged"}, status=401), 401, "ticket")
+    bearer = {"Authorization": f"Bearer {token}", **key}
+    ticket = client.post_json("/api/events/ticket", {}, headers=bearer, status=201).json["data"]["ticket"]
+    started, body = open_stream(client, query=f"ticket={ticket}")
+    assert started["status"] == "200 OK"
+    body.close()

@@ -14,13 +14,12 @@ import threading
 import time
 
 import pytest
-
-from store import open_store
 from conftest import assert_error
+from server import wait_until
 from test_events import open_stream, poll
 from test_notifications import Receiver
-from server import wait_until
 
+from store import open_store
 
 pytestmark = pytest.mark.backends("postgres")
 
@@ -32,8 +31,7 @@ def two(make_client):
 
 
 def group(app, owner, *members):
-    chat = app.post_json("/api/chats/group", {"name": "g", "members": [m.id for m in members]},
-                         headers=owner.headers)
+    chat = app.post_json("/api/chats/group", {"name": "g", "members": [m.id for m in members]}, headers=owner.headers)
     return chat.json["data"]["id"]
 
 
@@ -65,14 +63,16 @@ def test_a_cursor_from_one_process_resumes_on_the_other_with_nothing_missed(two)
     chat_id = group(first, alice, bob)
     cursor = poll(first, bob).json["next"]
     for number in range(3):
-        (first, second)[number % 2].post_json(f"/api/chats/{chat_id}/messages", {"content": f"m{number}"},
-                                              headers=alice.headers)
+        (first, second)[number % 2].post_json(
+            f"/api/chats/{chat_id}/messages", {"content": f"m{number}"}, headers=alice.headers
+        )
     for app in (first, second):
         events = poll(app, bob, since=cursor).json["events"]
         assert [e["data"]["content"] for e in events if e["type"] == "chat.message.created"] == ["m0", "m1", "m2"]
     # The ids are the same on both: a client may switch processes between requests.
-    assert [e["id"] for e in poll(first, bob, since=cursor).json["events"]] == \
-        [e["id"] for e in poll(second, bob, since=cursor).json["events"]]
+    assert [e["id"] for e in poll(first, bob, since=cursor).json["events"]] == [
+        e["id"] for e in poll(second, bob, since=cursor).json["events"]
+    ]
 
 
 def test_a_stream_ticket_from_one_process_opens_the_stream_on_the_other(two):
@@ -95,8 +95,9 @@ def test_each_mention_is_notified_once_though_both_processes_run_a_notifier(two)
     alice, bob = first.user("alice"), first.user("bob")
     chat_id = group(first, alice, bob)
     for number in range(20):
-        (first, second)[number % 2].post_json(f"/api/chats/{chat_id}/messages",
-                                              {"content": f"@bob look {number}"}, headers=alice.headers)
+        (first, second)[number % 2].post_json(
+            f"/api/chats/{chat_id}/messages", {"content": f"@bob look {number}"}, headers=alice.headers
+        )
 
     def mentions():
         feed = second.get("/api/notifications", {"limit": 100}, headers=bob.headers).json["notifications"]
@@ -115,12 +116,16 @@ def test_each_push_is_delivered_once_though_both_processes_drain_the_queue(make_
         apps = [make_client(push_webhook_url=receiver.url, push_allowed_addresses=("127.0.0.1",)) for _ in range(2)]
         alice, bob = apps[0].user("alice"), apps[0].user("bob")
         for number in range(10):
-            apps[number % 2].post_json("/api/chats/direct", {"user_id": bob.id, "content": f"dm {number}"},
-                                       headers=alice.headers)
+            apps[number % 2].post_json(
+                "/api/chats/direct", {"user_id": bob.id, "content": f"dm {number}"}, headers=alice.headers
+            )
 
         def previews():  # one delivery may carry several notifications
-            return sorted(delivery["notification"]["preview"] for _, body in list(receiver.deliveries)
-                          for delivery in json.loads(body)["deliveries"])
+            return sorted(
+                delivery["notification"]["preview"]
+                for _, body in list(receiver.deliveries)
+                for delivery in json.loads(body)["deliveries"]
+            )
 
         assert wait_until(lambda: len(previews()) >= 10, timeout=15)
         time.sleep(0.5)  # both workers have had time to send a job twice, were they to
@@ -137,7 +142,10 @@ def test_bytes_uploaded_in_one_process_survive_a_delete_of_their_last_copy_in_an
     try:
         payload = b"the same picture, twice"
         digest = first.save_blob_bytes(payload)
-        first.create_chat({"id": "c1", "type": "group", "name": "c1", "description": None, "created_by": "alice", "created_at": "t"}, [])
+        first.create_chat(
+            {"id": "c1", "type": "group", "name": "c1", "description": None, "created_by": "alice", "created_at": "t"},
+            [],
+        )
         first.add_attachment({"id": "a1", "chat_id": "c1", "sha256": digest})
         # The second process writes the same bytes again (pinned, not yet referred to) ...
         assert second.save_blob_bytes(payload) == digest

@@ -1,7 +1,6 @@
 """Search: words, visibility, one chat, pages."""
 
 import pytest
-
 from conftest import assert_error
 
 
@@ -11,13 +10,16 @@ def world(client):
     chat = client.post_json("/api/chats/group", {"name": "g", "members": [bob.id]}, headers=alice.headers).json
     chat_id = chat["data"]["id"]
     for number in range(12):
-        client.post_json(f"/api/chats/{chat_id}/messages", {"content": f"Deploy the rocket #{number}"},
-                         headers=alice.headers)
+        client.post_json(
+            f"/api/chats/{chat_id}/messages", {"content": f"Deploy the rocket #{number}"}, headers=alice.headers
+        )
     client.post_json("/api/messages", {"content": "public rocket news"}, headers=carol.headers)
-    client.post_json("/api/messages", {"content": "private rocket for bob", "recipient_id": bob.id},
-                     headers=carol.headers)
-    client.post_json("/api/messages", {"content": "carol keeps this rocket", "recipient_id": carol.id},
-                     headers=carol.headers)
+    client.post_json(
+        "/api/messages", {"content": "private rocket for bob", "recipient_id": bob.id}, headers=carol.headers
+    )
+    client.post_json(
+        "/api/messages", {"content": "carol keeps this rocket", "recipient_id": carol.id}, headers=carol.headers
+    )
     return alice, bob, carol, chat_id
 
 
@@ -32,7 +34,10 @@ def test_search_finds_every_word_newest_first_across_what_i_can_see(client, worl
     assert len(found) == 14 and found[2]["chat_id"] == chat_id
     assert [m["content"] for m in search(client, alice, q="rocket deploy 11")["messages"]] == ["Deploy the rocket #11"]
     assert [m["content"] for m in search(client, carol, q="rocket")["messages"]] == [
-        "carol keeps this rocket", "private rocket for bob", "public rocket news"]
+        "carol keeps this rocket",
+        "private rocket for bob",
+        "public rocket news",
+    ]
 
 
 def test_search_within_one_chat_and_pages_back(client, world):
@@ -52,11 +57,18 @@ def test_edits_change_what_search_finds(client, world):
     assert target["id"] not in [m["id"] for m in search(client, alice, q="rocket", limit=100)["messages"]]
 
 
-@pytest.mark.parametrize("query, status, message", [
-    ({}, 400, "q"), ({"q": "   "}, 400, "q"), ({"q": "!!!"}, 400, "word"), ({"q": "x" * 201}, 400, "at most"),
-    ({"q": "a", "limit": "500"}, 400, "limit"), ({"q": "a", "chat_id": "nope"}, 404, "Chat"),
-    ({"q": "a", "before": "nope"}, 400, "before"),
-])
+@pytest.mark.parametrize(
+    "query, status, message",
+    [
+        ({}, 400, "q"),
+        ({"q": "   "}, 400, "q"),
+        ({"q": "!!!"}, 400, "word"),
+        ({"q": "x" * 201}, 400, "at most"),
+        ({"q": "a", "limit": "500"}, 400, "limit"),
+        ({"q": "a", "chat_id": "nope"}, 404, "Chat"),
+        ({"q": "a", "before": "nope"}, 400, "before"),
+    ],
+)
 def test_bad_searches_are_refused(client, world, query, status, message):
     alice = world[0]
     assert_error(client.get("/api/search", query, headers=alice.headers, status=status), status, message)
@@ -65,8 +77,19 @@ def test_bad_searches_are_refused(client, world, query, status, message):
 def test_a_cursor_must_be_a_message_the_searcher_may_see(client, world):
     alice, bob, carol, chat_id = world
     private = search(client, bob, q="private")["messages"][0]
-    assert_error(client.get("/api/search", {"q": "rocket", "before": private["id"]}, headers=alice.headers,
-                            status=400), 400, "before")
+    assert_error(
+        client.get("/api/search", {"q": "rocket", "before": private["id"]}, headers=alice.headers, status=400),
+        400,
+        "before",
+    )
     search(client, carol, q="rocket", before=private["id"])
-    assert_error(client.get("/api/search", {"q": "rocket", "chat_id": chat_id, "before": private["id"]},
-                            headers=alice.headers, status=400), 400, "before")
+    assert_error(
+        client.get(
+            "/api/search",
+            {"q": "rocket", "chat_id": chat_id, "before": private["id"]},
+            headers=alice.headers,
+            status=400,
+        ),
+        400,
+        "before",
+    )

@@ -10,7 +10,6 @@ import sys
 import threading
 
 import pytest
-
 from server import ROOT, Server, wait_until
 
 
@@ -71,8 +70,9 @@ def test_sigterm_stops_cleanly_and_everything_is_there_after_a_restart(tmp_path)
 
 def test_a_second_server_on_the_same_data_dir_exits_with_a_clear_message(server):
     environment = dict(os.environ, HOST="127.0.0.1", PORT="0", DATA_DIR=server.data_dir)
-    result = subprocess.run([sys.executable, "oxc_wsgi.py", "serve"], cwd=ROOT, env=environment,
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "oxc_wsgi.py", "serve"], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=30
+    )
     assert result.returncode != 0
     assert "is in use by another oxc process" in result.stderr
     assert server.request("GET", "/api/health")[0] == 200
@@ -92,16 +92,37 @@ def test_an_existing_0xc_data_directory_is_served(tmp_path):
     data.mkdir()
     alice, bob = "550e8400-e29b-41d4-a716-446655440000", "550e8400-e29b-41d4-a716-446655440003"
     users = {
-        alice: {"id": alice, "username": "user1", "email": "user1@example.com",
-                "password_hash": _passlib_pbkdf2("password123"), "created_at": "2023-09-15T14:30:45.123456"},
-        bob: {"id": bob, "username": "user2", "email": "user2@example.com",
-              "password_hash": _passlib_pbkdf2("hunter2hunter2"), "created_at": "2023-09-15T14:31:00.000000"},
+        alice: {
+            "id": alice,
+            "username": "user1",
+            "email": "user1@example.com",
+            "password_hash": _passlib_pbkdf2("password123"),
+            "created_at": "2023-09-15T14:30:45.123456",
+        },
+        bob: {
+            "id": bob,
+            "username": "user2",
+            "email": "user2@example.com",
+            "password_hash": _passlib_pbkdf2("hunter2hunter2"),
+            "created_at": "2023-09-15T14:31:00.000000",
+        },
     }
     messages = [
-        {"id": "m1", "user_id": alice, "username": "user1", "content": "Hello, world!",
-         "timestamp": "2023-09-15T14:35:12.654321"},
-        {"id": "m2", "user_id": bob, "username": "user2", "content": "psst", "recipient_id": alice,
-         "timestamp": "2023-09-15T14:36:05.123456"},
+        {
+            "id": "m1",
+            "user_id": alice,
+            "username": "user1",
+            "content": "Hello, world!",
+            "timestamp": "2023-09-15T14:35:12.654321",
+        },
+        {
+            "id": "m2",
+            "user_id": bob,
+            "username": "user2",
+            "content": "psst",
+            "recipient_id": alice,
+            "timestamp": "2023-09-15T14:36:05.123456",
+        },
     ]
     tokens = {"a1b2c3d4-e5f6-0000-1111-k1l2m3n4o5p6": {"user_id": alice, "expires_at": "2099-01-01T00:00:00"}}
     (data / "users.json").write_text(json.dumps(users))
@@ -109,8 +130,9 @@ def test_an_existing_0xc_data_directory_is_served(tmp_path):
     (data / "tokens.json").write_text(json.dumps(tokens))
     server = Server(data)
     try:
-        status, refreshed = server.request("POST", "/api/auth/refresh",
-                                           {"refresh_token": "a1b2c3d4-e5f6-0000-1111-k1l2m3n4o5p6"})
+        status, refreshed = server.request(
+            "POST", "/api/auth/refresh", {"refresh_token": "a1b2c3d4-e5f6-0000-1111-k1l2m3n4o5p6"}
+        )
         assert status == 200, refreshed
         login = server.user("user1", "password123")
         assert login["user"]["id"] == alice
@@ -139,10 +161,15 @@ def _free_port():
 def test_waitress_serve_can_load_the_module_level_application(tmp_path):
     port = _free_port()
     environment = dict(os.environ, DATA_DIR=str(tmp_path / "data"), BCRYPT_ROUNDS="4")
-    process = subprocess.Popen([sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}",
-                                "oxc_wsgi:application"], cwd=ROOT, env=environment,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", "oxc_wsgi:application"],
+        cwd=ROOT,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
+
         def answers():
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=1) as connection:
@@ -150,6 +177,7 @@ def test_waitress_serve_can_load_the_module_level_application(tmp_path):
                     return connection.recv(100)
             except OSError:
                 return None
+
         assert wait_until(answers, timeout=15).startswith(b"HTTP/1.0 200")
     finally:
         process.terminate()

@@ -11,8 +11,8 @@ import hashlib
 import threading
 
 import pytest
-
 from pgtest import fresh_schema
+
 from store import Conflict, Page, StoreUnavailable, open_store
 
 
@@ -33,14 +33,24 @@ def store(request, tmp_path):
 
 
 def make_user(user_id, username, email=None):
-    return {"id": user_id, "username": username, "email": email,
-            "password_hash": "$2b$04$" + "x" * 53, "created_at": "2024-05-01T12:00:00Z"}
+    return {
+        "id": user_id,
+        "username": username,
+        "email": email,
+        "password_hash": "$2b$04$" + "x" * 53,
+        "created_at": "2024-05-01T12:00:00Z",
+    }
 
 
 def make_message(message_id, user_id, recipient_id=None, content=None):
-    return {"id": message_id, "user_id": user_id, "username": user_id,
-            "content": content or f"text of {message_id}", "timestamp": "2024-05-01T12:00:00Z",
-            "recipient_id": recipient_id}
+    return {
+        "id": message_id,
+        "user_id": user_id,
+        "username": user_id,
+        "content": content or f"text of {message_id}",
+        "timestamp": "2024-05-01T12:00:00Z",
+        "recipient_id": recipient_id,
+    }
 
 
 def token_hash(token):
@@ -48,9 +58,15 @@ def token_hash(token):
 
 
 def make_session(session_id, user_id, token):
-    return {"id": session_id, "user_id": user_id, "token_hash": token_hash(token),
-            "previous_hash": None, "rotated_at": None, "created_at": 1_700_000_000.0,
-            "expires_at": 1_700_000_000.0 + 86400}
+    return {
+        "id": session_id,
+        "user_id": user_id,
+        "token_hash": token_hash(token),
+        "previous_hash": None,
+        "rotated_at": None,
+        "created_at": 1_700_000_000.0,
+        "expires_at": 1_700_000_000.0 + 86400,
+    }
 
 
 def post(store, message_id, user_id="alice", recipient_id=None):
@@ -145,16 +161,21 @@ def test_an_update_with_expected_values_applies_only_while_they_hold(store):
     alice = store.create_user(make_user("u1", "alice", "alice@example.com"))
     assert store.update_user("u1", {"full_name": "Al"}, expected={"email": "bob@example.com"}) is None
     assert store.get_user("u1") == alice
-    changed = store.update_user("u1", {"email_verified": True}, expected={"email": "alice@example.com",
-                                                                          "password_hash": alice["password_hash"]})
+    changed = store.update_user(
+        "u1", {"email_verified": True}, expected={"email": "alice@example.com", "password_hash": alice["password_hash"]}
+    )
     assert changed["email_verified"] is True and store.get_user("u1") == changed
 
 
 def test_concurrent_password_changes_from_one_hash_have_exactly_one_winner(store):
     old = store.create_user(make_user("u1", "alice"))["password_hash"]
     for round_number in range(20):
-        results = all_at_once(2, lambda slot: store.update_user(
-            "u1", {"password_hash": f"new-{round_number}-{slot}"}, expected={"password_hash": old}))
+        results = all_at_once(
+            2,
+            lambda slot: store.update_user(
+                "u1", {"password_hash": f"new-{round_number}-{slot}"}, expected={"password_hash": old}
+            ),
+        )
         winners = [result for result in results if result is not None]
         assert len(winners) == 1, f"round {round_number}: {results}"
         assert store.get_user("u1")["password_hash"] == winners[0]["password_hash"]
@@ -198,11 +219,19 @@ def test_visible_messages_are_public_ones_and_private_ones_to_or_from_the_user(s
     post(store, "alice-to-herself", "alice", "alice")
 
     assert ids(store.visible_messages("alice")) == [
-        "public-by-alice", "alice-to-bob", "bob-to-alice", "public-by-carol", "alice-to-herself"]
-    assert ids(store.visible_messages("bob")) == [
-        "public-by-alice", "alice-to-bob", "bob-to-alice", "public-by-carol"]
+        "public-by-alice",
+        "alice-to-bob",
+        "bob-to-alice",
+        "public-by-carol",
+        "alice-to-herself",
+    ]
+    assert ids(store.visible_messages("bob")) == ["public-by-alice", "alice-to-bob", "bob-to-alice", "public-by-carol"]
     assert ids(store.visible_messages("carol")) == [
-        "public-by-alice", "carol-to-dave", "public-by-carol", "dave-to-carol"]
+        "public-by-alice",
+        "carol-to-dave",
+        "public-by-carol",
+        "dave-to-carol",
+    ]
     assert ids(store.visible_messages("eve")) == ["public-by-alice", "public-by-carol"]
 
 
@@ -462,7 +491,8 @@ def test_two_concurrent_rotations_of_one_token_have_exactly_one_winner(store):
         def rotate(slot):
             barrier.wait()
             results[slot] = store.rotate_session(
-                session_id, presented, token_hash(f"new-{round_number}-{slot}"), 1.0, 2.0)
+                session_id, presented, token_hash(f"new-{round_number}-{slot}"), 1.0, 2.0
+            )
 
         racers = [threading.Thread(target=rotate, args=(slot,)) for slot in (0, 1)]
         for racer in racers:
@@ -592,26 +622,51 @@ def test_import_legacy_takes_users_messages_and_sessions(store):
 
 
 def member(user_id, role="member", **extra):
-    return dict({"user_id": user_id, "role": role, "joined_at": "2024-05-01T12:00:00Z", "muted": False,
-                 "read_seq": 0, "delivered_seq": 0}, **extra)
+    return dict(
+        {
+            "user_id": user_id,
+            "role": role,
+            "joined_at": "2024-05-01T12:00:00Z",
+            "muted": False,
+            "read_seq": 0,
+            "delivered_seq": 0,
+        },
+        **extra,
+    )
 
 
 def make_chat(chat_id, kind="group", name=None):
-    return {"id": chat_id, "type": kind, "name": name or chat_id, "description": None,
-            "created_by": "alice", "created_at": "2024-05-01T12:00:00Z"}
+    return {
+        "id": chat_id,
+        "type": kind,
+        "name": name or chat_id,
+        "description": None,
+        "created_by": "alice",
+        "created_at": "2024-05-01T12:00:00Z",
+    }
 
 
 def group(store, chat_id, *user_ids):
     """Create a group of ``user_ids`` (the first one owns it)."""
-    return store.create_chat(make_chat(chat_id), [member(uid, "owner" if i == 0 else "member")
-                                                  for i, uid in enumerate(user_ids)])
+    return store.create_chat(
+        make_chat(chat_id), [member(uid, "owner" if i == 0 else "member") for i, uid in enumerate(user_ids)]
+    )
 
 
 def say(store, chat_id, message_id, user_id="alice", content=None, **extra):
     """Add a chat message and return it."""
-    return store.add_chat_message(dict({
-        "id": message_id, "chat_id": chat_id, "user_id": user_id, "content": content or f"text of {message_id}",
-        "created_at": "2024-05-01T12:00:00Z"}, **extra))
+    return store.add_chat_message(
+        dict(
+            {
+                "id": message_id,
+                "chat_id": chat_id,
+                "user_id": user_id,
+                "content": content or f"text of {message_id}",
+                "created_at": "2024-05-01T12:00:00Z",
+            },
+            **extra,
+        )
+    )
 
 
 def test_a_created_chat_has_a_seq_and_its_members_in_the_order_given(store):
@@ -661,8 +716,9 @@ def test_concurrent_direct_chats_for_one_pair_make_one_chat(store):
 
         def open_chat(slot):
             barrier.wait()
-            results[slot] = store.direct_chat(make_chat(f"r{round_number}-{slot}", "direct"),
-                                              member(f"a{round_number}"), member(f"b{round_number}"))
+            results[slot] = store.direct_chat(
+                make_chat(f"r{round_number}-{slot}", "direct"), member(f"a{round_number}"), member(f"b{round_number}")
+            )
 
         racers = [threading.Thread(target=open_chat, args=(slot,)) for slot in range(threads)]
         for racer in racers:
@@ -900,15 +956,24 @@ def chunks_of(data, size=7):
 
     def read(n):
         n = min(n, size)
-        chunk = data[view["offset"]:view["offset"] + n]
+        chunk = data[view["offset"] : view["offset"] + n]
         view["offset"] += len(chunk)
         return chunk
+
     return read
 
 
 def attachment(attachment_id, digest, chat_id="c1", thumbnail=None):
-    record = {"id": attachment_id, "chat_id": chat_id, "uploader_id": "alice", "message_id": None,
-              "name": "file.bin", "size": 3, "sha256": digest, "created_at": "2024-05-01T12:00:00Z"}
+    record = {
+        "id": attachment_id,
+        "chat_id": chat_id,
+        "uploader_id": "alice",
+        "message_id": None,
+        "name": "file.bin",
+        "size": 3,
+        "sha256": digest,
+        "created_at": "2024-05-01T12:00:00Z",
+    }
     if thumbnail:
         record["thumbnail_sha256"] = thumbnail
     return record
@@ -926,6 +991,7 @@ def test_blobs_are_content_addressed_and_read_back(store):
 
 def test_a_blob_over_the_limit_is_refused(store):
     from store import TooLarge
+
     with pytest.raises(TooLarge):
         store.save_blob(chunks_of(b"x" * 100), limit=50)
 
@@ -979,6 +1045,7 @@ def sized(attachment_id, digest, size, uploader="alice", **extra):
 
 def test_an_attachment_of_a_chat_deleted_meanwhile_is_refused_and_nothing_is_written(store):
     from store import Missing
+
     digest = store.save_blob_bytes(b"abc")
     with pytest.raises(Missing):
         store.add_attachment(attachment("a1", digest, chat_id="gone"))
@@ -1004,6 +1071,7 @@ def test_attachment_usage_sums_sizes_per_uploader_without_thumbnails_and_frees_o
 def test_an_attachment_past_the_quota_is_refused_and_nothing_is_written(store):
     group(store, "c1", "alice")  # attachments belong to a chat that exists
     from store import QuotaExceeded
+
     store.create_user(make_user("alice", "alice"))
     digest = store.save_blob_bytes(b"abc")
     store.add_attachment(sized("a1", digest, 600), quota=1000)
@@ -1019,6 +1087,7 @@ def test_an_attachment_past_the_quota_is_refused_and_nothing_is_written(store):
 def test_concurrent_attachments_never_take_their_uploader_past_the_quota(store):
     group(store, "c1", "alice")  # attachments belong to a chat that exists
     from store import QuotaExceeded
+
     store.create_user(make_user("alice", "alice"))
     digest = store.save_blob_bytes(b"abc")
     threads, outcomes = 8, []
@@ -1058,8 +1127,15 @@ def test_a_discarded_blob_goes_unless_an_attachment_refers_to_it(store):
 
 
 def make_key(key_id, user_id, created_at):
-    return {"id": key_id, "user_id": user_id, "device_id": "d1", "algorithm": "x25519",
-            "public_key": "AAAA", "created_at": created_at, "revoked_at": None}
+    return {
+        "id": key_id,
+        "user_id": user_id,
+        "device_id": "d1",
+        "algorithm": "x25519",
+        "public_key": "AAAA",
+        "created_at": created_at,
+        "revoked_at": None,
+    }
 
 
 def test_keys_are_listed_per_user_oldest_first_revoked_ones_too(store):
@@ -1102,8 +1178,15 @@ def all_at_once(count, work):
 
 
 def make_code(code_id="verify:u1", code_hash="h1", expires_at=1000.0):
-    return {"id": code_id, "user_id": "u1", "purpose": "verify", "email": "a@example.com",
-            "code_hash": code_hash, "attempts": 0, "expires_at": expires_at}
+    return {
+        "id": code_id,
+        "user_id": "u1",
+        "purpose": "verify",
+        "email": "a@example.com",
+        "code_hash": code_hash,
+        "attempts": 0,
+        "expires_at": expires_at,
+    }
 
 
 def test_each_guess_spends_an_attempt_until_the_code_is_gone(store):
@@ -1177,13 +1260,26 @@ def test_concurrent_attempts_are_each_counted_once(store):
 
 
 def note(note_id, user_id="bob", kind="mention", read=False):
-    return {"id": note_id, "user_id": user_id, "kind": kind, "chat_id": "c1", "read": read,
-            "created_at": "2024-05-01T12:00:00Z"}
+    return {
+        "id": note_id,
+        "user_id": user_id,
+        "kind": kind,
+        "chat_id": "c1",
+        "read": read,
+        "created_at": "2024-05-01T12:00:00Z",
+    }
 
 
 def job(job_id, due, created_at="2024-05-01T12:00:00Z"):
-    return {"id": job_id, "url": "https://push.example/hook", "payload": {"deliveries": []}, "attempts": 0,
-            "last_error": None, "next_attempt_at": due, "created_at": created_at}
+    return {
+        "id": job_id,
+        "url": "https://push.example/hook",
+        "payload": {"deliveries": []},
+        "attempts": 0,
+        "last_error": None,
+        "next_attempt_at": due,
+        "created_at": created_at,
+    }
 
 
 def test_add_notifications_assigns_seqs_and_stores_the_mark_in_the_same_write(store):
@@ -1214,7 +1310,8 @@ def test_a_mark_expected_elsewhere_refuses_the_whole_write(store):
 
 def test_push_jobs_are_queued_up_to_max_pending_and_the_rest_are_dead_letters(store):
     _, accepted, refused = store.add_notifications(
-        [note("n1")], [job("j1", 10.0), job("j2", 11.0), job("j3", 12.0)], max_pending=2)
+        [note("n1")], [job("j1", 10.0), job("j2", 11.0), job("j3", 12.0)], max_pending=2
+    )
     assert [(j["id"], j["status"]) for j in accepted] == [("j1", "pending"), ("j2", "pending")]
     assert [(j["id"], j["status"]) for j in refused] == [("j3", "dead")]
     assert refused[0]["last_error"] == "the push queue is full"
@@ -1225,8 +1322,9 @@ def test_push_jobs_are_queued_up_to_max_pending_and_the_rest_are_dead_letters(st
 
 
 def test_user_notifications_are_newest_first_with_filters_and_paging(store):
-    notes, _, _ = store.add_notifications([note("n1"), note("n2", kind="direct_message"), note("n3"),
-                                           note("n4", read=True), note("x", "carol")])
+    notes, _, _ = store.add_notifications(
+        [note("n1"), note("n2", kind="direct_message"), note("n3"), note("n4", read=True), note("x", "carol")]
+    )
     seq_of = {n["id"]: n["seq"] for n in notes}
     assert found(store.user_notifications("bob")) == (["n4", "n3", "n2", "n1"], False)
     assert found(store.user_notifications("bob", limit=2)) == (["n4", "n3"], True)
@@ -1256,15 +1354,15 @@ def about(note_id, message_id, preview, user_id="bob"):
 
 
 def delivering(job_id, due, *notes):
-    return dict(job(job_id, due), payload={"deliveries": [{"user_id": n["user_id"], "notification": n}
-                                                          for n in notes]})
+    return dict(job(job_id, due), payload={"deliveries": [{"user_id": n["user_id"], "notification": n} for n in notes]})
 
 
 def test_scrubbing_a_message_takes_its_previews_out_of_notifications_and_push_jobs_alone(store):
     m1, m1_carol = about("n1", "m1", "the secret"), about("n2", "m1", "the secret", "carol")
     m2 = about("n3", "m2", "kept")
-    store.add_notifications([m1, m1_carol, m2], [delivering("j1", 10.0, m1, m2), delivering("j2", 11.0, m1_carol)],
-                            max_pending=1)  # j2 is a dead letter
+    store.add_notifications(
+        [m1, m1_carol, m2], [delivering("j1", 10.0, m1, m2), delivering("j2", 11.0, m1_carol)], max_pending=1
+    )  # j2 is a dead letter
     store.scrub_message("m1", lambda type, data: None)
     assert [store.get_notification(n)["preview"] for n in ("n1", "n2", "n3")] == [None, None, "kept"]
     assert store.get_notification("n1")["message_id"] == "m1"  # the notification stays, without the text
@@ -1282,8 +1380,9 @@ def test_scrubbing_a_message_rewrites_the_shared_event_log_rows_about_it(store):
     if log is None:
         pytest.skip("this backend keeps no event log (the hub keeps it in the process)")
     created = log.append("chat.message.created", {"id": "m1", "content": "the secret"}, None, "c1", 1.0)
-    note_event = log.append("notification.created", {"id": "n1", "message_id": "m1", "preview": "the secret"},
-                            ["bob"], None, 2.0)
+    note_event = log.append(
+        "notification.created", {"id": "n1", "message_id": "m1", "preview": "the secret"}, ["bob"], None, 2.0
+    )
     other = log.append("chat.message.created", {"id": "m2", "content": "kept"}, None, "c1", 3.0)
     seen = []
 
@@ -1308,8 +1407,16 @@ def test_compacting_keeps_every_record(store):
 
 def test_devices_are_listed_per_user_in_the_order_they_were_added(store):
     for device_id, user_id in (("d2", "alice"), ("d1", "alice"), ("d3", "bob")):
-        store.add_device({"id": device_id, "user_id": user_id, "platform": "web", "token": f"t-{device_id}",
-                          "endpoint": None, "created_at": "2024-05-01T12:00:00Z"})
+        store.add_device(
+            {
+                "id": device_id,
+                "user_id": user_id,
+                "platform": "web",
+                "token": f"t-{device_id}",
+                "endpoint": None,
+                "created_at": "2024-05-01T12:00:00Z",
+            }
+        )
     assert [d["id"] for d in store.user_devices("alice")] == ["d2", "d1"]
     assert store.get_device("d3")["token"] == "t-d3"
     assert store.delete_device("d2") is True and store.delete_device("d2") is False
@@ -1319,8 +1426,7 @@ def test_devices_are_listed_per_user_in_the_order_they_were_added(store):
 
 def test_due_push_jobs_come_earliest_first_and_follow_updates(store):
     assert store.next_push_time() is None and store.due_push_jobs(100.0) == []
-    store.add_notifications([], [job("j1", 30.0), job("j2", 10.0), job("j3", 20.0), job("j4", 10.0)],
-                            max_pending=10)
+    store.add_notifications([], [job("j1", 30.0), job("j2", 10.0), job("j3", 20.0), job("j4", 10.0)], max_pending=10)
     assert store.next_push_time() == 10.0
     assert [j["id"] for j in store.due_push_jobs(20.0)] == ["j2", "j4", "j3"]
     assert [j["id"] for j in store.due_push_jobs(20.0, limit=1)] == ["j2"]
@@ -1343,8 +1449,15 @@ def test_claimed_push_jobs_are_not_due_again_until_their_lease_ends(store):
 
 
 def test_dead_push_jobs_leave_the_queue_and_are_listed_newest_first(store):
-    store.add_notifications([], [job("j1", 1.0, "2024-05-01T10:00:00Z"), job("j2", 1.0, "2024-05-01T12:00:00Z"),
-                                 job("j3", 1.0, "2024-05-01T11:00:00Z")], max_pending=10)
+    store.add_notifications(
+        [],
+        [
+            job("j1", 1.0, "2024-05-01T10:00:00Z"),
+            job("j2", 1.0, "2024-05-01T12:00:00Z"),
+            job("j3", 1.0, "2024-05-01T11:00:00Z"),
+        ],
+        max_pending=10,
+    )
     assert store.dead_push_jobs() == []
     store.update_push_job("j1", {"status": "dead", "last_error": "HTTP 404"})
     store.update_push_job("j2", {"status": "dead", "last_error": "HTTP 410"})
@@ -1383,6 +1496,7 @@ def refuse(*args):
 
 def run_together(count, work):
     """Run ``work(slot)`` in ``count`` threads released at once; their results (or exceptions)."""
+
     def outcome(slot):
         try:
             return work(slot)
@@ -1394,14 +1508,20 @@ def run_together(count, work):
 
 def test_change_chat_decides_on_the_records_as_they_are_and_writes_what_it_decided(store):
     from store import ChatChange
+
     group(store, "c1", "alice", "bob")
     seen = []
 
     def transfer(chat, members, count):
         seen.append((chat["name"], {uid: m and m["role"] for uid, m in members.items()}, count))
-        return ChatChange(members={"bob": dict(members["bob"], role="owner"),
-                                   "alice": dict(members["alice"], role="admin"), "carol": member("carol")},
-                          chat={"name": "renamed"})
+        return ChatChange(
+            members={
+                "bob": dict(members["bob"], role="owner"),
+                "alice": dict(members["alice"], role="admin"),
+                "carol": member("carol"),
+            },
+            chat={"name": "renamed"},
+        )
 
     chat, members = store.change_chat("c1", ["alice", "bob", "carol"], transfer)
     assert seen == [("c1", {"alice": "owner", "bob": "member", "carol": None}, 2)]
@@ -1415,13 +1535,15 @@ def test_change_chat_decides_on_the_records_as_they_are_and_writes_what_it_decid
 
 def test_change_chat_writes_nothing_when_the_decision_refuses_or_oversteps(store):
     from store import ChatChange
+
     group(store, "c1", "alice", "bob")
     before = store.members("c1")
     with pytest.raises(Refused):
         store.change_chat("c1", ["alice", "bob"], refuse)
     with pytest.raises(ValueError):  # a decision may only write the members it was shown
-        store.change_chat("c1", ["alice"], lambda chat, members, count: ChatChange(
-            members={"alice": None, "bob": None}))
+        store.change_chat(
+            "c1", ["alice"], lambda chat, members, count: ChatChange(members={"alice": None, "bob": None})
+        )
     assert store.members("c1") == before and store.get_chat("c1")["name"] == "c1"
     seen = []
     assert store.change_chat("gone", ["alice"], lambda *args: seen.append(args)) == (None, {"alice": None})
@@ -1430,12 +1552,12 @@ def test_change_chat_writes_nothing_when_the_decision_refuses_or_oversteps(store
 
 def test_change_chat_deletes_a_group_left_without_members_or_asked_to(store):
     from store import ChatChange
+
     group(store, "c1", "alice")
     say(store, "c1", "m1")
     digest = store.save_blob_bytes(b"only in c1")
     store.add_attachment(attachment("a1", digest))
-    chat, members = store.change_chat("c1", ["alice"], lambda chat, members, count: ChatChange(
-        members={"alice": None}))
+    chat, members = store.change_chat("c1", ["alice"], lambda chat, members, count: ChatChange(members={"alice": None}))
     assert (chat, members) == (None, {"alice": None})
     assert store.get_chat("c1") is None and store.get_chat_message("m1") is None
     assert store.get_attachment("a1") is None and store.open_blob(digest) is None
@@ -1450,6 +1572,7 @@ def test_change_chat_deletes_a_group_left_without_members_or_asked_to(store):
 
 def test_concurrent_ownership_transfers_through_change_chat_leave_one_owner(store):
     from store import ChatChange
+
     for round_number in range(5):
         chat_id = f"c{round_number}"
         group(store, chat_id, "alice", *(f"u{n}" for n in range(6)))
@@ -1458,8 +1581,13 @@ def test_concurrent_ownership_transfers_through_change_chat_leave_one_owner(stor
             def decide(chat, members, count):
                 if members["alice"]["role"] != "owner":
                     raise Refused("alice is no longer the owner")
-                return ChatChange(members={f"u{slot}": dict(members[f"u{slot}"], role="owner"),
-                                           "alice": dict(members["alice"], role="admin")})
+                return ChatChange(
+                    members={
+                        f"u{slot}": dict(members[f"u{slot}"], role="owner"),
+                        "alice": dict(members["alice"], role="admin"),
+                    }
+                )
+
             return store.change_chat(chat_id, ["alice", f"u{slot}"], decide)
 
         results = run_together(6, transfer)
@@ -1470,6 +1598,7 @@ def test_concurrent_ownership_transfers_through_change_chat_leave_one_owner(stor
 
 def test_a_chat_message_claims_its_attachment_once_and_only_from_a_member(store):
     from store import Missing
+
     group(store, "c1", "alice", "bob")
     group(store, "c2", "alice")
     digest = store.save_blob_bytes(b"abc")
@@ -1492,8 +1621,12 @@ def test_concurrent_messages_naming_one_attachment_have_one_winner(store):
     digest = store.save_blob_bytes(b"abc")
     for round_number in range(5):
         store.add_attachment(attachment(f"a{round_number}", digest))
-        results = run_together(4, lambda slot: say(store, "c1", f"m{round_number}-{slot}", ("alice", "bob")[slot % 2],
-                                                   attachment_id=f"a{round_number}"))
+        results = run_together(
+            4,
+            lambda slot: say(
+                store, "c1", f"m{round_number}-{slot}", ("alice", "bob")[slot % 2], attachment_id=f"a{round_number}"
+            ),
+        )
         winners = [result for result in results if not isinstance(result, Exception)]
         assert len(winners) == 1 and all(isinstance(r, Conflict) for r in results if r not in winners), results
         assert store.get_attachment(f"a{round_number}")["message_id"] == winners[0]["id"]
@@ -1545,6 +1678,7 @@ def test_concurrent_tombstones_of_one_message_have_one_winner(store):
                 if message.get("deleted"):
                     raise Refused("already deleted")
                 return {"deleted": True, "content": None, "deleted_by": slot}
+
             return store.change_chat_message(message_id, ("alice", "bob")[slot % 2], decide)
 
         results = run_together(4, tombstone)
@@ -1591,6 +1725,7 @@ def test_concurrent_key_publications_decided_on_fresh_keys_have_one_winner(store
             if any(key["revoked_at"] is None for key in keys):
                 raise Refused("the device has a live key")
             return [make_key(f"k{slot}", "alice", f"2024-05-01T00:00:0{slot}Z")], {}
+
         return store.change_user_keys("alice", decide)
 
     results = run_together(6, publish)
@@ -1602,8 +1737,17 @@ def test_add_device_with_a_limit_refuses_past_it_even_when_concurrent(store):
     store.create_user(make_user("alice", "alice"))
 
     def register(slot):
-        return store.add_device({"id": f"d{slot}", "user_id": "alice", "platform": "web", "token": f"t{slot}",
-                                 "endpoint": None, "created_at": "2024-05-01T12:00:00Z"}, limit=3)
+        return store.add_device(
+            {
+                "id": f"d{slot}",
+                "user_id": "alice",
+                "platform": "web",
+                "token": f"t{slot}",
+                "endpoint": None,
+                "created_at": "2024-05-01T12:00:00Z",
+            },
+            limit=3,
+        )
 
     results = run_together(8, register)
     assert sum(not isinstance(result, Exception) for result in results) == 3, results

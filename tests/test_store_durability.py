@@ -7,7 +7,6 @@ subprocesses, because flock and kill -9 only mean something across processes.
 import base64
 import hashlib
 import json
-import os
 import secrets
 import subprocess
 import sys
@@ -47,18 +46,36 @@ def token_hash(token):
 
 
 def make_user(user_id, username, email=None):
-    return {"id": user_id, "username": username, "email": email,
-            "password_hash": "$2b$04$" + "x" * 53, "created_at": "2024-05-01T12:00:00Z"}
+    return {
+        "id": user_id,
+        "username": username,
+        "email": email,
+        "password_hash": "$2b$04$" + "x" * 53,
+        "created_at": "2024-05-01T12:00:00Z",
+    }
 
 
 def make_message(message_id, user_id, recipient_id=None):
-    return {"id": message_id, "user_id": user_id, "username": user_id, "content": f"text of {message_id}",
-            "timestamp": "2024-05-01T12:00:00Z", "recipient_id": recipient_id}
+    return {
+        "id": message_id,
+        "user_id": user_id,
+        "username": user_id,
+        "content": f"text of {message_id}",
+        "timestamp": "2024-05-01T12:00:00Z",
+        "recipient_id": recipient_id,
+    }
 
 
 def make_session(session_id, user_id, token):
-    return {"id": session_id, "user_id": user_id, "token_hash": token_hash(token), "previous_hash": None,
-            "rotated_at": None, "created_at": 1_700_000_000.0, "expires_at": 1_700_086_400.0}
+    return {
+        "id": session_id,
+        "user_id": user_id,
+        "token_hash": token_hash(token),
+        "previous_hash": None,
+        "rotated_at": None,
+        "created_at": 1_700_000_000.0,
+        "expires_at": 1_700_086_400.0,
+    }
 
 
 def ids(page):
@@ -67,8 +84,9 @@ def ids(page):
 
 def run_python(code, *args):
     """Run ``code`` in a fresh interpreter from the project root."""
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
 
 
 def journal_files(directory):
@@ -108,8 +126,11 @@ class Expected:
         for digest in self.gone_hashes:
             assert store.find_session(digest) is None
         for user_id in ("alice", "bob", "carol", "nobody"):
-            visible = [m for m in sorted(self.messages.values(), key=lambda m: m["seq"])
-                       if m["recipient_id"] is None or user_id in (m["user_id"], m["recipient_id"])]
+            visible = [
+                m
+                for m in sorted(self.messages.values(), key=lambda m: m["seq"])
+                if m["recipient_id"] is None or user_id in (m["user_id"], m["recipient_id"])
+            ]
             assert ids(store.visible_messages(user_id, limit=1000)) == [m["id"] for m in visible]
             sent = [m for m in visible if m["user_id"] == user_id]
             assert ids(store.sent_messages(user_id, limit=1000)) == [m["id"] for m in sent]
@@ -122,11 +143,13 @@ def write_workload(store, expected, tag):
             expected.users[name] = store.create_user(make_user(name, f"{name}-{tag}", f"{name}-{tag}@example.com"))
             continue
         old = expected.users[name]["username"]
-        expected.users[name] = store.update_user(name, {"username": f"{name}-{tag}",
-                                                        "email": f"{name}-{tag}@example.com"})
+        expected.users[name] = store.update_user(
+            name, {"username": f"{name}-{tag}", "email": f"{name}-{tag}@example.com"}
+        )
         expected.gone_usernames.add(old)
-    for number, (sender, recipient) in enumerate([("alice", None), ("alice", "bob"), ("bob", None),
-                                                  ("carol", "alice"), ("bob", "carol"), ("carol", None)]):
+    for number, (sender, recipient) in enumerate(
+        [("alice", None), ("alice", "bob"), ("bob", None), ("carol", "alice"), ("bob", "carol"), ("carol", None)]
+    ):
         message = store.add_message(make_message(f"{tag}-m{number}", sender, recipient))
         expected.messages[message["id"]] = message
     for message_id in (f"{tag}-m1", f"{tag}-m5"):
@@ -209,11 +232,15 @@ def test_automatic_compaction_leaves_one_snapshot_one_journal_and_the_right_data
 # ---- damaged files ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("tail", [
-    b'1f2e3d4c {"half a rec',
-    b"\x00\x00\x00\x00",
-    journal.encode_line([["put", "messages", "torn", {"id": "torn"}]])[:-1],
-], ids=["half-a-line", "zero-bytes", "line-without-newline"])
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b'1f2e3d4c {"half a rec',
+        b"\x00\x00\x00\x00",
+        journal.encode_line([["put", "messages", "torn", {"id": "torn"}]])[:-1],
+    ],
+    ids=["half-a-line", "zero-bytes", "line-without-newline"],
+)
 def test_a_torn_tail_is_dropped_and_the_journal_truncated_to_the_good_prefix(data_dir, opened, tail):
     store = opened(data_dir)
     written = [store.add_message(make_message(f"m{i}", "alice")) for i in range(5)]
@@ -394,22 +421,60 @@ def legacy_dir(data_dir):
     """A 0xC data directory: users keyed by id, messages out of order, one live and one revoked token."""
     data_dir.mkdir()
     users = {
-        "1": {"id": 1, "username": "alice", "email": "alice@example.com",
-              "password": passlib_pbkdf2("alice password"), "created_at": "2023-03-01T09:00:00"},
-        "2": {"id": 2, "username": "bob", "email": "bob@example.com",
-              "password": passlib_pbkdf2("bob password"), "created_at": "2023-03-02T09:00:00"},
-        "3": {"username": "carol", "email": None,
-              "password": passlib_pbkdf2("carol password"), "created_at": "2023-03-03T09:00:00"},
+        "1": {
+            "id": 1,
+            "username": "alice",
+            "email": "alice@example.com",
+            "password": passlib_pbkdf2("alice password"),
+            "created_at": "2023-03-01T09:00:00",
+        },
+        "2": {
+            "id": 2,
+            "username": "bob",
+            "email": "bob@example.com",
+            "password": passlib_pbkdf2("bob password"),
+            "created_at": "2023-03-02T09:00:00",
+        },
+        "3": {
+            "username": "carol",
+            "email": None,
+            "password": passlib_pbkdf2("carol password"),
+            "created_at": "2023-03-03T09:00:00",
+        },
     }
     messages = [
-        {"id": 13, "user_id": 3, "username": "carol", "content": "public, third",
-         "timestamp": "2023-04-01T12:03:00", "recipient_id": None},
-        {"id": 11, "user_id": 1, "username": "alice", "content": "public, first",
-         "timestamp": "2023-04-01T12:01:00", "recipient_id": None},
-        {"id": 14, "user_id": 2, "username": "bob", "content": "bob to carol, fourth",
-         "timestamp": "2023-04-01T12:04:00", "recipient_id": 3},
-        {"id": 12, "user_id": 1, "username": "alice", "content": "alice to bob, second",
-         "timestamp": "2023-04-01T12:02:00", "recipient_id": 2},
+        {
+            "id": 13,
+            "user_id": 3,
+            "username": "carol",
+            "content": "public, third",
+            "timestamp": "2023-04-01T12:03:00",
+            "recipient_id": None,
+        },
+        {
+            "id": 11,
+            "user_id": 1,
+            "username": "alice",
+            "content": "public, first",
+            "timestamp": "2023-04-01T12:01:00",
+            "recipient_id": None,
+        },
+        {
+            "id": 14,
+            "user_id": 2,
+            "username": "bob",
+            "content": "bob to carol, fourth",
+            "timestamp": "2023-04-01T12:04:00",
+            "recipient_id": 3,
+        },
+        {
+            "id": 12,
+            "user_id": 1,
+            "username": "alice",
+            "content": "alice to bob, second",
+            "timestamp": "2023-04-01T12:02:00",
+            "recipient_id": 2,
+        },
     ]
     live, revoked = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     tokens = [
@@ -418,9 +483,12 @@ def legacy_dir(data_dir):
     ]
     for name, content in (("users.json", users), ("messages.json", messages), ("tokens.json", tokens)):
         (data_dir / name).write_text(json.dumps(content, indent=2), encoding="utf-8")
-    return {"dir": data_dir, "live": live, "revoked": revoked,
-            "originals": {name: (data_dir / name).read_bytes()
-                          for name in ("users.json", "messages.json", "tokens.json")}}
+    return {
+        "dir": data_dir,
+        "live": live,
+        "revoked": revoked,
+        "originals": {name: (data_dir / name).read_bytes() for name in ("users.json", "messages.json", "tokens.json")},
+    }
 
 
 def test_a_0xc_directory_is_imported_with_users_messages_and_hashed_tokens(legacy_dir, opened):
@@ -446,8 +514,10 @@ def test_a_0xc_directory_is_imported_with_users_messages_and_hashed_tokens(legac
     assert session["user_id"] == "1"
     assert store.find_session(token_hash(legacy_dir["revoked"])) is None
     assert legacy_dir["live"].encode() not in b"".join(
-        path.read_bytes() for path in legacy_dir["dir"].iterdir()
-        if path.is_file() and path.name not in legacy_dir["originals"])
+        path.read_bytes()
+        for path in legacy_dir["dir"].iterdir()
+        if path.is_file() and path.name not in legacy_dir["originals"]
+    )
 
 
 def test_a_0xc_import_happens_once_and_leaves_the_original_files_in_place(legacy_dir, opened):
@@ -461,7 +531,8 @@ def test_a_0xc_import_happens_once_and_leaves_the_original_files_in_place(legacy
     assert store.get_message("13") is None
     assert store.find_user("bob") is None and store.find_user("robert")["id"] == "2"
     assert {m["id"]: m["seq"] for m in store.visible_messages("2").items} == {
-        key: value for key, value in seqs.items() if key != "13"}
+        key: value for key, value in seqs.items() if key != "13"
+    }
     assert store.delete_user_sessions("1") == 1
     for name, original in legacy_dir["originals"].items():
         assert (legacy_dir["dir"] / name).read_bytes() == original
@@ -470,8 +541,10 @@ def test_a_0xc_import_happens_once_and_leaves_the_original_files_in_place(legacy
 @pytest.mark.parametrize("shape", ["list", "keyed-by-id", "wrapped"])
 def test_every_0xc_users_file_shape_is_accepted(data_dir, opened, shape):
     data_dir.mkdir()
-    records = [{"id": "u1", "username": "alice", "password_hash": passlib_pbkdf2("pw")},
-               {"id": "u2", "username": "bob", "password_hash": passlib_pbkdf2("pw")}]
+    records = [
+        {"id": "u1", "username": "alice", "password_hash": passlib_pbkdf2("pw")},
+        {"id": "u2", "username": "bob", "password_hash": passlib_pbkdf2("pw")},
+    ]
     content = {"list": records, "keyed-by-id": {r["id"]: r for r in records}, "wrapped": {"users": records}}[shape]
     (data_dir / "users.json").write_text(json.dumps(content), encoding="utf-8")
 
@@ -485,7 +558,9 @@ def test_bytes_uploaded_again_survive_the_deletion_of_an_older_copy(data_dir, op
     store = opened(data_dir)
     payload = b"same bytes twice"
     digest = store.save_blob_bytes(payload)
-    store.create_chat({"id": "c", "type": "group", "name": "c", "description": None, "created_by": "alice", "created_at": "t"}, [])
+    store.create_chat(
+        {"id": "c", "type": "group", "name": "c", "description": None, "created_by": "alice", "created_at": "t"}, []
+    )
     store.add_attachment({"id": "a1", "chat_id": "c", "sha256": digest, "thumbnail_sha256": None})
     # A second upload of the same bytes is written before its record exists...
     assert store.save_blob_bytes(payload) == digest

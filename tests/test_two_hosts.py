@@ -35,7 +35,6 @@ import tempfile
 import time
 
 import pytest
-
 from server import ROOT
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[test,postgres]')")
@@ -66,9 +65,15 @@ RECOVERY_WITHIN = 20
 
 def postgres_bin():
     """The bin directory of the newest PostgreSQL server installed (Debian layout), or None."""
-    found = [path for path in glob.glob("/usr/lib/postgresql/*/bin")
-             if all(os.access(os.path.join(path, tool), os.X_OK) for tool in ("initdb", "postgres"))]
-    version = lambda path: [int(part) if part.isdigit() else 0 for part in path.split("/")[-2].split(".")]
+    found = [
+        path
+        for path in glob.glob("/usr/lib/postgresql/*/bin")
+        if all(os.access(os.path.join(path, tool), os.X_OK) for tool in ("initdb", "postgres"))
+    ]
+
+    def version(path):
+        return [int(part) if part.isdigit() else 0 for part in path.split("/")[-2].split(".")]
+
     return max(found, key=version, default=None)
 
 
@@ -111,8 +116,7 @@ class Host:
 
     def create(self):
         ip("netns", "add", self.name)
-        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=self.name,
-                                                             initializer=self._enter)
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=self.name, initializer=self._enter)
 
     def _enter(self):
         # A network namespace is per thread: setns here moves only this worker,
@@ -164,8 +168,9 @@ class Hosts:
             except (subprocess.CalledProcessError, OSError, concurrent.futures.BrokenExecutor) as exc:
                 pytest.skip(f"cannot create or enter a network namespace here: {first_line(host.entry_error or exc)}")
         try:
-            self.db.ip("link", "add", self.db_link, "type", "veth", "peer", "name", self.app_link,
-                       "netns", self.app.name)
+            self.db.ip(
+                "link", "add", self.db_link, "type", "veth", "peer", "name", self.app_link, "netns", self.app.name
+            )
         except subprocess.CalledProcessError as exc:
             pytest.skip(f"cannot create a veth pair here: {first_line(exc)}")
         for host, link, address in ((self.db, self.db_link, DB_ADDRESS), (self.app, self.app_link, APP_ADDRESS)):
@@ -193,9 +198,24 @@ class Database:
         self.host, self.directory = host, directory
         bin_dir = postgres_bin()
         data = os.path.join(directory, "pgdata")
-        initdb = subprocess.run(as_postgres(os.path.join(bin_dir, "initdb"), "-D", data, "-U", "postgres",
-                                            "-E", "UTF8", "--locale=C", "--no-sync", "--auth=trust"),
-                                cwd=directory, capture_output=True, text=True, timeout=60)
+        initdb = subprocess.run(
+            as_postgres(
+                os.path.join(bin_dir, "initdb"),
+                "-D",
+                data,
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+                "--auth=trust",
+            ),
+            cwd=directory,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if initdb.returncode != 0:
             raise RuntimeError(f"initdb failed ({initdb.returncode}): {initdb.stderr[-2000:]}")
         with open(os.path.join(data, "pg_hba.conf"), "w") as f:
@@ -203,11 +223,27 @@ class Database:
         self.log = open(os.path.join(directory, "postgres.log"), "w")
         stack.callback(self.log.close)
         self.process = subprocess.Popen(
-            host.command(*as_postgres(os.path.join(bin_dir, "postgres"), "-D", data, "-p", str(DB_PORT),
-                                      "-c", f"listen_addresses={DB_ADDRESS}",
-                                      "-c", f"unix_socket_directories={directory}",
-                                      "-c", "fsync=off", "-c", "full_page_writes=off")),
-            cwd=directory, stdout=self.log, stderr=subprocess.STDOUT)
+            host.command(
+                *as_postgres(
+                    os.path.join(bin_dir, "postgres"),
+                    "-D",
+                    data,
+                    "-p",
+                    str(DB_PORT),
+                    "-c",
+                    f"listen_addresses={DB_ADDRESS}",
+                    "-c",
+                    f"unix_socket_directories={directory}",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "full_page_writes=off",
+                )
+            ),
+            cwd=directory,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         stack.callback(self.stop)
         self.url = f"postgresql://postgres@{DB_ADDRESS}:{DB_PORT}/oxc"
 
@@ -231,14 +267,17 @@ class Database:
                 break
             except psycopg.OperationalError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"postgres did not answer on {DB_ADDRESS}:{DB_PORT}: {self.log_text()}")
+                    raise RuntimeError(
+                        f"postgres did not answer on {DB_ADDRESS}:{DB_PORT}: {self.log_text()}"
+                    ) from None
                 time.sleep(0.1)
         through.call(self.execute, "CREATE DATABASE oxc", dbname="postgres")
 
     def execute(self, query, params=(), dbname="oxc"):
         """Rows of ``query``, over TCP to the db host's veth address (call it from a host)."""
-        with psycopg.connect(host=DB_ADDRESS, port=DB_PORT, user="postgres", dbname=dbname,
-                             connect_timeout=2, autocommit=True) as conn:
+        with psycopg.connect(
+            host=DB_ADDRESS, port=DB_PORT, user="postgres", dbname=dbname, connect_timeout=2, autocommit=True
+        ) as conn:
             cursor = conn.execute(query, params)
             return cursor.fetchall() if cursor.description else []
 
@@ -258,11 +297,23 @@ class App:
         self.stdout_path = os.path.join(directory, "oxc.out")
         self.stderr_path = os.path.join(directory, "oxc.err")
         environment = {k: v for k, v in os.environ.items() if k not in ("OXC_ENV", "FLASK_ENV")}
-        environment.update(HOST="127.0.0.1", PORT="0", DATA_DIR=os.path.join(directory, "data"),
-                           STORE_URL=store_url, BCRYPT_ROUNDS="4", LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1")
+        environment.update(
+            HOST="127.0.0.1",
+            PORT="0",
+            DATA_DIR=os.path.join(directory, "data"),
+            STORE_URL=store_url,
+            BCRYPT_ROUNDS="4",
+            LOG_LEVEL="WARNING",
+            PYTHONUNBUFFERED="1",
+        )
         with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
-            self.process = subprocess.Popen(host.command(sys.executable, "-m", "oxc_wsgi", "serve"),
-                                            cwd=ROOT, env=environment, stdout=out, stderr=err)
+            self.process = subprocess.Popen(
+                host.command(sys.executable, "-m", "oxc_wsgi", "serve"),
+                cwd=ROOT,
+                env=environment,
+                stdout=out,
+                stderr=err,
+            )
         stack.callback(self.stop)
         deadline = time.monotonic() + timeout
         while not self.output().startswith("oxc listening on http://"):
@@ -390,12 +441,16 @@ def test_the_hosts_reach_each_other_only_over_the_link(hosts):
 
 def test_the_api_works_across_the_link_and_its_data_is_in_the_db_host(hosts, database, app):
     alice, bob = app.user("alice"), app.user("bob")
-    status, _, public = app.request("POST", "/api/messages", {"content": "hello, both hosts"},
-                                    token=alice["access_token"])
+    status, _, public = app.request(
+        "POST", "/api/messages", {"content": "hello, both hosts"}, token=alice["access_token"]
+    )
     assert status == 201, public
-    status, _, private = app.request("POST", "/api/messages",
-                                     {"content": "just for bob", "recipient_id": bob["user"]["id"]},
-                                     token=alice["access_token"])
+    status, _, private = app.request(
+        "POST",
+        "/api/messages",
+        {"content": "just for bob", "recipient_id": bob["user"]["id"]},
+        token=alice["access_token"],
+    )
     assert status == 201, private
     for reader in (alice, bob):
         status, _, answer = app.request("GET", "/api/messages", token=reader["access_token"])
@@ -406,23 +461,30 @@ def test_the_api_works_across_the_link_and_its_data_is_in_the_db_host(hosts, dat
     users = sql(hosts, database, "SELECT username_key, id FROM users ORDER BY username_key")
     assert users == [("alice", alice["user"]["id"]), ("bob", bob["user"]["id"])]
     messages = sql(hosts, database, "SELECT id, user_id, recipient_id, data->>'content' FROM messages ORDER BY seq")
-    assert messages == [(public["data"]["id"], alice["user"]["id"], None, "hello, both hosts"),
-                        (private["data"]["id"], alice["user"]["id"], bob["user"]["id"], "just for bob")]
+    assert messages == [
+        (public["data"]["id"], alice["user"]["id"], None, "hello, both hosts"),
+        (private["data"]["id"], alice["user"]["id"], bob["user"]["id"], "just for bob"),
+    ]
     # oxc's connections come from the app host's end of the link, not from loopback.
-    clients = sql(hosts, database, "SELECT DISTINCT host(client_addr) FROM pg_stat_activity "
-                                   "WHERE application_name = 'oxc'")
+    clients = sql(
+        hosts, database, "SELECT DISTINCT host(client_addr) FROM pg_stat_activity WHERE application_name = 'oxc'"
+    )
     assert clients == [(APP_ADDRESS,)]
 
 
 def test_with_the_link_down_requests_get_503_in_bounded_time_and_it_recovers_by_itself(
-        hosts, database, app, link_back_up):
+    hosts, database, app, link_back_up
+):
     carol = app.user("carol")
     token = carol["access_token"]
     assert app.request("GET", "/api/messages", token=token)[0] == 200
 
     hosts.link(up=False)
-    for method, path, body in (("GET", "/api/messages", None), ("POST", "/api/messages", {"content": "lost?"}),
-                               ("GET", "/api/health", None)):
+    for method, path, body in (
+        ("GET", "/api/messages", None),
+        ("POST", "/api/messages", {"content": "lost?"}),
+        ("GET", "/api/health", None),
+    ):
         started = time.monotonic()
         status, headers, answer = app.request(method, path, body, token=token, timeout=OUTAGE_ANSWER_WITHIN + 5)
         took = time.monotonic() - started
@@ -437,7 +499,8 @@ def test_with_the_link_down_requests_get_503_in_bounded_time_and_it_recovers_by_
     assert status == 200, f"not recovered after {took:.1f}s: {status} {answer}"
     status, _, sent = app.request("POST", "/api/messages", {"content": "back again"}, token=token)
     assert status == 201, sent
-    assert sql(hosts, database, "SELECT data->>'content' FROM messages WHERE id = %s",
-               (sent["data"]["id"],)) == [("back again",)]
+    assert sql(hosts, database, "SELECT data->>'content' FROM messages WHERE id = %s", (sent["data"]["id"],)) == [
+        ("back again",)
+    ]
     assert "lost?" not in contents(app.request("GET", "/api/messages", token=token)[2])
     assert app.request("GET", "/api/health")[0] == 200

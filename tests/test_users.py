@@ -1,7 +1,6 @@
 """Profiles, password change, the directory and public profiles."""
 
 import pytest
-
 from conftest import PASSWORD, assert_error
 
 
@@ -10,23 +9,31 @@ def test_my_profile_is_readable_and_updatable(client, clock):
     me = client.get("/api/users/me", headers=alice.headers).json["data"]
     assert (me["username"], me["email"], me["full_name"]) == ("alice", "alice@example.com", None)
     assert me["last_seen"] is not None
-    changed = client.patch_json("/api/users/me", {"full_name": "Alice Liddell", "bio": "curious",
-                                                  "avatar_url": "https://img.example/a.png"},
-                                headers=alice.headers).json["data"]
+    changed = client.patch_json(
+        "/api/users/me",
+        {"full_name": "Alice Liddell", "bio": "curious", "avatar_url": "https://img.example/a.png"},
+        headers=alice.headers,
+    ).json["data"]
     assert (changed["full_name"], changed["bio"], changed["avatar_url"]) == (
-        "Alice Liddell", "curious", "https://img.example/a.png")
+        "Alice Liddell",
+        "curious",
+        "https://img.example/a.png",
+    )
     assert client.get("/api/users/me", headers=alice.headers).json["data"]["bio"] == "curious"
 
 
-@pytest.mark.parametrize("body, status, message", [
-    ({}, 400, "Nothing to change"),
-    ({"full_name": "x" * 101}, 400, "at most 100"),
-    ({"bio": 7}, 400, "must be a string"),
-    ({"avatar_url": "javascript:alert(1)"}, 400, "http(s) URL"),
-    ({"email": "new@example.com"}, 403, "password"),
-    ({"email": "new@example.com", "password": "wrong password"}, 403, "password"),
-    ({"email": "nonsense", "password": PASSWORD}, 400, "e-mail"),
-])
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        ({}, 400, "Nothing to change"),
+        ({"full_name": "x" * 101}, 400, "at most 100"),
+        ({"bio": 7}, 400, "must be a string"),
+        ({"avatar_url": "javascript:alert(1)"}, 400, "http(s) URL"),
+        ({"email": "new@example.com"}, 403, "password"),
+        ({"email": "new@example.com", "password": "wrong password"}, 403, "password"),
+        ({"email": "nonsense", "password": PASSWORD}, 400, "e-mail"),
+    ],
+)
 def test_bad_profile_changes_are_refused(client, body, status, message):
     alice = client.user("alice")
     assert_error(client.patch_json("/api/users/me", body, headers=alice.headers, status=status), status, message)
@@ -35,22 +42,32 @@ def test_bad_profile_changes_are_refused(client, body, status, message):
 def test_changing_email_needs_the_password_and_a_free_address(client):
     alice = client.user("alice")
     client.user("bob", email="bob@example.com")
-    assert_error(client.patch_json("/api/users/me", {"email": "BOB@example.com", "password": PASSWORD},
-                                   headers=alice.headers, status=400), 400, "already registered")
-    changed = client.patch_json("/api/users/me", {"email": "alice@example.com", "password": PASSWORD},
-                                headers=alice.headers).json["data"]
+    assert_error(
+        client.patch_json(
+            "/api/users/me", {"email": "BOB@example.com", "password": PASSWORD}, headers=alice.headers, status=400
+        ),
+        400,
+        "already registered",
+    )
+    changed = client.patch_json(
+        "/api/users/me", {"email": "alice@example.com", "password": PASSWORD}, headers=alice.headers
+    ).json["data"]
     assert changed["email"] == "alice@example.com"
 
 
 def test_a_password_change_ends_other_sessions_but_not_this_one(client):
     alice = client.user("alice")
     other = client.login("alice").json["data"]
-    answer = client.post_json("/api/users/me/password", {"current_password": PASSWORD,
-                                                         "new_password": "a new password"}, headers=alice.headers)
+    answer = client.post_json(
+        "/api/users/me/password",
+        {"current_password": PASSWORD, "new_password": "a new password"},
+        headers=alice.headers,
+    )
     assert answer.json["data"]["other_sessions_ended"] == 1
     client.get("/api/users/me", headers=alice.headers)
-    assert_error(client.get("/api/users/me", headers={"Authorization": f"Bearer {other['access_token']}"},
-                            status=401), 401)
+    assert_error(
+        client.get("/api/users/me", headers={"Authorization": f"Bearer {other['access_token']}"}, status=401), 401
+    )
     assert_error(client.post_json("/api/auth/refresh", {"refresh_token": other["refresh_token"]}, status=401), 401)
     client.login("alice", PASSWORD, status=401)
     client.login("alice", "a new password")
@@ -82,21 +99,30 @@ def test_of_two_password_changes_from_one_current_password_only_one_wins(client,
 def test_an_address_change_on_a_password_changed_meanwhile_is_refused(client, monkeypatch):
     alice = client.user("alice", email="alice@example.com")
     change_password_during_the_check(client, monkeypatch, alice.id, "changed meanwhile")
-    assert_error(client.patch_json("/api/users/me", {"email": "mallory@example.com", "password": PASSWORD},
-                                   headers=alice.headers, status=403), 403, "password")
+    assert_error(
+        client.patch_json(
+            "/api/users/me", {"email": "mallory@example.com", "password": PASSWORD}, headers=alice.headers, status=403
+        ),
+        403,
+        "password",
+    )
     assert client.wsgi.core.ctx.store.get_user(alice.id)["email"] == "alice@example.com"
 
 
-@pytest.mark.parametrize("body, status, message", [
-    ({"new_password": "another one"}, 400, "current_password"),
-    ({"current_password": PASSWORD}, 400, "new_password"),
-    ({"current_password": PASSWORD, "new_password": "short"}, 400, "at least 8"),
-    ({"current_password": "not it at all", "new_password": "another one"}, 403, "not correct"),
-])
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        ({"new_password": "another one"}, 400, "current_password"),
+        ({"current_password": PASSWORD}, 400, "new_password"),
+        ({"current_password": PASSWORD, "new_password": "short"}, 400, "at least 8"),
+        ({"current_password": "not it at all", "new_password": "another one"}, 403, "not correct"),
+    ],
+)
 def test_bad_password_changes_are_refused(client, body, status, message):
     alice = client.user("alice")
-    assert_error(client.post_json("/api/users/me/password", body, headers=alice.headers, status=status),
-                 status, message)
+    assert_error(
+        client.post_json("/api/users/me/password", body, headers=alice.headers, status=status), status, message
+    )
 
 
 def test_the_directory_finds_users_by_username_prefix_and_pages(client):

@@ -10,11 +10,15 @@ from handlers import web
 from oxc_wsgi import Settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHROME = ("text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,*/*;q=0.8,"
-          "application/signed-exchange;v=b3;q=0.7")
+CHROME = (
+    "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,*/*;q=0.8,"
+    "application/signed-exchange;v=b3;q=0.7"
+)
 FIREFOX = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
-STRICT_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-              "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+STRICT_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 
 
 def page(client, **kwargs):
@@ -22,6 +26,7 @@ def page(client, **kwargs):
 
 
 # -- negotiation at / -----------------------------------------------------------
+
 
 def test_a_browser_gets_the_chat_page_at_the_root(client):
     answer = page(client)
@@ -34,9 +39,21 @@ def test_a_browser_gets_the_chat_page_at_the_root(client):
     assert client.get("/", headers={"Accept": FIREFOX}).content_type == "text/html"
 
 
-@pytest.mark.parametrize("accept", [None, "*/*", "application/json", "application/json, text/html",
-                                    "text/html;q=0.5, application/json", "text/*;q=0.1, */*",
-                                    "text/html;q=0", "text/plain", "text/html;q=abc", "garbage"])
+@pytest.mark.parametrize(
+    "accept",
+    [
+        None,
+        "*/*",
+        "application/json",
+        "application/json, text/html",
+        "text/html;q=0.5, application/json",
+        "text/*;q=0.1, */*",
+        "text/html;q=0",
+        "text/plain",
+        "text/html;q=abc",
+        "garbage",
+    ],
+)
 def test_api_clients_still_get_0xc_json_at_the_root(client, accept):
     headers = {"Accept": accept} if accept is not None else {}
     answer = client.get("/", headers=headers)
@@ -46,12 +63,23 @@ def test_api_clients_still_get_0xc_json_at_the_root(client, accept):
     assert answer.headers["Vary"] == "Accept"
 
 
-@pytest.mark.parametrize("accept, html", [
-    (CHROME, True), (FIREFOX, True), ("text/html", True), ("text/*", True),
-    ("text/html, application/json;q=0.9", True), ("application/json;q=0.5, text/html;q=0.6", True),
-    ("", False), ("*/*", False), ("text/html, */*", False), ("text/html;q=1.5", False),
-    ("application/*, text/html", False), ("TEXT/HTML", True),
-])
+@pytest.mark.parametrize(
+    "accept, html",
+    [
+        (CHROME, True),
+        (FIREFOX, True),
+        ("text/html", True),
+        ("text/*", True),
+        ("text/html, application/json;q=0.9", True),
+        ("application/json;q=0.5, text/html;q=0.6", True),
+        ("", False),
+        ("*/*", False),
+        ("text/html, */*", False),
+        ("text/html;q=1.5", False),
+        ("application/*, text/html", False),
+        ("TEXT/HTML", True),
+    ],
+)
 def test_the_page_goes_to_requests_that_rank_html_above_json(accept, html):
     assert web.prefers_html(accept) is html
 
@@ -63,8 +91,10 @@ def test_the_setting_turns_the_page_and_its_files_off(make_client):
     assert answer.json["data"]["name"] == "oxc"
     assert "Vary" not in answer.headers
     refused = client.get("/static/app.js", status=404)
-    assert refused.json == {"status": "error",
-                            "message": "The web page is turned off on this server (WEB_UI_ENABLED=0)"}
+    assert refused.json == {
+        "status": "error",
+        "message": "The web page is turned off on this server (WEB_UI_ENABLED=0)",
+    }
 
 
 def test_the_setting_comes_from_WEB_UI_ENABLED():
@@ -74,6 +104,7 @@ def test_the_setting_comes_from_WEB_UI_ENABLED():
 
 
 # -- what the page holds ------------------------------------------------------------
+
 
 def test_the_page_carries_a_strict_content_security_policy(client):
     answer = page(client)
@@ -137,8 +168,10 @@ def test_head_of_the_page_has_no_body(client):
 
 # -- static files ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, content_type", [("app.js", "text/javascript"), ("app.css", "text/css"),
-                                                ("icon.svg", "image/svg+xml")])
+
+@pytest.mark.parametrize(
+    "name, content_type", [("app.js", "text/javascript"), ("app.css", "text/css"), ("icon.svg", "image/svg+xml")]
+)
 def test_static_files_are_served_from_the_package_with_their_type(client, name, content_type):
     answer = client.get(f"/static/{name}")
     assert answer.content_type == content_type
@@ -166,11 +199,26 @@ def test_a_current_etag_gets_304_without_a_body(client):
     assert client.get("/static/app.js", headers={"If-None-Match": '"nope"'}).status_int == 200
 
 
-@pytest.mark.parametrize("path", [
-    "/static/index.html", "/static/web.py", "/static/..", "/static/.", "/static/%2e%2e", "/static/app.js.bak",
-    "/static/APP.JS", "/static/app.js%00", "/static/..%2fweb.py", "/static/..%2F..%2Foxc_wsgi.py",
-    "/static/../web.py", "/static/static/app.js", "/static/", "/static", "/static/%5c..%5cweb.py",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/static/index.html",
+        "/static/web.py",
+        "/static/..",
+        "/static/.",
+        "/static/%2e%2e",
+        "/static/app.js.bak",
+        "/static/APP.JS",
+        "/static/app.js%00",
+        "/static/..%2fweb.py",
+        "/static/..%2F..%2Foxc_wsgi.py",
+        "/static/../web.py",
+        "/static/static/app.js",
+        "/static/",
+        "/static",
+        "/static/%5c..%5cweb.py",
+    ],
+)
 def test_only_the_listed_files_are_reachable(client, path):
     answer = client.get(path, status=404)
     assert answer.json["status"] == "error"
