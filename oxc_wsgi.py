@@ -47,7 +47,6 @@ from handlers import (
     messages,
     notifications,
     openapi,
-    push,
     search,
     service,
     users,
@@ -64,11 +63,12 @@ from handlers.http import (
     UnsupportedMediaType,
     json_response,
 )
-from handlers.hub import Hub
-from handlers.mail import Mailer
-from handlers.passwords import Passwords
-from handlers.push import PushWorker
-from handlers.tokens import AccessTokens
+from handlers.services import push
+from handlers.services.hub import Hub
+from handlers.services.mail import Mailer
+from handlers.services.passwords import Passwords
+from handlers.services.push import PushWorker
+from handlers.services.tokens import AccessTokens
 from store import Conflict as StoreConflict
 from store import StoreError, StoreUnavailable, open_store
 
@@ -944,9 +944,9 @@ def admin(args, settings):
     """The ``oxc admin`` commands: they act on DATA_DIR while no server runs on it."""
     import uuid
 
-    from handlers.fields import text
     from handlers.http import HTTPError
-    from handlers.views import iso_time
+    from handlers.http.fields import text
+    from handlers.http.views import iso_time
     from store import backup, read_legacy
 
     data_dir = os.fspath(settings.data_dir)

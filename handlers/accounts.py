@@ -29,8 +29,8 @@ import hmac
 import secrets
 
 from .auth import check_new_password
-from .fields import email, text
 from .http import BadRequest, TooManyRequests, success
+from .http.fields import email, text
 
 CODE_TTL = 15 * 60
 MAX_ATTEMPTS = 5

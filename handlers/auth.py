@@ -15,11 +15,11 @@ import uuid
 from store import Conflict as StoreConflict
 from store import StoreError
 
-from .fields import email, text
 from .http import BadRequest, Forbidden, TooManyRequests, Unauthorized, success
-from .passwords import MAX_PASSWORD_BYTES
-from .tokens import InvalidToken, new_refresh_token, session_of, token_hash
-from .views import iso_time, public_user
+from .http.fields import email, text
+from .http.views import iso_time, public_user
+from .services.passwords import MAX_PASSWORD_BYTES
+from .services.tokens import InvalidToken, new_refresh_token, session_of, token_hash
 
 log = logging.getLogger("oxc.auth")
 

@@ -20,13 +20,12 @@ import uuid
 from store import ChatChange, Missing
 from store import Conflict as StoreConflict
 
-from . import views
-from .fields import limit as read_limit
-from .fields import text
-from .http import BadRequest, Forbidden, NotFound, success
+from .http import BadRequest, Forbidden, NotFound, success, views
+from .http.fields import limit as read_limit
+from .http.fields import text
+from .http.paging import page_answer
 from .keys import check_envelope
-from .paging import page_answer
-from .roles import (
+from .services.roles import (
     acting,
     adding,
     changing_role,

@@ -28,9 +28,9 @@ import time
 from .auth import SESSION_ENDED, authenticate, session_is_open
 from .chats import advance_pointer
 from .http import BadRequest, HTTPError, Response, ServiceUnavailable, TooManyRequests, Unauthorized, success
-from .hub import Busy, CursorGone, UserBusy
-from .roles import in_chat
-from .views import iso_time
+from .http.views import iso_time
+from .services.hub import Busy, CursorGone, UserBusy
+from .services.roles import in_chat
 
 log = logging.getLogger("oxc.events")
 

@@ -25,9 +25,8 @@ import hashlib
 import re
 import uuid
 
-from . import views
-from .fields import text
-from .http import BadRequest, Conflict, Forbidden, NotFound, success
+from .http import BadRequest, Conflict, Forbidden, NotFound, success, views
+from .http.fields import text
 
 ALGORITHMS = ("x25519", "ed25519", "rsa-oaep-sha256")
 RAW_KEY_BYTES = 32

@@ -56,9 +56,7 @@ import uuid
 
 from store import DamagedBlob, Missing, OutOfSpace, QuotaExceeded, TooLarge
 
-from . import views
 from .chats import _send, detach_attachment
-from .fields import text
 from .http import (
     STORE_RETRY_AFTER,
     BadRequest,
@@ -70,9 +68,11 @@ from .http import (
     ServiceUnavailable,
     UnsupportedMediaType,
     success,
+    views,
 )
-from .multipart import MultipartError, Parts, boundary
-from .roles import in_chat, may_moderate
+from .http.fields import text
+from .http.multipart import MultipartError, Parts, boundary
+from .services.roles import in_chat, may_moderate
 
 log = logging.getLogger("oxc.media")
 

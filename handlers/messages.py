@@ -8,10 +8,10 @@ messages.
 
 import uuid
 
-from .fields import text
 from .http import BadRequest, Forbidden, NotFound, success
-from .paging import page_answer
-from .views import iso_time, public_message
+from .http.fields import text
+from .http.paging import page_answer
+from .http.views import iso_time, public_message
 
 
 def visible_to(message, user_id):

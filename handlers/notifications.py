@@ -31,10 +31,10 @@ import uuid
 
 from store import Conflict
 
-from . import push, views
-from .fields import limit as read_limit
-from .fields import text
-from .http import BadRequest, Forbidden, NotFound, success
+from .http import BadRequest, Forbidden, NotFound, success, views
+from .http.fields import limit as read_limit
+from .http.fields import text
+from .services import push
 
 log = logging.getLogger("oxc.notifications")
 

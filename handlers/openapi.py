@@ -50,9 +50,9 @@ from .keys import (
     max_ciphertext_bytes,
 )
 from .media import MAX_NAME, THUMBNAIL_SIZE
-from .passwords import MAX_PASSWORD_BYTES
-from .roles import ROLES
 from .search import MAX_QUERY as MAX_SEARCH
+from .services.passwords import MAX_PASSWORD_BYTES
+from .services.roles import ROLES
 from .web import STATIC_TYPES
 
 log = logging.getLogger("oxc.openapi")

@@ -7,9 +7,8 @@ postings of the scopes the caller may see, never every message.
 
 from store import search_terms
 
-from . import views
-from .fields import limit as read_limit
-from .http import BadRequest, Forbidden, NotFound, success
+from .http import BadRequest, Forbidden, NotFound, success, views
+from .http.fields import limit as read_limit
 from .messages import visible_to
 
 MAX_QUERY = 200

@@ -4,11 +4,10 @@ import re
 
 from store import Conflict as StoreConflict
 
-from . import views
 from .auth import check_new_password
-from .fields import email, text
-from .fields import limit as read_limit
-from .http import BadRequest, Forbidden, NotFound, success
+from .http import BadRequest, Forbidden, NotFound, success, views
+from .http.fields import email, text
+from .http.fields import limit as read_limit
 
 URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$", re.IGNORECASE)
 

@@ -18,7 +18,7 @@ from webtest import TestApp
 
 from handlers.auth import THROTTLED_PATHS
 from handlers.http import TooManyRequests
-from handlers.passwords import Passwords
+from handlers.services.passwords import Passwords
 from middleware import RateLimit, RateLimitPolicy
 from oxc_wsgi import Settings
 

@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 from server import Server
 from webtest import TestApp
 
-from handlers import media, multipart
+from handlers import media
+from handlers.http import multipart
 from middleware import BodyLimit
 
 PDF = b"%PDF-1.4\n" + b"1 0 obj << /Type /Catalog >> endobj\n" * 20 + b"%%EOF\n"

@@ -12,7 +12,7 @@ from openapi_spec_validator import OpenAPIV31SpecValidator
 from webtest import TestApp
 
 from handlers import auth, openapi
-from handlers.passwords import MAX_PASSWORD_BYTES
+from handlers.services.passwords import MAX_PASSWORD_BYTES
 from oxc_wsgi import Route, routes
 
 PLACEHOLDER = re.compile(r"\{(\w+)\}")

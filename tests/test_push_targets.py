@@ -18,7 +18,7 @@ import pytest
 from conftest import assert_error
 from server import wait_until
 
-from handlers import push
+from handlers.services import push
 
 
 class Receiver:

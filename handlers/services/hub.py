@@ -47,7 +47,7 @@ import time
 
 from store import StoreError
 
-from .views import iso_time
+from ..http.views import iso_time
 
 log = logging.getLogger("oxc.events")
 

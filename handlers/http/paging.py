@@ -6,8 +6,8 @@ that must belong to the list). The answer is oldest first, and
 (null when there is nothing there).
 """
 
+from . import BadRequest, success
 from .fields import limit as read_limit
-from .http import BadRequest, success
 
 
 def page_answer(req, listing, anchor, view):

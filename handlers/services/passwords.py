@@ -24,7 +24,7 @@ import threading
 
 import bcrypt
 
-from .http import TooManyRequests
+from ..http import TooManyRequests
 
 MAX_PASSWORD_BYTES = 72  # bcrypt ignores (bcrypt 5: rejects) anything longer
 HASHING_NICENESS = 10

@@ -6,7 +6,7 @@ handler answers bad input the same way (0xC's "Missing required field: x").
 
 import re
 
-from .http import BadRequest
+from . import BadRequest
 
 EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 

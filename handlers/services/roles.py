@@ -19,7 +19,7 @@ import functools
 
 from store import ChatChange
 
-from .http import BadRequest, Conflict, Forbidden, NotFound
+from ..http import BadRequest, Conflict, Forbidden, NotFound
 
 RANK = {"member": 0, "admin": 1, "owner": 2}
 ROLES = tuple(RANK)
