@@ -33,7 +33,13 @@ from .legacy import has_legacy_data, read_legacy
 UPLOAD_RESERVE_FACTOR = 2
 
 
-def open_store(data_dir, compact_min=10_000, url=None, pool_size=10, reserve=0):
+def open_store(
+    data_dir: str | os.PathLike[str] | None,
+    compact_min: int = 10_000,
+    url: str | None = None,
+    pool_size: int = 10,
+    reserve: int = 0,
+) -> Store:
     """The store for ``data_dir`` (None: in memory); imports 0xC data if found there.
 
     With a ``postgresql://`` ``url`` the store is that database (needs the
@@ -50,7 +56,7 @@ def open_store(data_dir, compact_min=10_000, url=None, pool_size=10, reserve=0):
     return store
 
 
-def _open_postgres(url, data_dir, pool_size):
+def _open_postgres(url: str, data_dir: str | os.PathLike[str] | None, pool_size: int) -> Store:
     if not url.startswith(("postgresql://", "postgres://")):
         raise StoreError(f"STORE_URL must start with postgresql:// (got {url.split(':', 1)[0]!r})")
     try:

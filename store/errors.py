@@ -24,7 +24,7 @@ class Missing(StoreError):
 class StoreCorrupt(StoreError):
     """A data file does not hold what was written; the message names the file and what to do."""
 
-    def __init__(self, message, problem=None):
+    def __init__(self, message: str, problem: str | None = None) -> None:
         super().__init__(message)
         #: What is wrong, without the file's name or the advice (for ``oxc admin verify``).
         self.problem = problem or message
@@ -37,7 +37,7 @@ class OutOfSpace(StoreUnavailable):
 class QuotaExceeded(StoreError):
     """An attachment would take its uploader past their quota; ``used`` and ``quota`` in bytes."""
 
-    def __init__(self, used, quota):
+    def __init__(self, used: int, quota: int) -> None:
         super().__init__(f"{used} of {quota} bytes of attachments are used")
         self.used = used
         self.quota = quota
@@ -46,7 +46,7 @@ class QuotaExceeded(StoreError):
 class DamagedBlob(StoreError):
     """A blob's bytes no longer hash to its name: ``digest``, ``path`` and ``actual`` say which."""
 
-    def __init__(self, digest, path, actual):
+    def __init__(self, digest: str, path: str, actual: str) -> None:
         super().__init__(f"blob {digest} at {path} is damaged: its bytes hash to {actual}")
         self.digest = digest
         self.path = path

@@ -104,3 +104,14 @@ def read_legacy(directory):
             }
         )
     return users, messages, sessions
+
+
+def announce_import(legacy):
+    """Log what a backend is about to take in from ``read_legacy``'s (users, messages, sessions)."""
+    users, messages, sessions = legacy
+    log.info(
+        "store: importing a 0xC data directory: %d users, %d messages, %d tokens",
+        len(users),
+        len(messages),
+        len(sessions),
+    )

@@ -25,7 +25,8 @@ import shutil
 from .blobs import Blobs
 from .errors import StoreError
 from .journal import SNAPSHOT
-from .jsonstore import TABLES, JsonStore, member_key
+from .jsonstore import JsonStore
+from .rules import blob_digests
 
 BATCH = 1000
 ASIDE = ".blobs-migrating"
@@ -43,68 +44,36 @@ def copy_store(source, destination, blob_dir=None, progress=None):
     """
     if is_url(source) == is_url(destination) and not is_url(source):
         raise StoreError("one side of migrate-store must be a postgresql:// URL")
-    reader = _open_source(source, blob_dir)
+    origin = _open_source(source, blob_dir)
     try:
         if is_url(destination):
-            return _to_postgres(reader, destination, blob_dir, progress)
-        return _to_json(reader, os.fspath(destination), progress)
+            return _to_postgres(origin, destination, blob_dir, progress)
+        return _to_json(origin, os.fspath(destination), progress)
     finally:
-        reader.close()
+        origin.close()
 
 
 # ---- reading ------------------------------------------------------------------------
 
 
-class _JsonReader:
-    """Records of a JSON store, table by table."""
-
-    def __init__(self, directory):
-        if not os.path.exists(os.path.join(directory, SNAPSHOT)) and not any(
-            name.startswith("journal.") for name in _listing(directory)
-        ):
-            raise StoreError(f"{directory} holds no oxc store")
-        self.store = JsonStore(directory)
-        self.blob_dir = self.store.blobs.directory
-
-    def counts(self):
-        return {table: len(rows) for table, rows in self.store._tables.items()}
-
-    def records(self):
-        for table in TABLES:
-            for key, record in list(self.store._tables[table].items()):
-                yield table, ({"key": key, "value": record["value"]} if table == "meta" else record)
-
-    def next_seq(self):
-        return self.store._next_seq
-
-    def close(self):
-        self.store.close()
+def _json_source(directory):
+    if not os.path.exists(os.path.join(directory, SNAPSHOT)) and not any(
+        name.startswith("journal.") for name in _listing(directory)
+    ):
+        raise StoreError(f"{directory} holds no oxc store")
+    return JsonStore(directory)
 
 
-class _PostgresReader:
-    def __init__(self, url, blob_dir):
-        from .postgres import PostgresStore
+def _postgres_store(url, blob_dir):
+    from .postgres import PostgresStore
 
-        self.store = PostgresStore(url, blob_dir=blob_dir, pool_size=2)
-        self.blob_dir = self.store.blobs.directory
-
-    def counts(self):
-        return self.store.count_records()
-
-    def records(self):
-        return self.store.export_records()
-
-    def next_seq(self):
-        return self.store.latest_seq() + 1
-
-    def close(self):
-        self.store.close()
+    return PostgresStore(url, blob_dir=blob_dir, pool_size=2)
 
 
 def _open_source(source, blob_dir):
     if is_url(source):
-        return _PostgresReader(source, blob_dir)
-    return _JsonReader(os.fspath(source))
+        return _postgres_store(source, blob_dir)
+    return _json_source(os.fspath(source))
 
 
 def _listing(directory):
@@ -125,9 +94,7 @@ def _batches(records):
 
 
 def _referenced(attachments):
-    return sorted(
-        {digest for record in attachments for digest in (record["sha256"], record.get("thumbnail_sha256")) if digest}
-    )
+    return sorted({digest for record in attachments for digest in blob_digests(record)})
 
 
 def _copy_blobs(digests, source_dir, target, progress):
@@ -155,31 +122,35 @@ def _report(progress, done, total, what):
 # ---- writing --------------------------------------------------------------------------
 
 
-def _to_postgres(reader, url, blob_dir, progress):
-    from .postgres import PostgresStore
-
-    target = PostgresStore(url, blob_dir=blob_dir, pool_size=2)
+def _to_postgres(origin, url, blob_dir, progress):
+    target = _postgres_store(url, blob_dir)
     try:
         if not target.is_empty():
             raise StoreError(
                 "the destination database already holds an oxc store; migrate-store fills only an empty one"
             )
-        counts = reader.counts()
-        total, done, attachments = sum(counts.values()), 0, []
-        for table, batch in _batches(reader.records()):
-            target.import_records(table, batch)
-            if table == "attachments":
-                attachments += batch
-            done += len(batch)
-            _report(progress, done, total, table)
-        target.finish_import(reader.next_seq())
-        _copy_blobs(_referenced(attachments), reader.blob_dir, target.blobs, progress)
+        counts, attachments = _copy_records(origin, target, progress)
+        _copy_blobs(_referenced(attachments), origin.blobs.directory, target.blobs, progress)
         return counts
     finally:
         target.close()
 
 
-def _to_json(reader, directory, progress):
+def _copy_records(origin, target, progress):
+    """Copy every record of ``origin`` into ``target`` batch by batch; ({table: records}, attachments)."""
+    counts = origin.count_records()
+    total, done, attachments = sum(counts.values()), 0, []
+    for table, batch in _batches(origin.export_records(BATCH)):
+        target.import_records(table, batch)
+        if table == "attachments":
+            attachments += batch
+        done += len(batch)
+        _report(progress, done, total, table)
+    target.finish_import(origin.latest_seq() + 1)
+    return counts, attachments
+
+
+def _to_json(origin, directory, progress):
     if os.path.exists(os.path.join(directory, SNAPSHOT)) or any(
         name.startswith("journal.") for name in _listing(directory)
     ):
@@ -196,24 +167,14 @@ def _to_json(reader, directory, progress):
     try:
         target = JsonStore(directory)
         try:
-            counts = reader.counts()
-            total, done, attachments = sum(counts.values()), 0, []
-            for table, batch in _batches(reader.records()):
-                _json_import(target, table, batch)
-                if table == "attachments":
-                    attachments += batch
-                done += len(batch)
-                _report(progress, done, total, table)
-            with target._lock:
-                target._next_seq = max(target._next_seq, reader.next_seq())
-            target.compact()
+            counts, attachments = _copy_records(origin, target, progress)
         finally:
             target.close()
     finally:
         if os.path.isdir(aside):
             _merge_into(blobs, aside)
             os.replace(aside, blobs)
-    _copy_blobs(_referenced(attachments), reader.blob_dir, Blobs(blobs), progress)
+    _copy_blobs(_referenced(attachments), origin.blobs.directory, Blobs(blobs), progress)
     JsonStore(directory).close()  # it must open cleanly
     return counts
 
@@ -228,15 +189,3 @@ def _merge_into(source, destination):
             os.makedirs(os.path.dirname(moved), exist_ok=True)
             os.replace(os.path.join(root, name), moved)
     shutil.rmtree(source)
-
-
-def _json_import(store, table, batch):
-    if table == "meta":
-        ops = [("put", "meta", record["key"], {"value": record["value"]}) for record in batch]
-    elif table == "members":
-        ops = [("put", "members", member_key(r["chat_id"], r["user_id"]), r) for r in batch]
-    else:
-        ops = [("put", table, record["id"], record) for record in batch]
-    with store._lock:
-        ticket = store._write(ops)
-    store._wait(ticket)

@@ -550,9 +550,18 @@ def populate(store):
 def snapshot_of(directory):
     store = JsonStore(str(directory))
     try:
-        tables = {name: dict(rows) for name, rows in store._tables.items()}
+        tables = {}
+        for table, record in store.export_records():
+            key = (
+                record["key"]
+                if table == "meta"
+                else (record["chat_id"], record["user_id"])
+                if table == "members"
+                else record["id"]
+            )
+            tables.setdefault(table, {})[key] = record
         members = {chat_id: [m["user_id"] for m in store.members(chat_id)] for chat_id in ("g1", "d1")}
-        return tables, store._next_seq, members
+        return tables, store.latest_seq() + 1, members
     finally:
         store.close()
 

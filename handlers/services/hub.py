@@ -1,22 +1,23 @@
 """The real-time core: the event log that every listener waits on.
 
-Handlers ``publish`` an event with its audience once their write is durable.
+Handlers ``publish`` an event with its audience once their write is durable;
+only the types declared in ``event_types.EVENT_TYPES`` are accepted.
 Listeners (long-poll requests and SSE streams) ``wait`` for events after their
-cursor. A cursor is ``<run>-<seq>``. With the JSON store the log lives in the
-process and ``run`` is random per process start, so a cursor from an earlier
-run is recognised. With a store that shares its log (PostgreSQL, see
-``Store.event_log``) every process appends to the one log and keeps a copy of
-its newest ``capacity`` events, filled by a thread that follows the log;
-``run`` is the log's epoch and ``seq`` its event id, so a cursor resumes on
-whichever process a client reconnects to. A cursor from another run, or older
-than the events still kept (the last ``capacity``), raises ``CursorGone`` and
-the client resyncs through the list endpoints.
+cursor. A cursor is ``<run>-<seq>``. Events go through the store's event log
+(``Store.event_log``): in memory for the JSON store, which one process owns,
+and a table every process shares for PostgreSQL. Each process appends to the
+log and keeps a copy of its newest ``capacity`` events, filled by a thread that
+follows the log; ``run`` is the log's epoch (new whenever the log starts
+empty, as the JSON store's does at every start) and ``seq`` its event id, so a
+cursor resumes on whichever process a client reconnects to. A cursor from
+another run, or older than the events still kept (the last ``capacity``),
+raises ``CursorGone`` and the client resyncs through the list endpoints.
 
 Deleted text leaves the log: ``retract`` publishes a message's deletion
 after scrubbing its text from every copy (see ``RETRACTS``). Its earlier
 events (created, edited) show the deletion's data from then on and the
-events of notifications about it lose their preview, in the store (a shared
-log's rows, notifications, push jobs) and in this process; every other
+events of notifications about it lose their preview, in the store (the log's
+rows, notifications, push jobs) and in this process; every other
 process scrubs its copies when the deletion event reaches it, and so does any
 event about the message that arrives later.
 
@@ -41,13 +42,15 @@ routing a user's requests to it.
 
 import collections
 import logging
-import secrets
 import threading
 import time
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from store import StoreError
 
 from ..http.views import iso_time
+from .event_types import EVENT_TYPES
 
 log = logging.getLogger("oxc.events")
 
@@ -60,7 +63,13 @@ RETRACTS = {
     "message.deleted": ("message.created",),
 }
 #: What a retracted event keeps of a field that held text or pointed at an attachment.
-TEXT_FIELDS = {"content": None, "envelope": None, "attachment": None, "mentions": [], "preview": None}
+TEXT_FIELDS: dict[str, object] = {
+    "content": None,
+    "envelope": None,
+    "attachment": None,
+    "mentions": [],
+    "preview": None,
+}
 #: Retracted message ids remembered, so that events about them arriving later are scrubbed too.
 RETRACTED_KEPT = 10_000
 
@@ -111,7 +120,7 @@ class Event:
 
 
 def _from_row(row):
-    """An Event from a shared log's row (id, type, data, audience, chat_id, at)."""
+    """An Event from a row of the store's event log (id, type, data, audience, chat_id, at)."""
     event_id, type, data, audience, chat_id, at = row
     return Event(event_id, type, data, None if audience is None else frozenset(audience), chat_id, at)
 
@@ -119,7 +128,7 @@ def _from_row(row):
 class Hub:
     """Publish events, wait for them, and track presence and typing."""
 
-    PULL = 500  # events read from a shared log per query
+    PULL = 500  # events read from the store's log per query
 
     def __init__(
         self,
@@ -150,39 +159,35 @@ class Hub:
         self._subscribers = []
         self._retracted = collections.OrderedDict()  # message id -> retract, newest last
         self._about = {}  # id or message_id in an event's data -> the events kept with it, oldest first
-        self._shared = store.event_log()
+        self._log = store.event_log()
         self._pull_lock = threading.Lock()
         self._follower = None
-        if self._shared is None:
-            self.run = secrets.token_hex(4)
-        else:
-            self.run = self._shared.epoch
-            self._seq = self._shared.newest()
-            for event in map(_from_row, self._shared.recent(capacity)):
-                self._arrive(event)
-            self._seq = max(self._seq, self._events[-1].seq if self._events else 0)
+        self.run = self._log.epoch
+        self._seq = self._log.newest()
+        for event in map(_from_row, self._log.recent(capacity)):
+            self._arrive(event)
+        self._seq = max(self._seq, self._events[-1].seq if self._events else 0)
 
     @property
-    def closed(self):
+    def closed(self) -> bool:
         return self._closed
 
     # -- cursors --------------------------------------------------------------
 
-    def cursor(self, seq=None):
+    def cursor(self, seq: int | None = None) -> str:
         """The opaque cursor for ``seq`` (default: the newest event)."""
         return f"{self.run}-{self._seq if seq is None else seq}"
 
-    def position(self, cursor):
+    def position(self, cursor: str | None) -> int:
         """The seq a cursor stands for; CursorGone if it cannot be resumed."""
         if cursor is None or cursor == "":
-            if self._shared is not None:
-                self._pull()  # "now" is the shared log's newest, not what this process last copied
+            self._pull()  # "now" is the log's newest, not what this process last copied
             return self._seq
-        run, _, seq = cursor.rpartition("-")
-        if run != self.run or not (seq.isascii() and seq.isdigit()):
+        run, _, number = cursor.rpartition("-")
+        if run != self.run or not (number.isascii() and number.isdigit()):
             raise CursorGone("This cursor is from an earlier run of the server; resync and start again")
-        seq = int(seq)
-        if seq > self._seq and self._shared is not None:
+        seq = int(number)
+        if seq > self._seq:
             self._pull()  # a cursor handed out by another process a moment ago
         if seq > self._seq:
             raise CursorGone("This cursor is from an earlier run of the server; resync and start again")
@@ -194,38 +199,36 @@ class Hub:
 
     # -- publishing -------------------------------------------------------------
 
-    def subscribe(self, callback):
+    def subscribe(self, callback: Callable[[Event], None]) -> None:
         """Call ``callback(event)`` after every publish, in the publishing thread."""
         self._subscribers.append(callback)
 
-    def publish(self, type, data, audience=EVERYONE, chat_id=None):
+    def publish(
+        self, type: str, data: Any, audience: Iterable[str] | None = EVERYONE, chat_id: str | None = None
+    ) -> Event:
         """Add an event for ``audience`` (user ids; None: everyone) and wake listeners.
 
-        Subscribers hear the events published in this process only.
+        ValueError for a ``type`` not declared in ``EVENT_TYPES``. Subscribers
+        hear the events published in this process only.
         """
+        if type not in EVENT_TYPES:
+            raise ValueError(f"undeclared event type {type!r}: declare it in handlers/services/event_types.py")
         audience = None if audience is None else frozenset(audience)
-        if self._shared is None:
-            with self._changed:
-                self._seq += 1
-                event = Event(self._seq, type, data, audience, chat_id, self.clock())
-                self._arrive(event)
-                self._changed.notify_all()
-        else:
-            at = self.clock()
-            event = Event(self._shared.append(type, data, audience, chat_id, at), type, data, audience, chat_id, at)
-            self._start_follower()
-            self._pull()  # so that this process's listeners have it at once
-            if event.seq % self.capacity == 0:
-                self._shared.prune(self.capacity)  # the log stays bounded though no one listens
+        at = self.clock()
+        event = Event(self._log.append(type, data, audience, chat_id, at), type, data, audience, chat_id, at)
+        self._start_follower()
+        self._pull()  # so that this process's listeners have it at once
+        if event.seq % self.capacity == 0:
+            self._log.prune(self.capacity)  # the log stays bounded though no one listens
         for callback in self._subscribers:
             callback(event)
         return event
 
     def _pull(self):
-        """Copy the shared log's new events into this process and wake listeners."""
+        """Copy the log's new events into this process and wake listeners."""
         with self._pull_lock:
             while True:
-                rows = self._shared.after(self._seq, self.PULL)
+                rows = self._log.after(self._seq, self.PULL)
                 if rows:
                     with self._changed:
                         if rows[0][0] != self._seq + 1:
@@ -240,12 +243,14 @@ class Hub:
 
     # -- deleted text ---------------------------------------------------------------
 
-    def retract(self, type, data, audience=EVERYONE, chat_id=None):
+    def retract(
+        self, type: str, data: Any, audience: Iterable[str] | None = EVERYONE, chat_id: str | None = None
+    ) -> Event:
         """Publish the deletion ``type`` (see RETRACTS) of message ``data["id"]`` once its text is scrubbed."""
         self.scrub(type, data)
         return self.publish(type, data, audience, chat_id)
 
-    def scrub(self, type, data):
+    def scrub(self, type: str, data: Any) -> None:
         """Take the text of message ``data["id"]``, deleted as ``type`` says, out of the store's copies and this log."""
         retract = retraction(type, data)
         self.store.scrub_message(data["id"], retract)
@@ -293,7 +298,7 @@ class Hub:
                 self._about.pop(key, None)
 
     def _start_follower(self):
-        if self._shared is not None and self._follower is None:
+        if self._follower is None:
             with self._pull_lock:
                 if self._follower is None:
                     self._follower = threading.Thread(target=self._follow, name="oxc-events-follow", daemon=True)
@@ -305,15 +310,15 @@ class Hub:
                 self._pull()
             except StoreError as exc:
                 if not self._closed:
-                    log.warning("events: could not read the shared event log: %s", exc)
+                    log.warning("events: could not read the event log: %s", exc)
 
-        self._shared.follow(wake, lambda: self._closed)
+        self._log.follow(wake, lambda: self._closed)
 
-    def chat_audience(self, chat_id):
+    def chat_audience(self, chat_id: str) -> set[str]:
         """The user ids of a chat's members now."""
         return {member["user_id"] for member in self.store.members(chat_id)}
 
-    def contacts(self, user_id):
+    def contacts(self, user_id: str) -> set[str]:
         """Everyone else who shares a chat with ``user_id``."""
         people = set()
         for chat_id in self.store.chat_ids(user_id):
@@ -332,7 +337,7 @@ class Hub:
             return True
         return self.store.get_member(event.chat_id, user_id) is not None
 
-    def read(self, user_id, after, limit=100):
+    def read(self, user_id: str, after: int, limit: int = 100) -> tuple[list[Event], int]:
         """(events, last seq looked at): events for ``user_id`` after seq ``after``."""
         with self._changed:
             if not self._events or self._events[-1].seq <= after:
@@ -348,7 +353,7 @@ class Hub:
                     break
         return found, last
 
-    def wait(self, after, seconds):
+    def wait(self, after: int, seconds: float) -> int:
         """Block up to ``seconds`` for an event after seq ``after``."""
         with self._changed:
             if self._seq <= after and not self._closed:
@@ -357,7 +362,7 @@ class Hub:
 
     # -- listeners and presence -----------------------------------------------
 
-    def listen(self, user_id):
+    def listen(self, user_id: str) -> None:
         """Take a listener slot for ``user_id``; UserBusy when the user holds their share, Busy when none is free."""
         self._start_timer()
         self._start_follower()
@@ -371,7 +376,7 @@ class Hub:
         if came_online:
             self.publish("presence.online", {"user_id": user_id}, self.contacts(user_id))
 
-    def leave(self, user_id):
+    def leave(self, user_id: str) -> None:
         """Give a listener slot back; the user goes offline a little later if it was the last."""
         with self._changed:
             self._listening[user_id] -= 1
@@ -381,13 +386,13 @@ class Hub:
         if self._slots is not None:
             self._slots.release()
 
-    def is_online(self, user_id):
+    def is_online(self, user_id: str) -> bool:
         """True while the user has a listener (or left less than ``offline_after`` ago)."""
         return user_id in self._listening or user_id in self._going_offline
 
     # -- typing -------------------------------------------------------------------
 
-    def typing(self, chat_id, user_id, username, active):
+    def typing(self, chat_id: str, user_id: str, username: str, active: bool) -> None:
         """Start or stop a typing notice; a started one stops by itself after ``typing_ttl``."""
         self._start_timer()
         key = (chat_id, user_id)
@@ -423,7 +428,7 @@ class Hub:
             except Exception:
                 log.exception("events: expiring typing and presence failed")
 
-    def expire(self):
+    def expire(self) -> None:
         """Stop typing notices and mark users offline whose time has come."""
         if self._closed:
             return
@@ -449,7 +454,7 @@ class Hub:
                 log.warning("events: could not record last_seen of %s: %s", user_id, exc)
             self.publish("presence.offline", {"user_id": user_id, "last_seen": iso_time(now)}, self.contacts(user_id))
 
-    def close(self):
+    def close(self) -> None:
         """Wake every listener so that streams end."""
         with self._changed:
             self._closed = True
