@@ -15,10 +15,13 @@ import re
 import shutil
 import struct
 import time
+import urllib.parse
 import zlib
 
 import pytest
 from server import Server
+
+from handlers import web
 
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="Playwright is not installed (pip install -e '.[test]' brings it)"
@@ -250,6 +253,27 @@ def test_two_people_chat_live_and_a_reload_keeps_the_session(browser, server):
         alice.close()
         bob.close()
     assert time.monotonic() - started < 60
+
+
+def test_the_page_loads_its_script_as_modules_under_the_strict_policy(browser, server):
+    carol = Person(browser, server, DESKTOP)
+    scripts = {}
+
+    def saw(response):
+        path = urllib.parse.urlsplit(response.url).path
+        if path.startswith("/static/") and path.endswith(".js"):
+            scripts[path.removeprefix("/static/")] = (response.status, response.headers.get("content-type"))
+
+    carol.page.on("response", saw)
+    try:
+        carol.open()
+        # The form shows once app.js has run, which is after every module it imports has loaded.
+        expect(carol.page.get_by_role("heading", name="Log in")).to_be_visible()
+        assert set(scripts) == set(web.SCRIPT_MODULES)
+        assert set(scripts.values()) == {(200, web.JAVASCRIPT)}
+        assert carol.problems == [], carol.problems
+    finally:
+        carol.close()
 
 
 def test_older_history_loads_on_scroll_and_a_group_shows_who_is_typing(browser, server):

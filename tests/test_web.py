@@ -3,6 +3,7 @@
 import configparser
 import os
 import re
+import urllib.parse
 
 import pytest
 
@@ -10,6 +11,7 @@ from handlers import web
 from oxc_wsgi import Settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STATIC = os.path.join(ROOT, "handlers", "static")
 CHROME = (
     "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,*/*;q=0.8,"
     "application/signed-exchange;v=b3;q=0.7"
@@ -170,18 +172,66 @@ def test_head_of_the_page_has_no_body(client):
 
 
 @pytest.mark.parametrize(
-    "name, content_type", [("app.js", "text/javascript"), ("app.css", "text/css"), ("icon.svg", "image/svg+xml")]
+    "name, content_type",
+    [
+        ("app.js", "text/javascript"),
+        ("dom.js", "text/javascript"),
+        ("app.css", "text/css"),
+        ("icon.svg", "image/svg+xml"),
+    ],
 )
 def test_static_files_are_served_from_the_package_with_their_type(client, name, content_type):
     answer = client.get(f"/static/{name}")
     assert answer.content_type == content_type
     with open(os.path.join(ROOT, "handlers", "static", name), "rb") as f:
-        assert answer.body == f.read()
+        # A module's imports of its siblings carry the page's ?v= (see web.py); the rest is the file.
+        assert answer.body.replace(b"?v=" + web.asset_version().encode(), b"") == f.read()
     assert answer.headers["Content-Length"] == str(len(answer.body))
     assert answer.headers["Cache-Control"] == "no-cache"
     assert answer.headers["X-Content-Type-Options"] == "nosniff"
     assert answer.headers["Content-Security-Policy"] == STRICT_CSP
     assert re.fullmatch(r'"[0-9a-f]{32}"', answer.headers["ETag"])
+
+
+def imports_of(script):
+    """The module specifiers a script imports from (static imports and re-exports)."""
+    return re.findall(r'^(?:import|export)\s[^;"]*?\bfrom\s*"([^"]+)"|^import\s*"([^"]+)"', script, re.M)
+
+
+def test_every_module_the_page_imports_is_served_as_javascript_and_versioned(client):
+    entry = re.search(r'<script type="module" src="([^"]+)"></script>', page(client).text)[1]
+    seen, waiting = set(), [entry]
+    while waiting:
+        url = waiting.pop()
+        if url in seen:
+            continue
+        seen.add(url)
+        answer = client.get(url)
+        assert answer.content_type == "text/javascript", url
+        assert answer.charset == "utf-8", url
+        assert answer.headers["Cache-Control"] == web.IMMUTABLE, url
+        for specifiers in imports_of(answer.text):
+            specifier = "".join(specifiers)
+            assert specifier.startswith("./"), (url, specifier)
+            waiting.append(urllib.parse.urljoin(url, specifier))
+    served = {urllib.parse.urlsplit(url).path.removeprefix("/static/") for url in seen}
+    assert served == set(web.SCRIPT_MODULES)
+    assert served == {name for name in os.listdir(STATIC) if name.endswith(".js")}
+
+
+def test_no_static_script_is_over_600_lines():
+    scripts = [name for name in os.listdir(STATIC) if name.endswith(".js")]
+    assert "app.js" in scripts
+    for name in scripts:
+        with open(os.path.join(STATIC, name), encoding="utf-8") as f:
+            assert len(f.read().splitlines()) <= 600, name
+
+
+def test_the_modules_import_their_siblings_with_the_page_version(client):
+    body = client.get("/static/app.js").text
+    version = web.asset_version()
+    assert imports_of(body)
+    assert all("".join(found).endswith(f".js?v={version}") for found in imports_of(body))
 
 
 def test_a_versioned_static_url_may_be_cached_for_a_year(client):
@@ -217,6 +267,9 @@ def test_a_current_etag_gets_304_without_a_body(client):
         "/static/",
         "/static",
         "/static/%5c..%5cweb.py",
+        "/static/js/app.js",
+        "/static/%2e/dom.js",
+        "/static/dom",
     ],
 )
 def test_only_the_listed_files_are_reachable(client, path):
