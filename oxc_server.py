@@ -17,7 +17,7 @@ server with two guards:
 
 Behind a reverse proxy every connection comes from the proxy's address, so
 the cap belongs in the proxy (MAX_CONNECTIONS_PER_CLIENT=0 turns it off
-here). Used by ``oxc_wsgi.serve``::
+here). Used by ``oxc_cli.serve``::
 
     server = oxc_server.create_server(app, per_client=50, header_timeout=10, **waitress_options)
     server.run()

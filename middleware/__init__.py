@@ -3,7 +3,8 @@
 Each layer is a small class that wraps ``self.app``, checks and freezes its
 configuration when it is built, passes requests it does not care about through
 untouched, and refuses the others with the project's JSON error envelope
-``{"status": "error", "message": ...}`` rendered by :func:`error_answer`.
+``{"status": "error", "message": ...}`` rendered by :func:`error_answer`
+(with :mod:`middleware.wire`, where the app's answers are encoded too).
 
 Compose once, in ``create_app``, outermost first::
 
@@ -23,8 +24,11 @@ answered before anything asks for a key or spends a token; RateLimit outside
 ApiKey so that guessing keys is throttled too.
 """
 
-import json
+from collections.abc import Callable, Iterable
 from http import HTTPStatus
+from typing import Any
+
+from .wire import json_body, json_headers
 
 __all__ = [
     "AccessLog",
@@ -39,15 +43,18 @@ __all__ = [
 ]
 
 
-def error_answer(start_response, status_code, message, headers=(), *, exc_info=None):
+def error_answer(
+    start_response: Callable[..., Any],
+    status_code: int,
+    message: str,
+    headers: Iterable[tuple[str, str]] = (),
+    *,
+    exc_info: Any = None,
+) -> list[bytes]:
     """Start a JSON error answer and return its body as a one-item list."""
-    body = json.dumps({"status": "error", "message": message}).encode("utf-8")
+    body = json_body({"status": "error", "message": message})
     status = f"{status_code} {HTTPStatus(status_code).phrase}"
-    response_headers = [
-        ("Content-Type", "application/json; charset=utf-8"),
-        ("Content-Length", str(len(body))),
-        *headers,
-    ]
+    response_headers = [*json_headers(body), *headers]
     if exc_info is None:
         start_response(status, response_headers)
     else:

@@ -22,11 +22,7 @@ import re
 import sys
 
 from . import error_answer
-
-_DIGITS = re.compile(r"[0-9]+")
-# More significant digits than this cannot be a length anyone configures; it
-# also keeps int() away from its limit on very long digit strings.
-_MAX_LENGTH_DIGITS = 18
+from .wire import InvalidLength, declared_length
 
 
 class BodyTooLarge(ValueError):
@@ -119,16 +115,16 @@ class BodyLimit:
     def __call__(self, environ, start_response):
         maximum = self._maximum(environ) if self.larger else self.max_bytes
         too_large = f"Request body too large (limit {maximum} bytes)"
-        declared = environ.get("CONTENT_LENGTH", "").strip()
-        if declared:
-            if not _DIGITS.fullmatch(declared):
-                return error_answer(start_response, 400, "Invalid Content-Length")
-            significant = declared.lstrip("0") or "0"
-            if len(significant) > _MAX_LENGTH_DIGITS or int(significant) > maximum:
-                return error_answer(start_response, 413, too_large)
-            limit, overflow_raises = int(significant), False
-        else:
+        try:
+            declared = declared_length(environ)
+        except InvalidLength as exc:
+            return error_answer(start_response, 400, str(exc))
+        if declared is None:
             limit, overflow_raises = maximum, True
+        elif declared > maximum:
+            return error_answer(start_response, 413, too_large)
+        else:
+            limit, overflow_raises = declared, False
 
         stream = environ.get("wsgi.input")
         if stream is not None:

@@ -194,3 +194,31 @@ def test_upload_and_download_show_progress_for_large_files(env, tmp_path):
     assert target.read_bytes() == source.read_bytes() and "100%" in downloaded.stderr
     missing = oxc("download", "no-such-attachment", "-o", str(tmp_path / "x"), env=env)
     assert missing.returncode == 1 and "HTTP 404" in missing.stderr
+
+
+def test_admin_create_user_checks_its_fields_as_registration_does(tmp_path):
+    from webtest import TestApp
+
+    from oxc_wsgi import create_app
+
+    env = dict(os.environ, DATA_DIR=str(tmp_path / "data"), BCRYPT_ROUNDS="4")
+    api = create_app(data_dir=tmp_path / "api", bcrypt_rounds=4, auth_rate_limit_enabled=False)
+    try:
+        web = TestApp(api)
+        for username, password, email in (
+            ("carol", "carols-password", "not an address"),
+            ("carol", "short", None),
+            ("c!", "carols-password", None),
+        ):
+            refused = web.post_json(
+                "/api/auth/register", {"username": username, "password": password, "email": email}, status=400
+            )
+            message = refused.json["message"]
+            given = ("--email", email) if email else ()
+            result = oxc("admin", "create-user", username, *given, "--password-stdin", env=env, stdin=password + "\n")
+            assert result.returncode == 1 and result.stderr.endswith(f"\noxc: {message}\n")
+    finally:
+        api.core.close()
+    assert oxc("admin", "create-user", "carol", "--email", "carol@example.com", env=env).returncode == 0
+    taken = oxc("admin", "create-user", "dave", "--email", "carol@example.com", env=env)
+    assert taken.returncode == 1 and taken.stderr.endswith("\noxc: Email already registered\n")

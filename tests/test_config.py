@@ -1,11 +1,14 @@
 """Settings: environment, .env files, bad values, production safety."""
 
+import dataclasses
 import subprocess
 import sys
 
 import pytest
 from server import ROOT
 
+import oxc_settings
+from oxc_settings import VARIABLES
 from oxc_wsgi import ConfigError, Settings, create_app, read_env_file
 
 
@@ -145,9 +148,35 @@ def test_start_up_in_production_with_the_published_or_a_short_secret_stops():
         assert result.returncode == 2 and "JWT_SECRET_KEY" in result.stderr
 
 
-def test_env_example_lists_every_variable_with_a_valid_value():
-    from oxc_wsgi import VARIABLES
-
+def test_env_example_lists_exactly_the_declared_variables_with_their_defaults():
     listed = dict(read_env_file(f"{ROOT}/.env.example"))
-    assert {name for _, name, _, _ in VARIABLES} <= set(listed)
-    Settings.from_environ(listed, env_file=None)
+    assert set(listed) == {variable.name for variable in VARIABLES}
+    for variable in VARIABLES:
+        assert variable.parse(listed[variable.name]) == variable.default, variable.name
+    assert Settings.from_environ(listed, env_file=None) == Settings()
+
+
+def test_the_readme_settings_table_is_the_one_the_declarations_give():
+    with open(f"{ROOT}/README.md", encoding="utf-8") as f:
+        readme = f.read()
+    assert oxc_settings.readme_table() in readme
+    shown = [line.split("`")[1] for line in oxc_settings.readme_table().splitlines()[2:]]
+    assert shown == [variable.name for variable in VARIABLES]
+
+
+def test_each_setting_is_declared_once_with_its_default_on_the_settings_field():
+    fields = {field.name: field.default for field in dataclasses.fields(Settings)}
+    assert fields == {variable.field: variable.default for variable in VARIABLES}
+    assert all(variable.doc and variable.name.isupper() for variable in VARIABLES)
+    assert len({variable.name for variable in VARIABLES}) == len(VARIABLES)
+
+
+def test_create_app_takes_exactly_the_declared_settings_as_keyword_overrides(tmp_path):
+    with pytest.raises(TypeError, match="no_such_setting"):
+        create_app(Settings(), data_dir=None, no_such_setting=1)
+
+
+def test_importing_the_server_does_not_import_the_client():
+    code = "import sys, oxc_wsgi; assert 'oxc_client' not in sys.modules and 'oxc_cli' not in sys.modules"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

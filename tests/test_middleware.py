@@ -19,6 +19,7 @@ from middleware import (
     TokenBucket,
     error_answer,
 )
+from middleware.wire import MAX_DECLARED_LENGTH, InvalidLength, declared_length, json_body
 
 ORIGIN = "https://chat.example"
 CLIENT = {"REMOTE_ADDR": "198.51.100.7"}
@@ -113,12 +114,42 @@ def test_error_answer_renders_the_envelope_with_length_and_reason_phrase():
 
     body = error_answer(start_response, 404, "No such chat", [("X-Extra", "1")])
     assert started["status"] == "404 Not Found"
-    assert body == [b'{"status": "error", "message": "No such chat"}']
+    assert body == [b'{"status":"error","message":"No such chat"}']
     assert dict(started["headers"]) == {
         "Content-Type": "application/json; charset=utf-8",
         "Content-Length": str(len(body[0])),
         "X-Extra": "1",
     }
+
+
+def test_error_answer_keeps_non_ascii_text_as_utf8():
+    body = error_answer(lambda status, headers: None, 404, "Kein Chat: café")
+    assert body == ['{"status":"error","message":"Kein Chat: café"}'.encode()]
+
+
+# ---- wire primitives --------------------------------------------------------
+
+
+@pytest.mark.parametrize("declared, length", [("", None), ("  ", None), ("0", 0), (" 17 ", 17), ("007", 7)])
+def test_declared_length_reads_digits_and_treats_blank_as_undeclared(declared, length):
+    assert declared_length({"CONTENT_LENGTH": declared}) == length
+    assert declared_length({}) is None
+
+
+@pytest.mark.parametrize("declared", ["-1", "+5", "1e3", "12 3", "0x10", "\u0661"])
+def test_declared_length_refuses_anything_but_ascii_digits(declared):
+    with pytest.raises(InvalidLength, match="^Invalid Content-Length$"):
+        declared_length({"CONTENT_LENGTH": declared})
+
+
+def test_declared_length_reads_absurdly_long_lengths_as_above_every_limit():
+    assert declared_length({"CONTENT_LENGTH": "9" * 5000}) == MAX_DECLARED_LENGTH
+    assert declared_length({"CONTENT_LENGTH": "0" * 5000 + "12"}) == 12
+
+
+def test_json_body_is_compact_utf8_and_escapes_lone_surrogates():
+    assert json_body({"a": [1, "é"]}) == '{"a":[1,"é"]}'.encode()
+    assert json_body({"a": "\ud800"}) == b'{"a":"\\ud800"}'
 
 
 # ---- ApiKey -----------------------------------------------------------------
@@ -152,7 +183,7 @@ def test_non_ascii_api_key_is_refused_with_401_not_500(presented):
     app = ApiKey(ok_app, ["key-one"])
     status, headers, body = call(app, raw_environ(HTTP_X_API_KEY=presented))
     assert status == "401 Unauthorized"
-    assert body == b'{"status": "error", "message": "Invalid API key"}'
+    assert body == b'{"status":"error","message":"Invalid API key"}'
 
 
 def test_latin1_api_key_through_webtest_is_refused_with_401():
@@ -320,7 +351,7 @@ def test_header_adding_layers_forward_exc_info_so_a_started_answer_can_be_replac
 
     status, headers, body = call(wrap(AccessLog(failing_after_start)), raw_environ(HTTP_ORIGIN=ORIGIN))
     assert status == "500 Internal Server Error"
-    assert body == b'{"status": "error", "message": "Internal server error"}'
+    assert body == b'{"status":"error","message":"Internal server error"}'
 
 
 def test_cors_does_not_buffer_a_streamed_body():
@@ -559,7 +590,7 @@ def test_declared_body_over_the_limit_is_refused_without_reading_it():
     environ["wsgi.input"] = ExplodingInput()
     status, _, body = call(BodyLimit(inner, max_bytes=1000), environ)
     assert status == "413 Request Entity Too Large"
-    assert body == b'{"status": "error", "message": "Request body too large (limit 1000 bytes)"}'
+    assert body == b'{"status":"error","message":"Request body too large (limit 1000 bytes)"}'
     assert inner.environs == []
 
 
@@ -570,7 +601,7 @@ def test_invalid_content_length_is_refused_with_400(declared):
     )
     assert status == "400 Bad Request"
     assert headers["Content-Type"] == "application/json; charset=utf-8"
-    assert body == b'{"status": "error", "message": "Invalid Content-Length"}'
+    assert body == b'{"status":"error","message":"Invalid Content-Length"}'
 
 
 def test_absurdly_long_content_length_is_refused_with_413_not_a_crash():
@@ -607,7 +638,7 @@ def test_undeclared_body_over_the_limit_raises_body_too_large_and_answers_413():
     status, _, body = call(BodyLimit(streaming_reader, max_bytes=10), environ)
     assert isinstance(seen[0], ValueError)
     assert status == "413 Request Entity Too Large"
-    assert body == b'{"status": "error", "message": "Request body too large (limit 10 bytes)"}'
+    assert body == b'{"status":"error","message":"Request body too large (limit 10 bytes)"}'
 
 
 def test_undeclared_body_at_the_limit_is_read_whole():

@@ -20,6 +20,8 @@ import ssl
 import threading
 import time
 
+from .worker import Worker
+
 log = logging.getLogger("oxc.mail")
 
 DELAY = (0.05, 0.25)  # seconds from queueing a mail to starting to send it
@@ -34,10 +36,11 @@ class Mailer:
         self._changed = threading.Condition()
         self._pending = 0  # queued or being delivered
         self._last_due = 0.0
+        self._worker = Worker("oxc-mail", self._send_queued)
         if settings.smtp_host:
             # Started now, not by the first mail: a thread started in a request would make that
             # request slower than one for an address without an account.
-            threading.Thread(target=self._send_queued, name="oxc-mail", daemon=True).start()
+            self._worker.start()
         elif settings.environment == "production":
             log.warning("mail: SMTP_HOST is not set; verification and reset codes cannot be sent")
         else:
@@ -54,12 +57,14 @@ class Mailer:
             self._last_due = max(self._last_due, time.monotonic() + random.uniform(*DELAY))
             self._queue.append((self._last_due, to, subject, body))
             self._pending += 1
-            self._changed.notify_all()
+        self._worker.wake()
 
     def _send_queued(self):
-        while True:
+        """Send every queued mail in turn, each when it is due; then sleep until woken."""
+        while not self._worker.stopping:
             with self._changed:
-                self._changed.wait_for(lambda: self._queue)
+                if not self._queue:
+                    return None
                 due, to, subject, body = self._queue.popleft()
             try:
                 time.sleep(max(0.0, due - time.monotonic()))
@@ -93,6 +98,10 @@ class Mailer:
                 client.send_message(message)
         except (OSError, smtplib.SMTPException) as exc:
             log.error("mail: could not send to %s: %s", message["To"], exc)
+
+    def close(self):
+        """Stop sending (mail still queued is dropped: its codes can be asked for again)."""
+        self._worker.close()
 
     def flush(self, timeout=10):
         """Wait for mail still queued or being sent (tests and shutdown)."""

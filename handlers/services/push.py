@@ -41,8 +41,9 @@ import logging
 import re
 import socket
 import ssl
-import threading
 import urllib.parse
+
+from .worker import Worker
 
 log = logging.getLogger("oxc.push")
 
@@ -239,10 +240,7 @@ class PushWorker:
         self.resolve = resolve
         self.allowed = allowed_networks(settings.push_allowed_addresses)
         self._tls = None
-        self._wake = threading.Event()
-        self._stop = False
-        self._thread = None
-        self._lock = threading.Lock()
+        self._worker = Worker("oxc-push", self._drain, join_timeout=TIMEOUT + 2)
         self._warn_about(settings.push_webhook_url)
 
     def _warn_about(self, url):
@@ -257,26 +255,20 @@ class PushWorker:
 
     def start(self):
         """Start the thread if there is or may be work (called on first enqueue and at start-up)."""
-        with self._lock:
-            if self._thread is None and not self._stop:
-                self._thread = threading.Thread(target=self._run, name="oxc-push", daemon=True)
-                self._thread.start()
-        self._wake.set()
+        self._worker.start()
 
-    def _run(self):
-        while not self._stop:
-            try:
-                # Claimed for a while, so that no other process delivers it meanwhile.
-                for job in self.store.claim_push_jobs(self.clock(), lease=2 * TIMEOUT):
-                    if self._stop:
-                        return
-                    self._deliver(job)
-            except Exception:
-                log.exception("push: the delivery loop failed; retrying shortly")
-            following = self.store.next_push_time() if not self._stop else None
-            wait = 1.0 if following is None else max(0.01, min(1.0, following - self.clock()))
-            self._wake.wait(wait)
-            self._wake.clear()
+    def _drain(self):
+        """Deliver every due job; the seconds until the next one is due (at most 1)."""
+        try:
+            # Claimed for a while, so that no other process delivers it meanwhile.
+            for job in self.store.claim_push_jobs(self.clock(), lease=2 * TIMEOUT):
+                if self._worker.stopping:
+                    return None
+                self._deliver(job)
+        except Exception:
+            log.exception("push: the delivery loop failed; retrying shortly")
+        following = self.store.next_push_time() if not self._worker.stopping else None
+        return 1.0 if following is None else max(0.01, min(1.0, following - self.clock()))
 
     def _deliver(self, job):
         body = json.dumps(job["payload"], separators=(",", ":")).encode("utf-8")
@@ -362,7 +354,4 @@ class PushWorker:
 
     def close(self):
         """Stop the thread (jobs stay queued in the store)."""
-        self._stop = True
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(TIMEOUT + 2)
+        self._worker.close()
