@@ -26,11 +26,12 @@ is missing. A password reset ends every session of the account.
 
 import hashlib
 import hmac
+import re
 import secrets
 
-from .auth import check_new_password
-from .http import BadRequest, TooManyRequests, success
-from .http.fields import email, text
+from .auth import new_password
+from .http import BadRequest, TooManyRequests, success, views
+from .http.declare import Email, Text, endpoint, envelope, ref, returns
 
 CODE_TTL = 15 * 60
 MAX_ATTEMPTS = 5
@@ -167,11 +168,16 @@ class Codes:
         return True
 
 
-def _code(body):
-    code = text(body, "code", max_length=6)
-    if not (code.isascii() and code.isdigit() and len(code) == 6):
-        raise BadRequest("Field 'code' must be six digits")
-    return code
+ADDRESS = Email("An e-mail address.", "user1@example.com", required=True)
+CODE = Text(
+    "The six-digit code from the e-mail.",
+    "123456",
+    required=True,
+    max_length=6,
+    pattern=re.compile(r"\A[0-9]{6}\Z"),
+    pattern_message="Field '{name}' must be six digits",
+    schema_pattern=r"^[0-9]{6}$",
+)
 
 
 def _awaiting_verification(store, address):
@@ -179,20 +185,54 @@ def _awaiting_verification(store, address):
     return user if user is not None and not user.get("email_verified") else None
 
 
-def post_verification_request(req):
+@endpoint(
+    "accounts",
+    "Send an e-mail verification code",
+    "Mails a six-digit code to the address if it belongs to an account awaiting verification. The "
+    "answer, and the work behind it, is the same for any address; each address may ask once a "
+    f"minute and {CODES_PER_DAY} times a day.",
+    answers={
+        200: returns(
+            envelope(message="If that address belongs to an account awaiting verification, a code is on its way"),
+            "Asked.",
+        )
+    },
+    refusals={
+        400: "email is missing or not an e-mail address.",
+        429: f"This address asked a moment ago, or {CODES_PER_DAY} times today; retry after Retry-After.",
+    },
+    body={"email": ADDRESS},
+    body_name="EmailAddress",
+    body_example={"email": "user1@example.com"},
+    writes=True,
+)
+def post_verification_request(req, *, body):
     """Send a verification code to an address awaiting verification (the same answer and work for any address)."""
-    address = email(req.json, required=True)
+    address = body["email"]
     req.ctx.codes.throttle("verify", address)
     user = _awaiting_verification(req.ctx.store, address)
     req.ctx.codes.send("verify", user, address if user is None else user["email"])
     return success(message="If that address belongs to an account awaiting verification, a code is on its way")
 
 
-def post_verification(req):
+@endpoint(
+    "accounts",
+    "Verify an e-mail address",
+    "Checks the code mailed to the address (15 minutes, five guesses; "
+    f"{WRONG_GUESSES_PER_DAY} wrong guesses a day per address) and marks it verified.",
+    answers={200: returns(envelope(message="E-mail address verified"), "Verified.")},
+    refusals={
+        400: "A field is missing or malformed, or the code is wrong, used up or expired.",
+        429: f"{WRONG_GUESSES_PER_DAY} wrong codes for this address today; retry after Retry-After.",
+    },
+    body={"email": ADDRESS, "code": CODE},
+    body_name="VerificationCode",
+    body_example={"email": "user1@example.com", "code": "123456"},
+    writes=True,
+)
+def post_verification(req, *, body):
     """Verify an e-mail address with the code sent to it."""
-    body = req.json
-    address = email(body, required=True)
-    code = _code(body)
+    address, code = body["email"], body["code"]
     user = _awaiting_verification(req.ctx.store, address)
     if not req.ctx.codes.check("verify", user, address, code):
         raise BadRequest(BAD_CODE)
@@ -202,21 +242,54 @@ def post_verification(req):
     return success(message="E-mail address verified")
 
 
-def post_password_reset_request(req):
+@endpoint(
+    "accounts",
+    "Send a password reset code",
+    "Mails a six-digit code to the address if it belongs to an account. The answer, and the work "
+    f"behind it, is the same for any address; each address may ask once a minute and {CODES_PER_DAY} "
+    "times a day.",
+    answers={200: returns(envelope(message="If that address belongs to an account, a code is on its way"), "Asked.")},
+    refusals={
+        400: "email is missing or not an e-mail address.",
+        429: f"This address asked a moment ago, or {CODES_PER_DAY} times today; retry after Retry-After.",
+    },
+    body={"email": ADDRESS},
+    body_name="EmailAddress",
+    body_example={"email": "user1@example.com"},
+    writes=True,
+)
+def post_password_reset_request(req, *, body):
     """Send a password reset code (the same answer and work for any address)."""
-    address = email(req.json, required=True)
+    address = body["email"]
     req.ctx.codes.throttle("reset", address)
     user = req.ctx.store.find_user_by_email(address)
     req.ctx.codes.send("reset", user, address if user is None else user["email"])
     return success(message="If that address belongs to an account, a code is on its way")
 
 
-def post_password_reset(req):
+@endpoint(
+    "accounts",
+    "Reset a password with a code",
+    "Sets a new password with the mailed code (15 minutes, five guesses; "
+    f"{WRONG_GUESSES_PER_DAY} wrong guesses a day per address); every session of the account ends.",
+    answers={
+        200: returns(
+            envelope(ref("SessionsEnded"), message="Password changed; log in with the new password"), "Changed."
+        )
+    },
+    refusals={
+        400: "A field is missing or invalid, or the code is wrong, used up or expired.",
+        429: f"{WRONG_GUESSES_PER_DAY} wrong codes for this address today, or the server is busy "
+        "hashing passwords; retry after Retry-After.",
+    },
+    body={"email": ADDRESS, "code": CODE, "new_password": new_password("The new password.")},
+    body_name="PasswordReset",
+    body_example={"email": "user1@example.com", "code": "123456", "new_password": "a new password"},
+    writes=True,
+)
+def post_password_reset(req, *, body):
     """Set a new password with a reset code; every session of the account ends."""
-    body = req.json
-    address = email(body, required=True)
-    code = _code(body)
-    password = check_new_password(body, "new_password")
+    address, code, password = body["email"], body["code"], body["new_password"]
     ctx = req.ctx
     # Hashed before the code is spent: a server too busy to hash (429) must not use up a right code.
     password_hash = ctx.passwords.hash(password)
@@ -228,4 +301,4 @@ def post_password_reset(req):
     if ctx.store.update_user(user["id"], changes, expected={"email": user["email"]}) is None:
         raise BadRequest(BAD_CODE)
     ended = ctx.store.delete_user_sessions(user["id"])
-    return success({"sessions_ended": ended}, "Password changed; log in with the new password")
+    return success(views.sessions_ended.build(sessions_ended=ended), "Password changed; log in with the new password")

@@ -8,26 +8,24 @@ runs before every handler whose route needs a user.
 import hashlib
 import hmac
 import logging
-import re
 import secrets
-import uuid
 
-from store import Conflict as StoreConflict
 from store import StoreError
 
-from .http import BadRequest, Forbidden, TooManyRequests, Unauthorized, success
-from .http.fields import email, text
-from .http.views import iso_time, public_user
+from .http import Forbidden, TooManyRequests, Unauthorized, success, views
+from .http.declare import Link, Password, Text, endpoint, envelope, obj, ref, returns
+from .http.views import public_user
+from .services import accounts
+
+# Re-exported: the endpoint modules and the document read these here.
+from .services.accounts import MIN_PASSWORD_LENGTH, USERNAME, check_new_password, new_password  # noqa: F401
 from .services.passwords import MAX_PASSWORD_BYTES
 from .services.tokens import InvalidToken, new_refresh_token, session_of, token_hash
 
 log = logging.getLogger("oxc.auth")
 
-USERNAME = re.compile(r"^[A-Za-z0-9_-]{3,32}$")
-MIN_PASSWORD_LENGTH = 8
 BAD_LOGIN = "Invalid username or password"
 BAD_REFRESH = "Invalid or expired refresh token"
-EMAIL_TAKEN = "Email already registered"
 SESSION_ENDED = "Session has ended; log in again"
 LAST_SEEN_RESOLUTION = 60  # seconds; "last seen" is written at most this often per user
 #: Paths (under API_PREFIX) where passwords are checked or codes asked for and guessed. Each client
@@ -83,23 +81,16 @@ class LoginThrottle:
         self._store.clear_attempts(self._key(username))
 
 
-def _password(body, name="password"):
-    value = body.get(name)
-    if value is None or value == "":
-        raise BadRequest(f"Missing required field: {name}")
-    if not isinstance(value, str):
-        raise BadRequest(f"Field '{name}' must be a string")
-    return value
-
-
-def check_new_password(body, name="password"):
-    """A password acceptable for a new account or a password change."""
-    password = _password(body, name)
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise BadRequest(f"Field '{name}' must be at least {MIN_PASSWORD_LENGTH} characters long")
-    if len(password.encode("utf-8")) > MAX_PASSWORD_BYTES:
-        raise BadRequest(f"Field '{name}' must be at most {MAX_PASSWORD_BYTES} bytes long")
-    return password
+REFRESH_TOKEN = {
+    "refresh_token": Text(
+        "A refresh token from /auth/login or /auth/refresh.",
+        "Qm9vdHN0cmFw.d2l0aC1hLXJhbmRvbS10YWls",
+        required=True,
+        max_length=512,
+        strip=False,
+    )
+}
+EXAMPLE_REFRESH = {"refresh_token": "Qm9vdHN0cmFw.d2l0aC1hLXJhbmRvbS10YWls"}
 
 
 def session_is_open(store, session_id, user_id):
@@ -144,13 +135,13 @@ def authenticate(req):
 
 def _grant(req, user, session_id, refresh_token):
     token, issued_at, expires_at, refresh_at = req.ctx.tokens.issue(user["id"], session_id)
-    return {
-        "access_token": token,
-        "refresh_token": refresh_token,
-        "token_type": "Bearer",
-        "expires_in": expires_at - issued_at,
-        "refresh_at": refresh_at,
-    }
+    return views.grant.build(
+        access_token=token,
+        refresh_token=refresh_token,
+        token_type="Bearer",
+        expires_in=expires_at - issued_at,
+        refresh_at=refresh_at,
+    )
 
 
 def start_session(req, user):
@@ -180,53 +171,73 @@ def start_session(req, user):
     return _grant(req, user, session_id, refresh_token)
 
 
-def post_register(req):
-    """Create an account (0xC: 201 with the new user)."""
+def _registration_enabled(req):
     if not req.ctx.settings.register_enabled:
         raise Forbidden("Registration is disabled")
-    body = req.json
-    username = text(body, "username", max_length=32)
-    if not USERNAME.match(username):
-        raise BadRequest("Field 'username' must be 3 to 32 letters, digits, '_' or '-'")
-    password = check_new_password(body)
-    ctx = req.ctx
-    address = email(body, required=ctx.settings.require_verified_email)
-    user = {
-        "id": str(uuid.uuid4()),
-        "username": username,
-        "email": address,
-        "password_hash": ctx.passwords.hash(password),
-        "created_at": iso_time(ctx.clock()),
-    }
-    owner = ctx.store.find_user_by_email(address) if address else None
-    if owner is None:
-        try:
-            ctx.store.create_user(user)
-        except StoreConflict as exc:
-            owner = ctx.store.find_user_by_email(address) if address else None
-            if owner is None:  # the username is taken (usernames are public anyway)
-                raise BadRequest(str(exc)) from None
-    if owner is not None:
-        # The address is someone else's: its owner hears of it. With verification required an account
-        # is unusable until its address is verified, so the registrant gets the account they asked for,
-        # without the address, and the very answer a new address gets; see README "Security".
-        ctx.codes.registration(None, owner, address)
-        if not ctx.settings.require_verified_email:
-            raise BadRequest(EMAIL_TAKEN)
-        try:
-            ctx.store.create_user(dict(user, email=None))
-        except StoreConflict as exc:
-            raise BadRequest(str(exc)) from None
-    elif address:
-        ctx.codes.registration(user, None, address)
+
+
+@endpoint(
+    "auth",
+    "Register a user",
+    "Creates an account. The password is stored as a bcrypt hash. An e-mail address that is "
+    "already an account's gets its owner a mail saying so. With REQUIRE_VERIFIED_EMAIL=1 the "
+    "answer is then the same as for a new address (the new account never gets the address, so "
+    "it cannot be verified or used); otherwise it is 400.",
+    answers={201: returns(envelope(ref("User"), message="User registered successfully"), "The account was created.")},
+    refusals={
+        400: "A field is missing or invalid, the password is over "
+        f"{MAX_PASSWORD_BYTES} bytes, the username is taken, or (with REQUIRE_VERIFIED_EMAIL=0) "
+        "the e-mail address is.",
+        403: "Registration is turned off on this server (REGISTER_ENABLED=0).",
+        429: "The server is busy hashing passwords; retry after Retry-After.",
+    },
+    body=accounts.NEW_ACCOUNT,
+    body_name="NewUser",
+    body_example={"username": "user1", "password": "password123", "email": "user1@example.com"},
+    links={201: (Link("user_id"), Link(None, to=("post_login",), request_body="$request.body"))},
+    writes=True,
+    before=_registration_enabled,
+)
+def post_register(req, *, body):
+    """Create an account (0xC: 201 with the new user)."""
+    user = accounts.create_account(req.ctx, body["username"], body["password"], body["email"])
     return success(public_user(user), "User registered successfully", status=201)
 
 
-def post_login(req):
+@endpoint(
+    "auth",
+    "Log in",
+    "Checks a username and password and answers an access token and a refresh token. "
+    "Too many failures for one account lock it out for a while (429).",
+    answers={
+        200: returns(
+            envelope({"allOf": [ref("Grant"), obj({"user": ref("User")})]}, message="Login successful"),
+            "Logged in.",
+        )
+    },
+    refusals={
+        400: "A field is missing or not a string.",
+        401: "Unknown username or wrong password (one answer for both).",
+        403: "The account's e-mail address is not verified yet (REQUIRE_VERIFIED_EMAIL=1).",
+        429: "Too many failed logins for this account, or the server is busy checking "
+        "passwords; retry after Retry-After.",
+    },
+    body={
+        "username": Text("The account's name (case does not matter).", "user1", required=True, max_length=254),
+        "password": Password(
+            f"The account's password. One over {MAX_PASSWORD_BYTES} UTF-8 bytes can match no account and gets 401.",
+            "password123",
+            required=True,
+        ),
+    },
+    body_name="Credentials",
+    body_example={"username": "user1", "password": "password123"},
+    links={200: (Link("user_id", "/data/user/id"),)},
+    writes=True,
+)
+def post_login(req, *, body):
     """Check a username and password; answer an access and a refresh token."""
-    body = req.json
-    username = text(body, "username", max_length=254)
-    password = _password(body)
+    username, password = body["username"], body["password"]
     ctx = req.ctx
     ctx.login_throttle.reserve(username)
     if len(password.encode("utf-8")) > MAX_PASSWORD_BYTES:
@@ -250,7 +261,7 @@ def post_login(req):
     user = ctx.store.update_user(user["id"], changes, expected={"password_hash": stored})
     if user is None:
         raise Unauthorized(BAD_LOGIN)
-    return success(dict(start_session(req, user), user=public_user(user)), "Login successful")
+    return success(views.login.build(start_session(req, user), user=public_user(user)), "Login successful")
 
 
 def _refresh_session(req, presented):
@@ -285,9 +296,24 @@ def _refresh_session(req, presented):
     return session, digest
 
 
-def post_refresh(req):
+@endpoint(
+    "auth",
+    "Refresh the access token",
+    "Trades a refresh token for a new access token and, with rotation on, a new refresh "
+    "token. Presenting an already rotated token again revokes the whole session.",
+    answers={200: returns(envelope(ref("Grant"), message="Token refreshed successfully"), "New tokens.")},
+    refusals={
+        400: "refresh_token is missing or not a string.",
+        401: "The refresh token is unknown, expired, already used or revoked.",
+    },
+    body=REFRESH_TOKEN,
+    body_name="RefreshToken",
+    body_example=EXAMPLE_REFRESH,
+    writes=True,
+)
+def post_refresh(req, *, body):
     """Trade a refresh token for a new access token (and, rotating, a new refresh token)."""
-    presented = text(req.json, "refresh_token", max_length=512, strip=False)
+    presented = body["refresh_token"]
     session, digest = _refresh_session(req, presented)
     user = req.ctx.store.get_user(session["user_id"])
     if user is None:
@@ -302,9 +328,23 @@ def post_refresh(req):
     return success(_grant(req, user, session["id"], refresh_token), "Token refreshed successfully")
 
 
-def post_logout(req):
+@endpoint(
+    "auth",
+    "Log out",
+    "Ends the session the refresh token belongs to; its tokens stop working.",
+    answers={200: returns(envelope(message="Logged out successfully"), "Logged out.")},
+    refusals={
+        400: "refresh_token is missing or not a string.",
+        401: "The refresh token is unknown or already ended.",
+    },
+    body=REFRESH_TOKEN,
+    body_name="RefreshToken",
+    body_example=EXAMPLE_REFRESH,
+    writes=True,
+)
+def post_logout(req, *, body):
     """End the session a refresh token belongs to."""
-    presented = text(req.json, "refresh_token", max_length=512, strip=False)
+    presented = body["refresh_token"]
     session = req.ctx.store.find_session(token_hash(presented))
     if session is None:
         raise Unauthorized(BAD_REFRESH)
@@ -312,17 +352,23 @@ def post_logout(req):
     return success(message="Logged out successfully")
 
 
+@endpoint(
+    "auth",
+    "Current user and token timing",
+    "Who the access token belongs to, and when it was issued, expires and should be refreshed.",
+    answers={200: returns(envelope(ref("TokenInfo")), "The user and the token's timing.")},
+)
 def get_token_info(req):
     """The current user and the timing of the access token in use."""
     claims = req.claims
     return success(
-        {
-            "user": public_user(req.user),
-            "token_info": {
+        views.token_info.build(
+            user=public_user(req.user),
+            token_info={
                 "type": "access",
                 "issued_at": claims["iat"],
                 "expires_at": claims["exp"],
                 "refresh_at": req.ctx.tokens.refresh_at(claims["iat"], claims["exp"]),
             },
-        }
+        )
     )

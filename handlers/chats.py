@@ -5,7 +5,9 @@ creates it on first contact (optionally with the first message) and answers
 the same chat afterwards. Everything inside a chat goes through
 ``roles.in_chat``; a deleted message stays in history as a tombstone so
 replies and cursors keep pointing at something, and its text leaves every
-copy (events, notification previews, pushes: ``Hub.retract``).
+copy (events, notification previews, pushes: ``Hub.retract``). What sending,
+editing and deleting a message mean is ``services.messaging``; this module
+reads and checks the request and answers.
 
 Every change is decided by a rule of ``roles`` on the records as the store
 holds them when it writes (``Store.change_chat``, ``change_chat_message``, and
@@ -17,19 +19,32 @@ is what keeps one owner per group and each attachment in one message.
 import re
 import uuid
 
-from store import ChatChange, Missing
-from store import Conflict as StoreConflict
-
-from .http import BadRequest, Forbidden, NotFound, success, views
-from .http.fields import limit as read_limit
-from .http.fields import text
-from .http.paging import page_answer
-from .keys import check_envelope
+from .http import BadRequest, success, views
+from .http.declare import (
+    CHAT_PATH,
+    LIMIT,
+    USER_PATH,
+    AnyGiven,
+    Flag,
+    Id,
+    Link,
+    Strings,
+    Text,
+    array,
+    endpoint,
+    envelope,
+    page,
+    query,
+    ref,
+    refuses,
+    returns,
+)
+from .messages import message_text
+from .services import messaging
 from .services.roles import (
-    acting,
+    ROLES,
     adding,
     changing_role,
-    check_message_deletion,
     deleting,
     in_chat,
     removing,
@@ -37,33 +52,37 @@ from .services.roles import (
     updating_self,
 )
 
-MENTION = re.compile(r"(?<![\w@])@([A-Za-z0-9_-]{3,32})")
 MAX_INITIAL_MEMBERS = 100
+CHAT_ID = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
+NO_USER = "the user named is not found"
+CHAT_BEFORE = query(
+    "ChatBefore",
+    "before",
+    "The chats after this one in the list (a paging.before value); it must be one of my chats.",
+    {"type": "string", "minLength": 1},
+)
+#: The fields that name another user, in direct chats and new members.
+SOMEONE = {
+    "user_id": Id("The user's id; wins over username when both are given.", "6fa459ea-ee8a-3ca4-894e-db77e160355e"),
+    "username": Text("The user's name.", max_length=32),
+}
+NAMES_SOMEONE = AnyGiven(("user_id", "username"), "Missing required field: user_id or username")
+#: A chat an answer shows feeds every operation on /chats/{chat_id}/...
+CHAT_LINKS = (Link("chat_id"),)
 
 
 def _now(req):
     return views.iso_time(req.ctx.clock())
 
 
-def _find_user(req, body, required=True):
-    """The user a body names by ``user_id`` or ``username`` (400 if unknown)."""
-    user_id = text(body, "user_id", required=False, max_length=64)
-    username = text(body, "username", required=False, max_length=32)
-    if user_id is None and username is None:
-        if required:
-            raise BadRequest("Missing required field: user_id or username")
-        return None
+def _find_user(req, body):
+    """The user a checked body names by ``user_id`` or ``username`` (400 if unknown)."""
+    user_id, username = body["user_id"], body["username"]
     store = req.ctx.store
     user = store.get_user(user_id) if user_id is not None else store.find_user(username)
     if user is None:
         raise BadRequest(f"User {user_id or username} not found")
     return user
-
-
-def _tell(req, chat_id, kind, data, audience=None):
-    """Publish an event about a chat to its members (or to ``audience``)."""
-    hub = req.ctx.events
-    hub.publish(kind, data, hub.chat_audience(chat_id) if audience is None else audience, chat_id=chat_id)
 
 
 def _member_record(user_id, role, now):
@@ -75,34 +94,38 @@ def _summary(req, chat, me):
     store = req.ctx.store
     last = store.chat_history(chat["id"], limit=1).items
     members = store.members(chat["id"])
-    shown = views.chat(chat, len(members))
+    peer = None
     if chat["type"] == "direct":
         peer_id = next((uid for uid in chat["pair"] if uid != me["user_id"]), me["user_id"])
-        peer = store.get_user(peer_id)
-        shown["peer"] = {"id": peer_id, "username": peer["username"] if peer else None}
-    shown.update(
-        last_message=views.chat_message(last[0]) if last else None,
-        unread_count=store.unread_count(chat["id"], me["user_id"]),
-        role=me["role"],
-        muted=me.get("muted", False),
-    )
-    return shown
+        user = store.get_user(peer_id)
+        peer = {"id": peer_id, "username": user["username"] if user else None}
+    unread = store.unread_count(chat["id"], me["user_id"])
+    return views.summary(chat, len(members), me, last[0] if last else None, unread, peer)
 
 
-def _details(req, chat, me):
+def _details(req, chat, me, message=None):
     store = req.ctx.store
-    shown = _summary(req, chat, me)
-    shown["members"] = [views.member(m, store.get_user(m["user_id"])) for m in store.members(chat["id"])]
-    return shown
+    members = [views.member(m, store.get_user(m["user_id"])) for m in store.members(chat["id"])]
+    return views.details(_summary(req, chat, me), members, message)
 
 
 # -- chats ------------------------------------------------------------------
 
 
+@endpoint(
+    "chats",
+    "List my chats",
+    "My chats, most recent activity first, each with its last message, my unread count and role.",
+    answers={
+        200: returns(page("chats", "Chat", "ChatPaging"), "One page of chats."),
+        400: refuses("'limit' is out of range, or 'before' is not one of my chats."),
+    },
+    parameters=(LIMIT, CHAT_BEFORE),
+)
 def get_chats(req):
     """My chats, newest activity first, each with last message, unread count, role."""
     store, user_id = req.ctx.store, req.user["id"]
-    size = read_limit(req.query)
+    size = LIMIT.read(req.query)
     before = req.query.get("before")
     if before is not None and store.get_member(before, user_id) is None:
         raise BadRequest("Query parameter 'before' is not one of your chats")
@@ -111,18 +134,33 @@ def get_chats(req):
     return success(chats=shown, paging={"limit": size, "before": shown[-1]["id"] if more else None})
 
 
-def post_group_chat(req):
+@endpoint(
+    "chats",
+    "Create a group",
+    "Creates a group chat; the creator becomes its owner and the users named become members.",
+    answers={
+        201: returns(envelope(ref("ChatDetails"), message="Chat created"), "The group was created."),
+        400: refuses("A field is missing or invalid, or a member named is not a user."),
+    },
+    body={
+        "name": Text("The group's name, 1 to 100 characters once trimmed.", "Book club", required=True, max_length=100),
+        "description": Text(
+            "What the group is about, at most 1000 characters.", "Monthly reads", min_length=0, max_length=1000
+        ),
+        "members": Strings(
+            "Ids or usernames of existing users to add as members.",
+            max_items=MAX_INITIAL_MEMBERS,
+            message=f"Field 'members' must be a list of at most {MAX_INITIAL_MEMBERS} user ids or usernames",
+        ),
+    },
+    body_name="NewGroup",
+    links={201: CHAT_LINKS},
+    body_example={"name": "Book club", "description": "Monthly reads"},
+    writes=True,
+)
+def post_group_chat(req, *, body):
     """Create a group; the creator becomes its owner."""
-    body = req.json
-    name = text(body, "name", max_length=100)
-    description = text(body, "description", required=False, min_length=0, max_length=1000)
-    invited = body.get("members", [])
-    if (
-        not isinstance(invited, list)
-        or len(invited) > MAX_INITIAL_MEMBERS
-        or not all(isinstance(entry, str) for entry in invited)
-    ):
-        raise BadRequest(f"Field 'members' must be a list of at most {MAX_INITIAL_MEMBERS} user ids or usernames")
+    name, description, invited = body["name"], body["description"], body["members"]
     store, now = req.ctx.store, _now(req)
     members = {req.user["id"]: _member_record(req.user["id"], "owner", now)}
     for entry in invited:
@@ -142,17 +180,34 @@ def post_group_chat(req):
         list(members.values()),
     )
     shown = _details(req, chat, members[req.user["id"]])
-    _tell(req, chat["id"], "chat.created", views.chat(chat, len(members)))
+    messaging.tell(req.ctx, chat["id"], "chat.created", views.chat(chat, len(members)))
     return success(shown, "Chat created", status=201)
 
 
-def post_direct_chat(req):
+@endpoint(
+    "chats",
+    "Open a direct chat",
+    "Opens the direct chat with a user, or finds the one that exists; with content, also sends the first message.",
+    answers={
+        200: returns(envelope(ref("ChatDetails"), message="Chat found"), "The chat already existed."),
+        201: returns(envelope(ref("ChatDetails"), message="Chat created"), "The chat was created."),
+        400: refuses(
+            f"Neither user_id nor username is given, {NO_USER}, it is the caller, or content is blank or too long."
+        ),
+    },
+    body={**SOMEONE, "content": message_text("A first message to send", required=False)},
+    constraints=(NAMES_SOMEONE,),
+    body_name="DirectChat",
+    links={200: CHAT_LINKS, 201: CHAT_LINKS},
+    body_example={"username": "bob", "content": "Hi Bob!"},
+    writes=True,
+)
+def post_direct_chat(req, *, body):
     """Open (or find again) the direct chat with a user; optionally send the first message."""
-    body = req.json
     peer = _find_user(req, body)
     if peer["id"] == req.user["id"]:
         raise BadRequest("A direct chat needs another user")
-    content = text(body, "content", required=False, max_length=req.ctx.settings.max_message_length)
+    content = body["content"]
     now = _now(req)
     store = req.ctx.store
     chat, created = store.direct_chat(
@@ -169,37 +224,70 @@ def post_direct_chat(req):
     )
     me = store.get_member(chat["id"], req.user["id"])
     if created:
-        _tell(req, chat["id"], "chat.created", views.chat(chat, 2))
-    message = _send(req, chat, me, content, None) if content is not None else None
-    data = _details(req, chat, store.get_member(chat["id"], req.user["id"]))
-    if message is not None:
-        data["message"] = views.chat_message(message)
+        messaging.tell(req.ctx, chat["id"], "chat.created", views.chat(chat, 2))
+    message = messaging.send(req.ctx, chat, me, req.user["username"], content) if content is not None else None
+    data = _details(req, chat, store.get_member(chat["id"], req.user["id"]), message)
     return success(data, "Chat created" if created else "Chat found", status=201 if created else 200)
 
 
 @in_chat()
+@endpoint(
+    "chats",
+    "Get a chat",
+    "A chat's details and its members.",
+    answers={200: returns(envelope(ref("ChatDetails")), "The chat.")},
+    parameters=(CHAT_PATH,),
+)
 def get_chat(req, chat, me):
     """A chat's details and members."""
     return success(_details(req, chat, me))
 
 
 @in_chat("admin", groups_only="be renamed")
-def patch_chat(req, chat, me):
+@endpoint(
+    "chats",
+    "Change a group",
+    "Renames a group or changes its description.",
+    answers={
+        200: returns(envelope(ref("ChatDetails"), message="Chat updated"), "The group was changed."),
+        400: refuses("Neither name nor description is given, or one is invalid."),
+    },
+    parameters=(CHAT_PATH,),
+    body={
+        "name": Text(
+            "A new name, 1 to 100 characters once trimmed.", "Book club", required=True, omittable=True, max_length=100
+        ),
+        "description": Text(
+            "A new description, at most 1000 characters; null to remove it.",
+            "Monthly reads",
+            min_length=0,
+            max_length=1000,
+        ),
+    },
+    constraints=(AnyGiven(("name", "description"), "Nothing to change: give 'name' or 'description'", True),),
+    body_name="ChatChanges",
+    body_example={"name": "Book club"},
+    writes=True,
+    groups_only="be renamed",
+)
+def patch_chat(req, chat, me, *, body):
     """Rename or re-describe a group."""
-    body = req.json
-    changes = {}
-    if "name" in body:
-        changes["name"] = text(body, "name", max_length=100)
-    if "description" in body:
-        changes["description"] = text(body, "description", required=False, min_length=0, max_length=1000)
-    if not changes:
-        raise BadRequest("Nothing to change: give 'name' or 'description'")
+    changes = {name: body[name] for name in ("name", "description") if name in req.json}
     chat, members = req.ctx.store.change_chat(chat["id"], [me["user_id"]], renaming(chat["id"], me["user_id"], changes))
-    _tell(req, chat["id"], "chat.updated", views.chat(chat, len(req.ctx.store.members(chat["id"]))))
+    messaging.tell(req.ctx, chat["id"], "chat.updated", views.chat(chat, len(req.ctx.store.members(chat["id"]))))
     return success(_details(req, chat, members[me["user_id"]]), "Chat updated")
 
 
 @in_chat("owner", groups_only="be deleted")
+@endpoint(
+    "chats",
+    "Delete a group",
+    "Deletes a group with all its messages.",
+    answers={200: returns(envelope(message=f"Chat with ID {CHAT_ID} deleted successfully"), "The group is gone.")},
+    parameters=(CHAT_PATH,),
+    writes=True,
+    groups_only="be deleted",
+)
 def delete_chat(req, chat, me):
     """Delete a group with its messages (owner only)."""
     audience = req.ctx.events.chat_audience(chat["id"])
@@ -217,6 +305,13 @@ def _deleted(req, chat, audience):
 
 
 @in_chat()
+@endpoint(
+    "chats",
+    "List a chat's members",
+    "Everyone in the chat, with their roles.",
+    answers={200: returns(envelope(array(ref("Member"))), "The members.")},
+    parameters=(CHAT_PATH,),
+)
 def get_members(req, chat, me):
     """Everyone in a chat, with their roles."""
     store = req.ctx.store
@@ -224,19 +319,49 @@ def get_members(req, chat, me):
 
 
 @in_chat("admin", groups_only="gain members")
-def post_member(req, chat, me):
+@endpoint(
+    "chats",
+    "Add a member",
+    "Adds a user to a group as a member, or as an admin when the owner asks.",
+    answers={
+        201: returns(envelope(ref("Member"), message="Member added"), "The user is now a member."),
+        400: refuses(
+            f"Neither user_id nor username is given, {NO_USER}, the role is not member or "
+            "admin, or the user is a member already."
+        ),
+        403: refuses("An admin asked to add an admin."),
+    },
+    parameters=(CHAT_PATH,),
+    body={
+        **SOMEONE,
+        "role": Text(
+            "The new member's role (default member); only the owner may add admins.",
+            "member",
+            max_length=10,
+            pattern=re.compile(r"\A(?:member|admin)\Z"),
+            pattern_message="Field 'role' must be 'member' or 'admin'",
+            schema_extra={"enum": ["member", "admin", None]},
+        ),
+    },
+    constraints=(NAMES_SOMEONE,),
+    body_name="NewMember",
+    links={201: (Link("user_id", "/data/user_id", to=("patch_member", "delete_member")),)},
+    body_example={"username": "bob"},
+    writes=True,
+    groups_only="gain members",
+)
+def post_member(req, chat, me, *, body):
     """Add a user to a group (as a member, or as an admin when the owner says so)."""
-    body = req.json
     user = _find_user(req, body)
-    role = text(body, "role", required=False, max_length=10) or "member"
-    if role not in ("member", "admin"):
-        raise BadRequest("Field 'role' must be 'member' or 'admin'")
+    role = body["role"] or "member"
     record = _member_record(user["id"], role, _now(req))
     _, members = req.ctx.store.change_chat(
         chat["id"], [me["user_id"], user["id"]], adding(chat["id"], me["user_id"], record, user["username"])
     )
     record = members[user["id"]]
-    _tell(req, chat["id"], "member.added", dict(views.member(record, user), chat_id=chat["id"], by=me["user_id"]))
+    messaging.tell(
+        req.ctx, chat["id"], "member.added", dict(views.member(record, user), chat_id=chat["id"], by=me["user_id"])
+    )
     return success(views.member(record, user), "Member added", status=201)
 
 
@@ -247,6 +372,21 @@ def _target(req, chat, user_id):
 
 
 @in_chat(groups_only="lose members")
+@endpoint(
+    "chats",
+    "Remove a member or leave",
+    "Removes a member (admins and owner, of lower roles only), or leaves when the user is the "
+    "caller. An owner may leave only as the last member; the group is then deleted.",
+    answers={
+        200: returns(envelope(message="Member removed"), "The member is gone."),
+        400: refuses("The user is not a member, or the owner tries to leave others behind."),
+        403: refuses("The caller may not remove that member."),
+        409: refuses("The member named left the chat while the request ran."),
+    },
+    parameters=(CHAT_PATH, USER_PATH),
+    writes=True,
+    groups_only="lose members",
+)
 def delete_member(req, chat, me, user_id):
     """Remove a member (admins and owner), or leave (anyone)."""
     _target(req, chat, user_id)
@@ -257,22 +397,52 @@ def delete_member(req, chat, me, user_id):
     if left is None:
         _deleted(req, chat, audience)
         return success(message="You left the chat; it had no other members and was deleted")
-    _tell(req, chat["id"], "member.removed", {"chat_id": chat["id"], "user_id": user_id, "by": me["user_id"]}, audience)
+    messaging.tell(
+        req.ctx,
+        chat["id"],
+        "member.removed",
+        {"chat_id": chat["id"], "user_id": user_id, "by": me["user_id"]},
+        audience,
+    )
     return success(message="Member removed" if user_id != me["user_id"] else "You left the chat")
 
 
 @in_chat("owner", groups_only="have roles")
-def patch_member(req, chat, me, user_id):
+@endpoint(
+    "chats",
+    "Change a member's role",
+    "Gives a member another role; giving 'owner' transfers ownership and makes the old owner an admin.",
+    answers={
+        200: returns(envelope(ref("Member"), message="Role changed"), "The role was changed."),
+        400: refuses("The user is not a member, the role is invalid, or the owner named themselves."),
+        409: refuses("The member named left the chat while the request ran."),
+    },
+    parameters=(CHAT_PATH, USER_PATH),
+    body={
+        "role": Text(
+            "The member's new role; 'owner' transfers ownership (the old owner becomes an admin).",
+            ROLES[0],
+            required=True,
+            max_length=10,
+            schema_extra={"enum": list(ROLES)},
+        )
+    },
+    body_name="RoleChange",
+    body_example={"role": "admin"},
+    writes=True,
+    groups_only="have roles",
+)
+def patch_member(req, chat, me, user_id, *, body):
     """Change a member's role; making someone owner transfers ownership."""
     _target(req, chat, user_id)
-    role = text(req.json, "role", max_length=10)
+    role = body["role"]
     _, members = req.ctx.store.change_chat(
         chat["id"], [me["user_id"], user_id], changing_role(chat["id"], me["user_id"], user_id, role)
     )
     changed = [members[user_id]] + ([members[me["user_id"]]] if role == "owner" else [])
     for record in changed:
-        _tell(
-            req,
+        messaging.tell(
+            req.ctx,
             chat["id"],
             "member.role_changed",
             {"chat_id": chat["id"], "user_id": record["user_id"], "role": record["role"], "by": me["user_id"]},
@@ -281,313 +451,24 @@ def patch_member(req, chat, me, user_id):
 
 
 @in_chat()
-def put_mute(req, chat, me):
+@endpoint(
+    "chats",
+    "Mute or unmute a chat",
+    "Mutes or unmutes the chat for the caller only.",
+    answers={200: returns(envelope(ref("Mute")), "The new setting."), 400: refuses("muted is not true or false.")},
+    parameters=(CHAT_PATH,),
+    body={"muted": Flag("True to mute the chat for myself, false to unmute.", True, required=True)},
+    body_name="MuteChange",
+    body_example={"muted": True},
+    writes=True,
+)
+def put_mute(req, chat, me, *, body):
     """Mute or unmute a chat for myself."""
-    muted = req.json.get("muted")
-    if not isinstance(muted, bool):
-        raise BadRequest("Field 'muted' must be true or false")
+    muted = body["muted"]
     req.ctx.store.change_chat(
         chat["id"], [me["user_id"]], updating_self(chat["id"], me["user_id"], lambda mine: dict(mine, muted=muted))
     )
-    return success({"chat_id": chat["id"], "muted": muted})
+    return success(views.mute.build(chat_id=chat["id"], muted=muted))
 
 
 # -- messages in a chat -------------------------------------------------------
-
-
-def _mentions(req, chat, content):
-    """Members named as @username in ``content``, in order, once each."""
-    found = []
-    for name in MENTION.findall(content):
-        user = req.ctx.store.find_user(name)
-        if user and user["id"] not in found and req.ctx.store.get_member(chat["id"], user["id"]):
-            found.append(user["id"])
-    return found
-
-
-def _send(req, chat, me, content, reply_to_id, attachment=None, envelope=None):
-    """Store and announce a message; ``attachment`` (an unsent one of this chat) joins it, once.
-
-    The store claims the attachment in the write that adds the message, so of
-    two messages naming it one is sent and the other refused (400).
-    """
-    store = req.ctx.store
-    mentions = _mentions(req, chat, content) if content is not None else []
-    record = {
-        "id": str(uuid.uuid4()),
-        "chat_id": chat["id"],
-        "user_id": me["user_id"],
-        "username": req.user["username"],
-        "content": content,
-        "reply_to_id": reply_to_id,
-        "mentions": [{"user_id": uid, "username": store.get_user(uid)["username"]} for uid in mentions],
-        "created_at": _now(req),
-        "edited_at": None,
-        "deleted": False,
-    }
-    if envelope is not None:
-        record.update(encrypted=True, envelope=envelope)
-    if attachment is not None:
-        record.update(
-            attachment_id=attachment["id"], attachment=views.attachment(dict(attachment, message_id=record["id"]))
-        )
-    try:
-        message = store.add_chat_message(record)
-    except Missing:
-        acting(chat["id"], store.get_chat(chat["id"]), None)  # the caller left, or the chat is gone
-        raise
-    except StoreConflict:
-        if attachment is None:
-            raise
-        _attachment_in(req, chat, attachment["id"])  # says what became of it
-        raise BadRequest(ALREADY_SENT) from None
-    _tell(req, chat["id"], "chat.message.created", views.chat_message(message))
-    return message
-
-
-def _attachment_in(req, chat, attachment_id):
-    """The unsent attachment ``attachment_id`` of this chat (400 otherwise)."""
-    if attachment_id is None:
-        return None
-    attachment = req.ctx.store.get_attachment(attachment_id)
-    if attachment is None or attachment["chat_id"] != chat["id"]:
-        raise BadRequest("Field 'attachment_id' is not an attachment of this chat")
-    if attachment.get("message_id") is not None:
-        raise BadRequest(ALREADY_SENT)
-    return attachment
-
-
-ALREADY_SENT = "Field 'attachment_id' names an attachment already sent with a message"
-
-
-def _tombstone_of(message, by, now):
-    """The changes that make ``message`` a tombstone (the store drops its attachment with them)."""
-    return {
-        "deleted": True,
-        "content": None,
-        "mentions": [],
-        "deleted_by": by,
-        "deleted_at": now,
-        **({"attachment": None} if "attachment" in message else {}),
-        **({"envelope": None} if "envelope" in message else {}),
-    }
-
-
-def _tombstone(req, chat, message, by, rule=None):
-    """Turn a message into a tombstone, once; its attachment (and, unshared, its bytes) goes with it.
-
-    Decided on the message and ``by``'s membership as they are when written:
-    of two deletes, the second gets 400. ``rule(member, message)`` adds a check.
-    """
-    now = _now(req)
-
-    def decide(current, member):
-        if current is None or current["chat_id"] != chat["id"]:
-            raise NotFound(f"Message with ID {message['id']} not found in this chat")
-        acting(chat["id"], chat, member)
-        if rule is not None:
-            rule(member, current)
-        if current.get("deleted"):
-            raise BadRequest("The message is already deleted")
-        return _tombstone_of(current, by, now)
-
-    message = req.ctx.store.change_chat_message(message["id"], by, decide)
-    _retract(req, chat["id"], message)
-    return message
-
-
-def _retract(req, chat_id, message):
-    """Announce a tombstone once the message's text is scrubbed from the event log, notifications and pushes."""
-    hub = req.ctx.events
-    hub.retract("chat.message.deleted", views.chat_message(message), hub.chat_audience(chat_id), chat_id=chat_id)
-
-
-def detach_attachment(req, chat, me, attachment):
-    """Take a sent ``attachment`` out of its message, deleting it; False if it was gone already.
-
-    One write changes the message and deletes the attachment record: the
-    message becomes a tombstone when nothing else would be left of it.
-    """
-    now, outcome = _now(req), []
-
-    def decide(message, member):
-        outcome.clear()
-        if message is None:
-            outcome.append("orphan")  # its message never reached the store (data from older versions)
-            return None
-        if message.get("deleted") or message.get("attachment_id") != attachment["id"]:
-            return None  # it went with its message already
-        acting(chat["id"], chat, member)
-        if message.get("content") is None and not message.get("encrypted"):
-            outcome.append("chat.message.deleted")
-            return _tombstone_of(message, me["user_id"], now)
-        outcome.append("chat.message.edited")
-        return {"attachment": None, "attachment_id": None}
-
-    message = req.ctx.store.change_chat_message(attachment["message_id"], me["user_id"], decide)
-    if outcome == ["orphan"]:
-        return req.ctx.store.delete_attachment(attachment["id"])
-    if outcome == ["chat.message.deleted"]:
-        _retract(req, chat["id"], message)
-    elif outcome:
-        _tell(req, chat["id"], outcome[0], views.chat_message(message))
-    return bool(outcome)
-
-
-def _message_in(req, chat, message_id):
-    message = req.ctx.store.get_chat_message(message_id)
-    if message is None or message["chat_id"] != chat["id"]:
-        raise NotFound(f"Message with ID {message_id} not found in this chat")
-    return message
-
-
-@in_chat()
-def get_chat_messages(req, chat, me):
-    """A page of a chat's history (tombstones included)."""
-    store = req.ctx.store
-
-    def anchor(message_id):
-        message = store.get_chat_message(message_id)
-        return message if message is not None and message["chat_id"] == chat["id"] else None
-
-    return page_answer(req, lambda **kw: store.chat_history(chat["id"], **kw), anchor, views.chat_message)
-
-
-@in_chat()
-def post_chat_message(req, chat, me):
-    """Send text, an attachment uploaded to this chat, or an encrypted envelope; maybe as a reply."""
-    body = req.json
-    envelope = check_envelope(req, body["encrypted"]) if body.get("encrypted") is not None else None
-    attachment = _attachment_in(req, chat, text(body, "attachment_id", required=False, max_length=64))
-    content = text(
-        body,
-        "content",
-        required=envelope is None and attachment is None,
-        max_length=req.ctx.settings.max_message_length,
-    )
-    if envelope is not None and content is not None:
-        raise BadRequest("Give 'content' or 'encrypted', not both: the server must not see an encrypted message's text")
-    reply_to_id = text(body, "reply_to_id", required=False, max_length=64)
-    if reply_to_id is not None:
-        replied = req.ctx.store.get_chat_message(reply_to_id)
-        if replied is None or replied["chat_id"] != chat["id"]:
-            raise BadRequest("Field 'reply_to_id' is not a message of this chat")
-    message = _send(req, chat, me, content, reply_to_id, attachment=attachment, envelope=envelope)
-    return success(views.chat_message(message), "Message created successfully", status=201)
-
-
-@in_chat()
-def patch_chat_message(req, chat, me, message_id):
-    """Edit my own message; ``edited_at`` records when."""
-    message = _message_in(req, chat, message_id)
-    _editable(me, message)
-    content = text(req.json, "content", max_length=req.ctx.settings.max_message_length)
-    changes = {
-        "content": content,
-        "mentions": [
-            {"user_id": uid, "username": req.ctx.store.get_user(uid)["username"]}
-            for uid in _mentions(req, chat, content)
-        ],
-        "edited_at": _now(req),
-    }
-
-    def decide(current, member):
-        if current is None:
-            raise NotFound(f"Message with ID {message_id} not found in this chat")
-        _editable(acting(chat["id"], chat, member), current)  # a delete may have come first
-        return changes
-
-    message = req.ctx.store.change_chat_message(message_id, me["user_id"], decide)
-    _tell(req, chat["id"], "chat.message.edited", views.chat_message(message))
-    return success(views.chat_message(message), "Message updated")
-
-
-def _editable(me, message):
-    if message["user_id"] != me["user_id"]:
-        raise Forbidden("Only the author may edit a message")
-    if message.get("deleted"):
-        raise BadRequest("A deleted message cannot be edited")
-    if message.get("encrypted"):
-        raise BadRequest("An encrypted message cannot be edited as text; delete it and send another")
-
-
-@in_chat()
-def delete_chat_message(req, chat, me, message_id):
-    """Delete a message (its author, or an admin or the owner), leaving a tombstone."""
-    message = _message_in(req, chat, message_id)
-    _tombstone(req, chat, message, me["user_id"], rule=check_message_deletion)
-    return success(message=f"Message with ID {message_id} deleted successfully")
-
-
-#: What each kind of receipt moves: reading a message also means it was delivered.
-POINTERS = {"read": ("read_seq", "delivered_seq"), "delivered": ("delivered_seq",)}
-
-
-def advance_pointer(ctx, chat_id, member, message, kind):
-    """Move a member's ``kind`` pointer up to ``message`` (never back) and tell the chat.
-
-    Decided on the membership as it is when written, so of two concurrent
-    moves the higher one stays. Returns (chat, membership) afterwards: None
-    for one that ended meanwhile, and then nothing is written.
-    """
-    user_id, fields, moved = member["user_id"], POINTERS[kind], []
-
-    def decide(chat, members, count):
-        mine = members[user_id]
-        moved.clear()
-        if chat is None or mine is None:
-            return None
-        changes = {name: max(mine.get(name, 0), message["seq"]) for name in fields}
-        if changes == {name: mine.get(name, 0) for name in fields}:
-            return None
-        moved.append(True)
-        return ChatChange(members={user_id: dict(mine, **changes)})
-
-    chat, members = ctx.store.change_chat(chat_id, [user_id], decide)
-    if moved:
-        ctx.events.publish(
-            f"message.{kind}",
-            {"chat_id": chat_id, "user_id": user_id, "message_id": message["id"]},
-            ctx.events.chat_audience(chat_id),
-            chat_id=chat_id,
-        )
-    return chat, members[user_id]
-
-
-def _advance(req, chat, me, kind):
-    message = _message_in(req, chat, text(req.json, "message_id", max_length=64))
-    acting(chat["id"], *advance_pointer(req.ctx, chat["id"], me, message, kind))
-    return success({"chat_id": chat["id"], "unread_count": req.ctx.store.unread_count(chat["id"], me["user_id"])})
-
-
-@in_chat()
-def post_read(req, chat, me):
-    """Mark the chat read up to a message (the pointer never moves back)."""
-    return _advance(req, chat, me, "read")
-
-
-@in_chat()
-def post_delivered(req, chat, me):
-    """Record that messages up to this one reached my device."""
-    return _advance(req, chat, me, "delivered")
-
-
-@in_chat()
-def get_receipts(req, chat, me, message_id):
-    """Who, among the other members, has received and read a message."""
-    message = _message_in(req, chat, message_id)
-    store = req.ctx.store
-    receipts = []
-    for record in store.members(chat["id"]):
-        if record["user_id"] == message["user_id"]:
-            continue
-        user = store.get_user(record["user_id"])
-        receipts.append(
-            {
-                "user_id": record["user_id"],
-                "username": user["username"] if user else None,
-                "delivered": record.get("delivered_seq", 0) >= message["seq"],
-                "read": record.get("read_seq", 0) >= message["seq"],
-            }
-        )
-    return success({"message_id": message_id, "receipts": receipts})

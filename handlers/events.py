@@ -26,15 +26,46 @@ import logging
 import time
 
 from .auth import SESSION_ENDED, authenticate, session_is_open
-from .chats import advance_pointer
-from .http import BadRequest, HTTPError, Response, ServiceUnavailable, TooManyRequests, Unauthorized, success
+from .http import BadRequest, HTTPError, Response, ServiceUnavailable, TooManyRequests, Unauthorized, success, views
+from .http.declare import (
+    CHAT_PATH,
+    Flag,
+    Reply,
+    array,
+    endpoint,
+    envelope,
+    header,
+    query,
+    ref,
+    refuses,
+    returns,
+    string,
+)
 from .http.views import iso_time
 from .services.hub import Busy, CursorGone, UserBusy
+from .services.messaging import advance_pointer
 from .services.roles import in_chat
 
 log = logging.getLogger("oxc.events")
 
 MAX_POLL = 25
+SINCE = query(
+    "Since",
+    "since",
+    "Events after this cursor (an event id or a previous 'next'); empty or absent for events from now on.",
+    {"type": "string"},
+)
+TIMEOUT = query(
+    "Timeout",
+    "timeout",
+    f"Seconds to wait for an event: 0 to {MAX_POLL} (default {MAX_POLL}).",
+    {"type": "number", "minimum": 0, "maximum": MAX_POLL, "default": MAX_POLL},
+)
+LAST_EVENT_ID = header(
+    "LastEventId",
+    "Last-Event-ID",
+    "Resume after this event id (browsers send it when they reconnect); wins over 'since'.",
+)
 RETRY_MS = 3000
 CHECK_EVERY = 1.0  # seconds between looks at a departed client
 SESSION_CHECK_EVERY = 2.0  # seconds between looks at an idle listener's session
@@ -47,7 +78,7 @@ class Gone(HTTPError):
 
 def render(hub, event):
     """An event as clients see it."""
-    return {"id": hub.cursor(event.seq), "type": event.type, "at": iso_time(event.at), "data": event.data}
+    return views.event(hub.cursor(event.seq), event.type, iso_time(event.at), event.data)
 
 
 def _position(hub, cursor):
@@ -106,6 +137,31 @@ def mark_delivered(ctx, user_id, events):
             advance_pointer(ctx, chat_id, member, stored, "delivered")
 
 
+@endpoint(
+    "events",
+    "Wait for events (long-poll)",
+    f"Answers the caller's events after 'since' as soon as there are any, or none after "
+    f"'timeout' seconds (at most {MAX_POLL}). Pass 'next' as 'since' to go on.",
+    answers={
+        200: returns(
+            envelope(events=array(ref("Event")), next=string("The cursor to pass as 'since' next time.", "k3J9x-42")),
+            "The events (maybe none).",
+        ),
+        400: refuses(f"timeout is not a number from 0 to {MAX_POLL}."),
+        401: refuses("The session ended while the poll waited (a logout, a password change or reset)."),
+        410: refuses(
+            "The cursor is from an earlier run of the server or too old: resync through the "
+            "list endpoints and start again without one."
+        ),
+        429: refuses(
+            "The caller already holds REALTIME_MAX_PER_USER open streams and polls on this "
+            "process; close one or retry after Retry-After."
+        ),
+        503: refuses("Too many open event listeners; retry after Retry-After."),
+    },
+    parameters=(SINCE, TIMEOUT),
+    writes=True,
+)
 def get_events(req):
     """Long-poll: events after ``since`` as soon as there are any, or none at ``timeout``."""
     hub, user_id = req.ctx.events, req.user["id"]
@@ -209,6 +265,30 @@ def _stream_user(req):
     return user, claims["sid"], claims["end"]
 
 
+@endpoint(
+    "events",
+    "Stream events (Server-Sent Events)",
+    "The caller's events as text/event-stream ('id:' and 'data:' lines, heartbeat comments), "
+    "until the access token or ticket it was opened with expires, or its session ends (a logout, "
+    "a password change or reset: the stream then closes within seconds and delivers nothing "
+    "more). Authenticate with the bearer token or with ?ticket= from POST /events/ticket; a "
+    "ticket opens one stream.",
+    answers={
+        200: Reply("The stream.", {"type": "string"}, "text/event-stream"),
+        401: refuses(
+            "The access token or the ticket is missing, invalid or expired, the ticket was "
+            "used already, or the session has ended."
+        ),
+        410: refuses("The cursor is from an earlier run of the server or too old."),
+        429: refuses(
+            "The caller already holds REALTIME_MAX_PER_USER open streams and polls on this "
+            "process; close one or retry after Retry-After."
+        ),
+        503: refuses("Too many open event listeners; retry after Retry-After."),
+    },
+    parameters=(SINCE, LAST_EVENT_ID),
+    security=("bearerAuth", "streamTicket"),
+)
 def get_event_stream(req):
     """Server-Sent Events, resumable with Last-Event-ID (or ``since``)."""
     user, session_id, ends_at = _stream_user(req)
@@ -226,17 +306,39 @@ def get_event_stream(req):
     )
 
 
+@endpoint(
+    "events",
+    "Get an event-stream ticket",
+    "A short-lived ticket that opens GET /events/stream once, for a browser's EventSource, "
+    "which cannot send headers. It opens nothing else; get a new one for each connection.",
+    answers={201: returns(envelope(ref("Ticket")), "The ticket.")},
+)
 def post_stream_ticket(req):
     """A ticket for EventSource: opens the event stream only, for a minute."""
     ticket, ttl = req.ctx.tokens.issue_ticket(req.user["id"], req.claims["sid"], req.claims["exp"])
-    return success({"ticket": ticket, "expires_in": ttl}, status=201)
+    return success(views.ticket.build(ticket=ticket, expires_in=ttl), status=201)
 
 
 @in_chat()
-def post_typing(req, chat, me):
+@endpoint(
+    "events",
+    "Say I am typing",
+    "Tells the chat's members that the caller is typing (typing: true) or stopped; a notice "
+    "stops by itself after a few seconds.",
+    answers={200: returns(envelope(ref("Typing")), "The notice now."), 400: refuses("typing is not true or false.")},
+    parameters=(CHAT_PATH,),
+    body={
+        "typing": Flag(
+            "True (the default) while typing, false on stopping; a notice stops by itself after a few seconds.",
+            True,
+            default=True,
+        )
+    },
+    body_name="TypingChange",
+    body_example={"typing": True},
+)
+def post_typing(req, chat, me, *, body):
     """Say I am typing in a chat (``typing: true``) or stopped; it stops by itself too."""
-    active = req.json.get("typing", True)
-    if not isinstance(active, bool):
-        raise BadRequest("Field 'typing' must be true or false")
+    active = body["typing"]
     req.ctx.events.typing(chat["id"], me["user_id"], req.user["username"], active)
-    return success({"chat_id": chat["id"], "typing": active})
+    return success(views.typing.build(chat_id=chat["id"], typing=active))

@@ -26,14 +26,30 @@ import re
 import uuid
 
 from .http import BadRequest, Conflict, Forbidden, NotFound, success, views
-from .http.fields import text
+from .http.declare import (
+    KEY_PATH,
+    MAX_ID,
+    NOT_BLANK,
+    USER_PATH,
+    Choice,
+    Link,
+    Match,
+    Text,
+    array,
+    endpoint,
+    envelope,
+    obj,
+    ref,
+    refuses,
+    returns,
+    string,
+)
 
 ALGORITHMS = ("x25519", "ed25519", "rsa-oaep-sha256")
 RAW_KEY_BYTES = 32
 MIN_RSA_BITS, MAX_RSA_BITS = 2048, 16384
 MAX_PUBLIC_KEY = 8192  # characters: a 16384-bit RSA key in PEM is about 2,900
 MAX_LIVE_KEYS = 64
-MAX_ID = 64
 DEVICE_ID = r"[A-Za-z0-9._:-]{1,64}"
 
 #: Base64 (RFC 4648, with padding) in general and of a given number of bytes.
@@ -41,6 +57,10 @@ BASE64 = r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"
 BASE64_12 = r"[A-Za-z0-9+/]{16}"
 BASE64_32 = r"[A-Za-z0-9+/]{43}="
 BASE64_64 = r"[A-Za-z0-9+/]{86}=="
+
+#: A public key for the document's examples.
+EXAMPLE_X25519 = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="
+EXAMPLE_KEY_ID = "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d"
 
 ENVELOPE_VERSION = 1
 MIN_WRAPPED_KEY, MAX_WRAPPED_KEY = 16, 2048  # bytes: an AES-GCM wrap is 48, an RSA-16384 OAEP wrap 2048
@@ -223,17 +243,63 @@ def _live(keys):
     return [key for key in keys if key.get("revoked_at") is None]
 
 
-def post_key(req):
+@endpoint(
+    "keys",
+    "Publish a public key",
+    "Publishes one public key of one of my devices. A device has one live key per algorithm: to rotate, "
+    "publish the new one with replaces (the old one is revoked). The server never takes private keys.",
+    answers={
+        201: returns(envelope(ref("PublicKey"), message="Key published"), "Published."),
+        400: refuses(
+            "A field is invalid: the device id, the algorithm, a key of the wrong length or "
+            "format, not on the curve, low-order, RSA under 2048 bits, something that looks like a "
+            "private key, or replaces naming no live key of mine for the same device and algorithm."
+        ),
+        409: refuses(
+            "The key is already published, the device already has a live key of that algorithm "
+            "(rotate with replaces), or I have too many live keys."
+        ),
+    },
+    body={
+        "device_id": Match(
+            "Which of my devices the key is for: 1 to 64 letters, digits, '.', '_', ':' or '-'.",
+            "laptop",
+            required=True,
+            pattern=DEVICE_ID,
+            message="Field 'device_id' must be 1 to 64 letters, digits, '.', '_', ':' or '-'",
+        ),
+        "algorithm": Choice(
+            "x25519 for key agreement, ed25519 for signatures, or rsa-oaep-sha256 for clients that insist on RSA.",
+            "x25519",
+            required=True,
+            values=ALGORITHMS,
+            message=f"Field 'algorithm' must be one of: {', '.join(ALGORITHMS)}",
+        ),
+        "public_key": Text(
+            "For x25519 and ed25519: the base64 of the raw 32-byte public key. For "
+            "rsa-oaep-sha256: a PEM 'PUBLIC KEY' block or base64 DER "
+            "SubjectPublicKeyInfo of 2048 to 16384 bits. Anything that looks like a "
+            "private key is refused.",
+            EXAMPLE_X25519,
+            required=True,
+            max_length=MAX_PUBLIC_KEY,
+            strip=False,
+        ),
+        "replaces": Text(
+            "My live key of the same device and algorithm that this one replaces (rotation: that one is revoked).",
+            max_length=MAX_ID,
+            strip=False,
+        ),
+    },
+    body_name="NewKey",
+    links={201: (Link("key_id"),)},
+    body_example={"device_id": "laptop", "algorithm": "x25519", "public_key": EXAMPLE_X25519},
+    writes=True,
+)
+def post_key(req, *, body):
     """Publish a public key for one of my devices; with ``replaces``, rotate that key."""
-    body = req.json
-    device_id = body.get("device_id")
-    if not isinstance(device_id, str) or not re.fullmatch(DEVICE_ID, device_id):
-        raise BadRequest("Field 'device_id' must be 1 to 64 letters, digits, '.', '_', ':' or '-'")
-    algorithm = body.get("algorithm")
-    if algorithm not in ALGORITHMS:
-        raise BadRequest(f"Field 'algorithm' must be one of: {', '.join(ALGORITHMS)}")
-    public_key = text(body, "public_key", max_length=MAX_PUBLIC_KEY, strip=False)
-    replaces = text(body, "replaces", required=False, max_length=MAX_ID, strip=False)
+    device_id, algorithm = body["device_id"], body["algorithm"]
+    public_key, replaces = body["public_key"], body["replaces"]
     key_bytes = check_public_key(algorithm, public_key)
     fingerprint, now = hashlib.sha256(key_bytes).hexdigest(), _now(req)
     key = {
@@ -281,11 +347,26 @@ def post_key(req):
     return success(views.public_key(key), "Key rotated" if replaces else "Key published", status=201)
 
 
+@endpoint(
+    "keys",
+    "My keys",
+    "Every key I published, revoked ones included (with revoked_at), oldest first.",
+    answers={200: returns(envelope(array(ref("PublicKey"))), "My keys.")},
+    links={200: (Link("key_id", "/data/0/id"),)},
+)
 def get_my_keys(req):
     """Every key I published, revoked ones included, oldest first."""
     return success([views.public_key(key) for key in req.ctx.store.user_keys(req.user["id"])])
 
 
+@endpoint(
+    "keys",
+    "A user's current keys",
+    "The keys a user's devices hold now (not revoked): encrypt to their X25519 (or RSA-OAEP) keys, "
+    "verify with their Ed25519 keys.",
+    answers={200: returns(envelope(array(ref("PublicKey"))), "The current keys."), 404: refuses("No such user.")},
+    parameters=(USER_PATH,),
+)
 def get_user_keys(req, user_id):
     """A user's current (not revoked) public keys, to encrypt for their devices."""
     store = req.ctx.store
@@ -294,6 +375,13 @@ def get_user_keys(req, user_id):
     return success([views.public_key(key) for key in _live(store.user_keys(user_id))])
 
 
+@endpoint(
+    "keys",
+    "A key by id",
+    "Any user's key, current or revoked: to verify the signature of an older message.",
+    answers={200: returns(envelope(ref("PublicKey")), "The key."), 404: refuses("No such key.")},
+    parameters=(KEY_PATH,),
+)
 def get_key(req, key_id):
     """One key by id, revoked or not: to verify a signature made before a rotation."""
     key = req.ctx.store.get_key(key_id)
@@ -302,6 +390,19 @@ def get_key(req, key_id):
     return success(views.public_key(key))
 
 
+@endpoint(
+    "keys",
+    "Revoke a key",
+    "Revokes one of my keys: it is no longer listed as current, but stays readable by id.",
+    answers={
+        200: returns(envelope(ref("PublicKey"), message="Key revoked"), "Revoked."),
+        400: refuses("The key is already revoked."),
+        403: refuses("The key is someone else's."),
+        404: refuses("No such key."),
+    },
+    parameters=(KEY_PATH,),
+    writes=True,
+)
 def delete_key(req, key_id):
     """Revoke one of my keys; it stays listed (with ``revoked_at``) for verifying old messages."""
     store = req.ctx.store
@@ -325,6 +426,68 @@ def delete_key(req, key_id):
 # =============================================================================
 # Encrypted messages
 # =============================================================================
+
+
+def envelope_schema(settings):
+    """The JSON Schema of an envelope (``encrypted``), as ``check_envelope`` checks it."""
+
+    def b64(description, pattern, example=None, **constraints):
+        return string(description, example, pattern=f"^{pattern}$", **constraints)
+
+    def key_id(description, example=EXAMPLE_KEY_ID):
+        return string(description, example, minLength=1, maxLength=MAX_ID, pattern=NOT_BLANK)
+
+    ciphertext_bytes = max_ciphertext_bytes(settings)
+    return obj(
+        {
+            "v": {"const": 1, "description": "The envelope format (1)."},
+            "sender_key_id": key_id("The sender's live Ed25519 key that signed the envelope."),
+            "ephemeral_key": b64(
+                "The sender's one-time X25519 public key (32 bytes), for X25519 wraps.", BASE64_32, EXAMPLE_X25519
+            ),
+            "nonce": b64("The AES-256-GCM nonce of the ciphertext (12 bytes).", BASE64_12, "AAECAwQFBgcICQoL"),
+            "ciphertext": b64(
+                f"The AES-256-GCM ciphertext with its tag: 16 to {ciphertext_bytes} bytes "
+                "(4 per MAX_MESSAGE_LENGTH character, plus 1024).",
+                BASE64,
+                "c2VhbGVkIHdpdGggQUVTLUdDTQ==",
+                minLength=24,
+                maxLength=base64_chars(ciphertext_bytes),
+            ),
+            "recipients": array(
+                obj(
+                    {
+                        "key_id": key_id("The recipient device's X25519 or RSA-OAEP key."),
+                        "wrapped_key": b64(
+                            f"The content key wrapped for that key: {MIN_WRAPPED_KEY} to {MAX_WRAPPED_KEY} bytes.",
+                            BASE64,
+                            "d3JhcHBlZCBjb250ZW50IGtleQ==",
+                            minLength=base64_chars(MIN_WRAPPED_KEY),
+                            maxLength=base64_chars(MAX_WRAPPED_KEY),
+                        ),
+                        "nonce": b64(
+                            "The AES-256-GCM nonce of an X25519 wrap (12 bytes).", BASE64_12, "AAECAwQFBgcICQoL"
+                        ),
+                    },
+                    required=["key_id", "wrapped_key"],
+                    additionalProperties=False,
+                ),
+                "One content-key wrap per recipient device key (each key once); as many as fit in "
+                f"MAX_BODY_BYTES ({settings.max_body_bytes}).",
+                minItems=1,
+            ),
+            "signature": b64(
+                "Ed25519 signature (64 bytes) over the envelope and chat id (see oxc_e2e.py).",
+                BASE64_64,
+                "c2lnbmVk" + "A" * 78 + "==",
+            ),
+        },
+        required=["v", "sender_key_id", "nonce", "ciphertext", "recipients", "signature"],
+        additionalProperties=False,
+        description="An end-to-end encrypted message as its sender's device built it; the server stores "
+        "and forwards it without reading it.",
+    )
+
 
 ENVELOPE_FIELDS = {"v", "sender_key_id", "ephemeral_key", "nonce", "ciphertext", "recipients", "signature"}
 RECIPIENT_FIELDS = {"key_id", "wrapped_key", "nonce"}

@@ -4,6 +4,7 @@ import logging
 import time
 
 from .http import Forbidden, ServiceUnavailable, success
+from .http.declare import endpoint, envelope, obj, returns
 
 log = logging.getLogger("oxc.maintenance")
 
@@ -15,6 +16,34 @@ def require_admin(req, what):
         raise Forbidden(f"Only the server's admins may {what}")
 
 
+@endpoint(
+    "service",
+    "Compact the store now (admins)",
+    "Rewrites what the store keeps on disk while the server runs, so that the text of deleted messages "
+    "leaves it now rather than at the next automatic compaction: the JSON store writes a fresh snapshot "
+    "and drops its journal; PostgreSQL rewrites the tables that hold message text (VACUUM FULL, which "
+    "locks each one while it runs). Answers once done. Only for the users named in ADMINS.",
+    answers={
+        200: returns(
+            envelope(
+                obj(
+                    {
+                        "seconds": {
+                            "type": "number",
+                            "minimum": 0,
+                            "examples": [0.42],
+                            "description": "How long the compaction took.",
+                        }
+                    }
+                ),
+                message="Store compacted",
+            ),
+            "Compacted.",
+        )
+    },
+    refusals={403: "I am not one of the server's admins."},
+    writes=True,
+)
 def post_compact(req):
     """Compact the store now, so that deleted text leaves the disk (server admins only)."""
     require_admin(req, "compact the store")

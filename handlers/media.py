@@ -9,9 +9,9 @@ names it in ``attachment_id``; it joins one message only.
 The bytes are streamed into the store's content-addressed blobs (hashed and
 counted on the way, written to a temp file, fsynced, renamed), never held in
 memory and never named after anything a user sent. Before a byte is kept,
-the first 4 kB are sniffed: the type they show must agree with the declared
-one (415 names both) and be in MEDIA_ALLOWED_TYPES (415); more than
-MEDIA_MAX_BYTES is 413.
+the first 4 kB are sniffed (``services.filetypes``): the type they show must
+agree with the declared one (415 names both) and be in MEDIA_ALLOWED_TYPES
+(415); more than MEDIA_MAX_BYTES is 413.
 
 Room: each user's attachments may hold ATTACHMENT_QUOTA_BYTES (the sum of
 their sizes; thumbnails, made by the server, are not counted; deleting an
@@ -31,454 +31,88 @@ SHA-256 is never sent: the blob store checks it before the first byte (once
 per file per process), the answer is 500 "Attachment data is damaged" and the
 log names the attachment, the digest and the file.
 
-Thumbnails (320 px, JPEG or PNG) are made at upload with Pillow, the
-optional ``media`` extra; without it the service runs, says so at start-up
-(``thumbnail_support``), and the metadata's ``thumbnail`` says why there is
-none. An image's declared pixels, not its bytes, decide what decoding it
-costs: ``Thumbnails`` decodes one only within a memory budget, reduced where
-the format allows, a few at a time per process. Deleting the attachment, or
-the message it was sent with, removes the bytes once no attachment refers to
-them.
+Thumbnails (320 px, JPEG or PNG) are made at upload by ``services.thumbnails``
+with Pillow, the optional ``media`` extra; without it the service runs, says
+so at start-up (``thumbnail_support``), and the metadata's ``thumbnail`` says
+why there is none. An image's declared pixels, not its bytes, decide what
+decoding it costs: ``Thumbnails`` decodes one only within a memory budget,
+reduced where the format allows, a few at a time per process. Deleting the
+attachment, or the message it was sent with, removes the bytes once no
+attachment refers to them.
 """
 
-import codecs
-import ctypes
 import functools
-import io
 import logging
 import mimetypes
-import os
-import platform
-import re
-import threading
-import urllib.parse
 import uuid
 
 from store import DamagedBlob, Missing, OutOfSpace, QuotaExceeded, TooLarge
 
-from .chats import _send, detach_attachment
 from .http import (
     STORE_RETRY_AFTER,
     BadRequest,
     Forbidden,
-    HTTPError,
     NotFound,
     PayloadTooLarge,
-    Response,
     ServiceUnavailable,
     UnsupportedMediaType,
+    body_length,
     success,
     views,
 )
+from .http.declare import (
+    ATTACHMENT_PATH,
+    CHAT_PATH,
+    IF_NONE_MATCH,
+    Link,
+    Reply,
+    endpoint,
+    envelope,
+    header,
+    obj,
+    query,
+    ref,
+    refuses,
+    returns,
+)
+from .http.download import DamagedData, disposition, send_file
 from .http.fields import text
 from .http.multipart import MultipartError, Parts, boundary
+from .messages import message_text
+from .services import messaging
+from .services.filetypes import GENERIC, MEDIA_TYPE, allowed, image_size, kind_of, normalise, resolve_type
 from .services.roles import in_chat, may_moderate
+from .services.thumbnails import THUMBNAIL_SIZE
 
 log = logging.getLogger("oxc.media")
 
 SNIFF_BYTES = 4096
-BLOCK = 256 * 1024  # bytes per read when sending a file
-THUMBNAIL_SIZE = 320
-MAX_THUMBNAIL_PIXELS = 50_000_000  # larger images are not decoded (decompression bombs)
 MAX_NAME = 255
+EXAMPLE_ID = "3d6f0a8e-2b1c-4f5e-9a7d-0c8b6e4f2a1d"
+SEND_CHOICES = {"enum": ["1", "0", "true", "false", ""]}
+FILE_NAME = query(
+    "FileName",
+    "name",
+    f"The file's name (at most {MAX_NAME} characters); for a multipart upload it wins over the part's filename.",
+    {"type": "string", "maxLength": MAX_NAME},
+)
+CAPTION = query(
+    "Caption",
+    "content",
+    "A caption; giving one also sends the message (a multipart field wins).",
+    message_text("A caption"),
+)
+SEND = query("Send", "send", "1 or true: also send the message carrying the file.", SEND_CHOICES)
+RANGE = header(
+    "Range",
+    "Range",
+    "One byte range, e.g. bytes=0-1023 or bytes=-500 (206); several ranges or a "
+    "malformed one get the whole file (200).",
+)
+IF_RANGE = header("IfRange", "If-Range", "Honour Range only while the ETag is still this one.")
 MAX_FIELD_BYTES = 64 * 1024
 UPLOAD_OVERHEAD = 64 * 1024  # what multipart adds around a file of MEDIA_MAX_BYTES (headers, fields)
 SEND_VALUES = {"1": True, "true": True, "0": False, "false": False, "": False}
-
-
-class RangeNotSatisfiable(HTTPError):
-    status = 416
-
-
-# =============================================================================
-# What the bytes are
-# =============================================================================
-
-#: (offset, magic bytes, MIME type), checked in order.
-SIGNATURES = (
-    (0, b"\x89PNG\r\n\x1a\n", "image/png"),
-    (0, b"\xff\xd8\xff", "image/jpeg"),
-    (0, b"GIF87a", "image/gif"),
-    (0, b"GIF89a", "image/gif"),
-    (0, b"%PDF-", "application/pdf"),
-    (0, b"OggS", "audio/ogg"),
-    (0, b"ID3", "audio/mpeg"),
-    (0, b"\x1a\x45\xdf\xa3", "video/webm"),
-    (0, b"PK\x03\x04", "application/zip"),
-    (0, b"PK\x05\x06", "application/zip"),
-    (4, b"ftyp", "video/mp4"),
-)
-SNIFFABLE = {mime for _, _, mime in SIGNATURES} | {"image/webp", "audio/wav", "audio/aac", "text/plain"}
-#: Declared types that the same magic bytes stand for.
-SAME_BYTES = {
-    "video/webm": {"audio/webm", "video/x-matroska", "audio/x-matroska"},
-    "video/mp4": {
-        "audio/mp4",
-        "audio/x-m4a",
-        "audio/m4a",
-        "video/quicktime",
-        "video/3gpp",
-        "image/avif",
-        "image/heic",
-        "image/heif",
-    },
-    "audio/ogg": {"video/ogg", "application/ogg", "audio/opus"},
-    "audio/mpeg": {"audio/mp3"},
-    "application/zip": {"application/epub+zip", "application/java-archive"},
-    "text/plain": {"application/json", "application/xml", "image/svg+xml"},
-}
-ZIP_DOCUMENTS = ("application/vnd.openxmlformats-officedocument.", "application/vnd.oasis.opendocument.")
-ALIASES = {
-    "image/jpg": "image/jpeg",
-    "image/pjpeg": "image/jpeg",
-    "audio/mp3": "audio/mpeg",
-    "audio/x-wav": "audio/wav",
-    "audio/wave": "audio/wav",
-    "audio/vnd.wave": "audio/wav",
-    "application/x-zip-compressed": "application/zip",
-    "application/x-pdf": "application/pdf",
-    "audio/x-aac": "audio/aac",
-}
-GENERIC = {"application/octet-stream", "binary/octet-stream", "application/unknown", "application/x-download"}
-DOCUMENTS = {
-    "application/pdf",
-    "application/msword",
-    "application/rtf",
-    "application/epub+zip",
-    "application/vnd.ms-excel",
-    "application/vnd.ms-powerpoint",
-    "application/json",
-}
-_TEXT_CONTROLS = re.compile(rb"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]")
-_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
-
-
-def sniff(head):
-    """The MIME type the first bytes of a file show, or None when they show nothing known."""
-    for offset, magic, mime in SIGNATURES:
-        if head[offset : offset + len(magic)] == magic:
-            return mime
-    if head[:4] == b"RIFF" and head[8:12] in (b"WEBP", b"WAVE"):
-        return "image/webp" if head[8:12] == b"WEBP" else "audio/wav"
-    if len(head) >= 2 and head[0] == 0xFF:
-        if head[1] & 0xF6 == 0xF0:
-            return "audio/aac"  # ADTS
-        if head[1] & 0xE0 == 0xE0 and head[1] & 0x06:
-            return "audio/mpeg"  # an MPEG audio frame
-    if _is_text(head):
-        return "text/plain"
-    return None
-
-
-def _is_text(head):
-    if _TEXT_CONTROLS.search(head):
-        return False
-    try:
-        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def normalise(media_type):
-    """A media type without parameters, lower-cased, with common aliases resolved (or None)."""
-    media_type = (media_type or "").split(";", 1)[0].strip().lower()
-    return ALIASES.get(media_type, media_type) or None
-
-
-def resolve_type(declared, head):
-    """The type to keep for a file declared ``declared`` whose bytes start with ``head``.
-
-    A generic declaration takes what the bytes show; a specific one must agree
-    with them (415 otherwise, naming both).
-    """
-    sniffed = sniff(head)
-    if declared is None or declared in GENERIC:
-        return sniffed or "application/octet-stream"
-    if sniffed is None:
-        recognisable = (
-            declared in SNIFFABLE
-            or declared.startswith("text/")
-            or any(declared in same for same in SAME_BYTES.values() if same is not SAME_BYTES["text/plain"])
-        )
-        if not recognisable:
-            return declared
-    elif (
-        declared == sniffed
-        or declared in SAME_BYTES.get(sniffed, ())
-        or (sniffed == "text/plain" and declared.startswith("text/"))
-        or (sniffed == "application/zip" and declared.startswith(ZIP_DOCUMENTS))
-    ):
-        return declared
-    shown = sniffed or "unrecognised binary data"
-    raise UnsupportedMediaType(f"The file was declared {declared} but its bytes look like {shown}")
-
-
-def allowed(media_type, patterns):
-    """True when ``media_type`` matches one of ``patterns`` (``image/*`` and ``*/*`` allowed)."""
-    major = media_type.split("/", 1)[0]
-    return any(p == media_type or p == "*/*" or (p.endswith("/*") and p[:-2] == major) for p in patterns)
-
-
-def kind_of(media_type):
-    """image, video, audio, document or other."""
-    major = media_type.split("/", 1)[0]
-    if major in ("image", "video", "audio"):
-        return major
-    if major == "text" or media_type in DOCUMENTS or media_type.startswith(ZIP_DOCUMENTS + ("application/vnd.ms-",)):
-        return "document"
-    return "other"
-
-
-def image_size(f):
-    """(width, height) read from an image file's header (PNG, GIF, WebP, JPEG), or (None, None)."""
-    head = f.read(32)
-    try:
-        if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
-            return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
-        if head[:6] in (b"GIF87a", b"GIF89a"):
-            return int.from_bytes(head[6:8], "little"), int.from_bytes(head[8:10], "little")
-        if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-            return _webp_size(head)
-        if head[:3] == b"\xff\xd8\xff":
-            return _jpeg_size(f)
-    except (IndexError, ValueError, OSError):
-        pass
-    return None, None
-
-
-def _webp_size(head):
-    chunk, data = head[12:16], head[20:32]
-    if chunk == b"VP8X":
-        return 1 + int.from_bytes(data[4:7], "little"), 1 + int.from_bytes(data[7:10], "little")
-    if chunk == b"VP8L" and data[0] == 0x2F:
-        bits = int.from_bytes(data[1:5], "little")
-        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
-    if chunk == b"VP8 " and data[3:6] == b"\x9d\x01\x2a":
-        return int.from_bytes(data[6:8], "little") & 0x3FFF, int.from_bytes(data[8:10], "little") & 0x3FFF
-    return None, None
-
-
-#: Start-of-frame markers (0xC4, 0xC8 and 0xCC share the range but are not frames), and the progressive ones.
-FRAME_MARKERS = (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF)
-PROGRESSIVE_MARKERS = (0xC2, 0xC6, 0xCA, 0xCE)
-
-
-def _jpeg_segments(f):
-    """(marker, payload length) of each segment of a JPEG up to its first scan, ``f`` at the payload."""
-    f.seek(2)
-    for _ in range(1000):  # segments before the first scan; a real file has a few dozen
-        marker = f.read(2)
-        if len(marker) < 2 or marker[0] != 0xFF:
-            return
-        while marker[1] == 0xFF:  # fill bytes
-            marker = marker[1:] + f.read(1)
-        code = marker[1]
-        if code in (0xD8, 0x01) or 0xD0 <= code <= 0xD7:
-            continue
-        length = int.from_bytes(f.read(2), "big")
-        if code == 0xD9 or length < 2:
-            return
-        start = f.tell()
-        yield code, length - 2
-        if code == 0xDA:
-            return
-        f.seek(start + length - 2)
-
-
-def _jpeg_size(f):
-    for code, _ in _jpeg_segments(f):
-        if code in FRAME_MARKERS:
-            frame = f.read(5)
-            return int.from_bytes(frame[3:5], "big"), int.from_bytes(frame[1:3], "big")
-    return None, None
-
-
-def jpeg_coefficient_bytes(f):
-    """Bytes of DCT coefficients libjpeg keeps for the whole image while decoding this JPEG.
-
-    A single scan holding every component is decoded a row of blocks at a
-    time (0). An image in several scans (progressive, or a first scan without
-    every component) makes libjpeg keep every coefficient of the whole image
-    at full resolution, 2 bytes each, however reduced the decoding. None when
-    the headers cannot be read this far.
-    """
-    frame = None
-    try:
-        for code, length in _jpeg_segments(f):
-            if code in FRAME_MARKERS:
-                data = f.read(length)
-                height, width, count = int.from_bytes(data[1:3], "big"), int.from_bytes(data[3:5], "big"), data[5]
-                factors = [(data[7 + 3 * i] >> 4, data[7 + 3 * i] & 15) for i in range(count)]
-                widest, tallest = max(h for h, _ in factors), max(v for _, v in factors)
-                samples = sum(h * v for h, v in factors) / (widest * tallest)  # per pixel, over all components
-                frame = (code in PROGRESSIVE_MARKERS, count, 2 * samples * width * height)
-            elif code == 0xDA and frame is not None:
-                progressive, count, whole = frame
-                return round(whole) if progressive or f.read(1)[0] < count else 0
-    except (IndexError, ValueError, ZeroDivisionError, OSError):
-        pass
-    return None
-
-
-# =============================================================================
-# Thumbnails (Pillow, optional)
-# =============================================================================
-
-
-def imaging():
-    """(PIL.Image, PIL.ImageOps), or None when Pillow is not installed."""
-    try:
-        from PIL import Image, ImageOps
-    except ImportError:
-        return None
-    return Image, ImageOps
-
-
-def thumbnail_support():
-    """One line for the start-up log: whether image attachments get thumbnails."""
-    modules = imaging()
-    if modules is None:
-        return "Pillow is not installed: image attachments get no thumbnails (pip install 'oxc[media]')"
-    return f"thumbnails of image attachments by Pillow {getattr(modules[0], '__version__', '')}".rstrip()
-
-
-MB = 1024 * 1024
-#: Peak memory one thumbnail may take. THUMBNAIL_CONCURRENCY of them at once
-#: (2 by default: 256 MiB) is what image uploads can add to the process.
-THUMBNAIL_MEMORY = 128 * MB
-#: Seconds an upload waits for a free thumbnail slot; then it is kept without one.
-THUMBNAIL_WAIT = 3.0
-#: Peak bytes per decoded pixel, measured with Pillow 13 (tests/test_image_bombs.py):
-#: Pillow keeps a pixel of these formats in at most 4 bytes (RGB as RGBX, CMYK,
-#: RGBA); shrinking an image with alpha works on a premultiplied copy (8);
-#: WebP is decoded by libwebp into its own canvas, copied out as bytes and
-#: copied again into the image (15.6 measured).
-BYTES_PER_PIXEL = 4
-ALPHA_MODES = ("RGBA", "LA")
-WEBP_BYTES_PER_PIXEL = 16
-
-
-def _none(reason):
-    return {"status": "none", "reason": reason, "content_type": None, "width": None, "height": None}
-
-
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-LARGE_BLOCK = MB
-
-
-@functools.cache
-def give_back_large_blocks():
-    """Have glibc map blocks of LARGE_BLOCK and more on their own, so that freeing one returns it.
-
-    Pillow keeps an image in blocks of up to 16 MB. glibc raises its mmap
-    threshold to the size of each mapped block freed, after which such
-    blocks come from per-thread arenas that keep them once freed: measured,
-    every worker thread that had made a large thumbnail went on holding about
-    64 MB (684 MB after three bursts of ten uploads, 70 MB with the threshold
-    pinned). Nothing is changed where the operator set MALLOC_MMAP_THRESHOLD_
-    or the C library is not glibc. Returns whether the threshold was set.
-    """
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        return bool(ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK))
-    except (OSError, AttributeError):
-        return False
-
-
-class Thumbnails:
-    """Makes thumbnails, a few at a time, each within a memory budget.
-
-    An image is decoded only if its decoding fits THUMBNAIL_MEMORY. A JPEG
-    is decoded reduced (libjpeg scales by 1/2, 1/4 or 1/8 while decoding;
-    a progressive one still keeps 3 to 6 bytes a pixel of coefficients, so up
-    to 22 to 44 megapixels); other formats are decoded whole, so they get a
-    thumbnail up to about 33 megapixels (16 with transparency, 8 for WebP).
-    Larger images are kept, without a thumbnail, and the metadata says why.
-    At most ``concurrency`` decodes run at once in the process; an upload
-    that finds every slot busy for THUMBNAIL_WAIT seconds is kept without a
-    thumbnail rather than holding its worker thread longer.
-    """
-
-    def __init__(self, concurrency, memory=THUMBNAIL_MEMORY, wait=THUMBNAIL_WAIT):
-        self._slots = threading.BoundedSemaphore(concurrency)
-        self.memory = memory
-        self.wait = wait
-        give_back_large_blocks()
-
-    def make(self, store, digest, media_type, width, height):
-        """(thumbnail metadata, its blob digest or None) for an attachment's bytes."""
-        if kind_of(media_type) != "image":
-            return _none("Only images have thumbnails"), None
-        modules = imaging()
-        if modules is None:
-            return _none("Pillow is not installed on this server, so it makes no thumbnails"), None
-        if width and height and width * height > MAX_THUMBNAIL_PIXELS:
-            return _none(f"The image has more than {MAX_THUMBNAIL_PIXELS:,} pixels"), None
-        least = (WEBP_BYTES_PER_PIXEL if media_type == "image/webp" else BYTES_PER_PIXEL) * (width or 0) * (height or 0)
-        if media_type != "image/jpeg" and least > self.memory:
-            return self._too_big(least), None  # decided from the header, without opening the file
-        if not self._slots.acquire(timeout=self.wait):
-            log.info("no thumbnail for %s: every thumbnail slot stayed busy for %s s", digest, self.wait)
-            return _none("The server was busy making other thumbnails when this image arrived"), None
-        try:
-            return self._make(modules, store, digest)
-        finally:
-            self._slots.release()
-
-    def _too_big(self, cost):
-        return _none(
-            f"Making a thumbnail of this image would take about {cost // MB} MB of memory, "
-            f"more than the {self.memory // MB} MB this server allows"
-        )
-
-    def _make(self, modules, store, digest):
-        image_module, image_ops = modules
-        out = io.BytesIO()
-        try:
-            with store.open_blob(digest) as f, image_module.open(f, formats=["PNG", "JPEG", "GIF", "WEBP"]) as image:
-                if image.width * image.height > MAX_THUMBNAIL_PIXELS:
-                    return _none(f"The image has more than {MAX_THUMBNAIL_PIXELS:,} pixels"), None
-                whole = image.width * image.height
-                image.draft("RGB", (THUMBNAIL_SIZE * 2, THUMBNAIL_SIZE * 2))  # JPEG decodes at a smaller scale
-                cost = self._cost(image, f, whole)
-                if cost > self.memory:
-                    return self._too_big(cost), None
-                image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-                picture = image_ops.exif_transpose(image)  # the small picture turns, not the decoded image
-                clear = picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info
-                if clear:
-                    picture.convert("RGBA").save(out, "PNG", optimize=True)
-                else:
-                    picture.convert("RGB").save(out, "JPEG", quality=80)
-                size = picture.size
-        except Exception as exc:  # Pillow raises many kinds for undecodable images
-            log.info("no thumbnail for %s: %s", digest, exc)
-            return _none("The image could not be decoded"), None
-        thumbnail_digest = store.save_blob_bytes(out.getvalue())
-        return {
-            "status": "ready",
-            "reason": None,
-            "content_type": "image/png" if clear else "image/jpeg",
-            "width": size[0],
-            "height": size[1],
-        }, thumbnail_digest
-
-    @staticmethod
-    def _cost(image, f, whole):
-        """Peak bytes that decoding ``image`` (opened, reduced by draft) and shrinking it take."""
-        pixels = image.width * image.height  # what will really be decoded
-        if image.format == "WEBP":
-            return WEBP_BYTES_PER_PIXEL * pixels
-        cost = BYTES_PER_PIXEL * pixels * (2 if image.mode in ALPHA_MODES else 1)
-        if image.format == "JPEG":
-            position = f.tell()
-            coefficients = jpeg_coefficient_bytes(f)
-            f.seek(position)
-            # Unreadable this far: assume the worst libjpeg could keep (four full components).
-            cost += 2 * 4 * whole if coefficients is None else coefficients
-        return cost
 
 
 # =============================================================================
@@ -507,12 +141,27 @@ class _Body:
 
 
 def _declared_length(req):
-    raw = (req.environ.get("CONTENT_LENGTH") or "").strip()
-    if not raw:
-        return None
-    if not (raw.isascii() and raw.isdigit()):
-        raise BadRequest("Invalid Content-Length")
-    return int(raw)
+    return body_length(req.environ)
+
+
+def upload_schema(settings):
+    """The JSON Schema of a multipart upload's fields."""
+    return obj(
+        {
+            "file": {
+                "type": "string",
+                "format": "binary",
+                "description": "The file; the part's Content-Type and filename are its declared type and name.",
+            },
+            "content": message_text("A caption; giving one also sends the message").resolved(settings).schema(),
+            "send": {
+                "enum": ["1", "0", "true", "false", ""],
+                "description": "1 or true: send the message carrying the file now, even without a caption.",
+            },
+        },
+        required=["file"],
+        description="A multipart/form-data upload; other parts are ignored.",
+    )
 
 
 def clean_name(raw, media_type):
@@ -543,7 +192,7 @@ def _store_file(req, chat, me, read, declared, name, expected=None):
     """
     settings, store = req.ctx.settings, req.ctx.store
     declared = normalise(declared)
-    if declared is not None and not _MEDIA_TYPE.fullmatch(declared):
+    if declared is not None and not MEDIA_TYPE.fullmatch(declared):
         raise UnsupportedMediaType(f"The file's declared type {declared!r} is not a MIME type")
     if declared is not None and declared not in GENERIC and not allowed(declared, settings.media_types):
         raise UnsupportedMediaType(
@@ -683,6 +332,46 @@ def _discard(req, attachment):
 
 
 @in_chat()
+@endpoint(
+    "media",
+    "Upload an attachment",
+    "Uploads a file into the chat. The body is the file itself, with its Content-Type (and ?name=), or "
+    "multipart/form-data with a 'file' part (its Content-Type and filename count) and optional 'content' "
+    "and 'send' fields. The file's first bytes must agree with the declared type, and the type must be "
+    "allowed (MEDIA_ALLOWED_TYPES). A caption (content) or send=1 also sends the message carrying the "
+    "file; otherwise send it later with attachment_id. Images get a thumbnail when the server has Pillow.",
+    answers={
+        201: returns(envelope(ref("UploadedAttachment"), message="Attachment uploaded"), "Stored."),
+        400: refuses(
+            "The file is empty or missing, the multipart body is malformed, content is blank or too "
+            "long, send is not 1/0/true/false, or Content-Length is invalid."
+        ),
+        413: refuses(
+            "The file is over MEDIA_MAX_BYTES, or it would take my attachments past my quota "
+            "(ATTACHMENT_QUOTA_BYTES; the message says so, and /users/me shows the use and the "
+            "limit): delete some attachments first."
+        ),
+        415: refuses(
+            "The file's type is not allowed (MEDIA_ALLOWED_TYPES), or its bytes do not match the "
+            "declared type (the message names both)."
+        ),
+        503: refuses(
+            "The server's disk is full, or too full to keep the file without eating into the "
+            "store's free-space reserve; retry after Retry-After."
+        ),
+    },
+    parameters=(CHAT_PATH, FILE_NAME, CAPTION, SEND),
+    writes=True,
+    links={201: (Link("attachment_id"),)},
+    schemas={"Upload": upload_schema},
+    upload={
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        "multipart/form-data": {
+            "schema": ref("Upload"),
+            "encoding": {"file": {"contentType": "application/octet-stream"}},
+        },
+    },
+)
 def post_attachment(req, chat, me):
     """Upload a file into a chat (raw body or multipart); with ``content`` or ``send=1`` also send it."""
     settings, query = req.ctx.settings, req.query
@@ -704,13 +393,13 @@ def post_attachment(req, chat, me):
     try:
         content = text(fields, "content", required=False, max_length=settings.max_message_length)
         send = _send_flag(fields.get("send")) or content is not None
-        message = _send(req, chat, me, content, None, attachment=attachment) if send else None
+        message = (
+            messaging.send(req.ctx, chat, me, req.user["username"], content, attachment=attachment) if send else None
+        )
     except BaseException:
         _discard(req, attachment)
         raise
-    data = views.attachment(req.ctx.store.get_attachment(attachment["id"]) or attachment)
-    if message is not None:
-        data["message"] = views.chat_message(message)
+    data = views.uploaded(req.ctx.store.get_attachment(attachment["id"]) or attachment, message)
     return success(data, "Attachment uploaded", status=201)
 
 
@@ -744,26 +433,73 @@ def _members_only(handler):
 
 
 @_members_only
+@endpoint(
+    "media",
+    "An attachment's metadata",
+    "Name, size, type, kind, image size and thumbnail state. Only for members of its chat.",
+    answers={
+        200: returns(envelope(ref("Attachment")), "The metadata."),
+        403: refuses("The caller is not a member of the attachment's chat."),
+        404: refuses("No such attachment."),
+    },
+    parameters=(ATTACHMENT_PATH,),
+)
 def get_attachment(req, attachment, chat, me):
     """An attachment's metadata."""
     return success(views.attachment(attachment))
 
 
 @_members_only
+@endpoint(
+    "media",
+    "Download an attachment",
+    "The file's bytes with its Content-Type, Content-Length, Content-Disposition and ETag (its SHA-256). "
+    "If-None-Match answers 304; one byte Range answers 206 (audio and video players seek with it).",
+    answers={
+        200: Reply("The whole file.", {"type": "string", "format": "binary"}, "*/*"),
+        206: Reply("The range asked for (Content-Range says which).", {"type": "string", "format": "binary"}, "*/*"),
+        304: Reply("The client's copy (If-None-Match) is current; no body."),
+        403: refuses("The caller is not a member of the attachment's chat."),
+        404: refuses("No such attachment."),
+        416: refuses("The range starts past the end (Content-Range: bytes */size)."),
+        500: refuses(
+            "Attachment data is damaged: the server's copy no longer matches its SHA-256, so it "
+            "is not sent (the server's log names it)."
+        ),
+    },
+    parameters=(ATTACHMENT_PATH, RANGE, IF_RANGE, IF_NONE_MATCH),
+)
 def get_attachment_content(req, attachment, chat, me):
     """The attachment's bytes; Range, If-None-Match and If-Range are honoured."""
     inline = attachment["kind"] in ("image", "video", "audio") and "svg" not in attachment["content_type"]
-    return _send_file(
+    digest = attachment["sha256"]
+    return send_file(
         req,
-        attachment["sha256"],
+        digest,
         attachment["content_type"],
         attachment["size"],
-        _disposition("inline" if inline else "attachment", attachment["name"]),
-        attachment,
+        disposition("inline" if inline else "attachment", attachment["name"]),
+        lambda: _open_whole(req, digest, attachment),
     )
 
 
 @_members_only
+@endpoint(
+    "media",
+    "An attachment's thumbnail",
+    f"A JPEG (or PNG, with transparency) of at most {THUMBNAIL_SIZE} px a side, for images; ETag, "
+    "If-None-Match and Range as for the content.",
+    answers={
+        200: Reply("The thumbnail.", {"type": "string", "format": "binary"}, "image/*"),
+        206: Reply("The range asked for.", {"type": "string", "format": "binary"}, "image/*"),
+        304: Reply("The client's copy (If-None-Match) is current; no body."),
+        403: refuses("The caller is not a member of the attachment's chat."),
+        404: refuses("No such attachment, or it has no thumbnail (the message says why)."),
+        416: refuses("The range starts past the end."),
+        500: refuses("The thumbnail's data is damaged (its bytes no longer match its SHA-256)."),
+    },
+    parameters=(ATTACHMENT_PATH, RANGE, IF_RANGE, IF_NONE_MATCH),
+)
 def get_attachment_thumbnail(req, attachment, chat, me):
     """The attachment's thumbnail image (404 with the reason when it has none)."""
     thumbnail = attachment["thumbnail"]
@@ -775,16 +511,33 @@ def get_attachment_thumbnail(req, attachment, chat, me):
         raise NotFound("This attachment's thumbnail is gone")
     with f:
         size = f.seek(0, 2)
-    return _send_file(req, digest, thumbnail["content_type"], size, "inline", attachment)
+    return send_file(
+        req, digest, thumbnail["content_type"], size, "inline", lambda: _open_whole(req, digest, attachment)
+    )
 
 
 @_members_only
+@endpoint(
+    "media",
+    "Delete an attachment",
+    "Deletes an attachment (its uploader, or an admin or the owner of its chat). The message it was sent "
+    "with loses it (and becomes a tombstone if nothing else was in it); the bytes go once nothing refers "
+    "to them.",
+    answers={
+        200: returns(envelope(message=f"Attachment with ID {EXAMPLE_ID} deleted successfully"), "Deleted."),
+        403: refuses("The caller is not a member of the chat, or neither uploaded it nor moderates the chat."),
+        404: refuses("No such attachment."),
+        409: refuses("The caller stopped being a member of the chat while the request ran."),
+    },
+    parameters=(ATTACHMENT_PATH,),
+    writes=True,
+)
 def delete_attachment(req, attachment, chat, me):
     """Delete an attachment (its uploader, or an admin or the owner); a message it was sent with loses it.
 
     Unsent, it is deleted only while still unsent (the store checks in the
     delete); sent meanwhile, or before, it leaves its message in the write that
-    changes the message (``chats.detach_attachment``).
+    changes the message (``messaging.detach_attachment``).
     """
     if attachment["uploader_id"] != me["user_id"] and not may_moderate(me):
         raise Forbidden("Only the uploader or the chat's admins and owner may delete an attachment")
@@ -792,105 +545,14 @@ def delete_attachment(req, attachment, chat, me):
     if attachment.get("message_id") is None and not store.delete_attachment(attachment["id"], unsent_only=True):
         attachment = store.get_attachment(attachment["id"])  # sent, or deleted, meanwhile
     if attachment is None or (
-        attachment.get("message_id") is not None and not detach_attachment(req, chat, me, attachment)
+        attachment.get("message_id") is not None and not messaging.detach_attachment(req.ctx, chat, me, attachment)
     ):
         raise NotFound("The attachment is already deleted")
     return success(message=f"Attachment with ID {attachment['id']} deleted successfully")
 
 
+# Sending stored files
 # =============================================================================
-# Sending bytes
-# =============================================================================
-
-
-def _disposition(kind, name):
-    """A Content-Disposition with an ASCII fallback and the UTF-8 name (RFC 6266, RFC 8187)."""
-    fallback = "".join(ch if 32 <= ord(ch) < 127 and ch not in '"\\%' else "_" for ch in name)
-    return f"{kind}; filename=\"{fallback}\"; filename*=UTF-8''{urllib.parse.quote(name, safe='')}"
-
-
-def _etags(header):
-    return {tag.strip().removeprefix("W/") for tag in header.split(",")}
-
-
-def _byte_range(req, size, etag):
-    """(first, last) of a satisfiable single Range; None to send everything; 416 if unsatisfiable."""
-    header = req.environ.get("HTTP_RANGE")
-    if header is None:
-        return None
-    if_range = req.environ.get("HTTP_IF_RANGE")
-    if if_range is not None and if_range.strip() != etag:
-        return None  # the client's copy is another version: send it whole
-    match = re.fullmatch(r"\s*bytes\s*=\s*([0-9]{0,19})\s*-\s*([0-9]{0,19})\s*", header)
-    if match is None or match.groups() == ("", ""):
-        return None  # several ranges or a malformed header: RFC 9110 lets us send the whole
-    first, last = match.groups()
-    if first == "":
-        suffix = int(last)
-        if suffix == 0:
-            raise RangeNotSatisfiable("The range asks for no bytes", [("Content-Range", f"bytes */{size}")])
-        return max(0, size - suffix), size - 1
-    first = int(first)
-    if last != "" and int(last) < first:
-        return None
-    if first >= size:
-        raise RangeNotSatisfiable(
-            f"The range starts past the end ({size} bytes)", [("Content-Range", f"bytes */{size}")]
-        )
-    return first, size - 1 if last == "" else min(int(last), size - 1)
-
-
-class FileSlice:
-    """``length`` bytes of an open file from its current position; seek and tell stay inside them.
-
-    waitress's file wrapper sizes what it sends with seek/tell, so a slice
-    given to it sends exactly the range.
-    """
-
-    def __init__(self, file, length):
-        self._file = file
-        self._start = file.tell()
-        self._end = self._start + length
-
-    def read(self, size=-1):
-        left = self._end - self._file.tell()
-        if size is None or size < 0 or size > left:
-            size = left
-        return self._file.read(size) if size > 0 else b""
-
-    def seek(self, offset, whence=0):
-        base = (self._start, self._file.tell(), self._end)[whence]
-        return self._file.seek(base + offset) - self._start
-
-    def tell(self):
-        return self._file.tell() - self._start
-
-    def close(self):
-        self._file.close()
-
-
-class FileChunks:
-    """A file as a WSGI body in blocks, for servers without ``wsgi.file_wrapper``."""
-
-    def __init__(self, file, block=BLOCK):
-        self._file = file
-        self._block = block
-
-    def __iter__(self):
-        while True:
-            chunk = self._file.read(self._block)
-            if not chunk:
-                return
-            yield chunk
-
-    def close(self):
-        self._file.close()
-
-
-class DamagedData(HTTPError):
-    """The server's own copy of a file is broken: 500, never a 200 with the wrong bytes."""
-
-    status = 500
 
 
 def _open_whole(req, digest, attachment):
@@ -900,35 +562,3 @@ def _open_whole(req, digest, attachment):
     except DamagedBlob as exc:
         log.error("attachment %s (chat %s) cannot be served: %s", attachment["id"], attachment["chat_id"], exc)
         raise DamagedData("Attachment data is damaged: the server's copy no longer matches its SHA-256") from None
-
-
-def _send_file(req, digest, media_type, size, disposition, attachment):
-    etag = f'"{digest}"'
-    headers = [
-        ("ETag", etag),
-        ("Accept-Ranges", "bytes"),
-        ("Cache-Control", "private, no-cache"),
-        ("Content-Disposition", disposition),
-        ("X-Content-Type-Options", "nosniff"),
-        ("Content-Security-Policy", "default-src 'none'; sandbox"),
-    ]
-    if_none_match = req.environ.get("HTTP_IF_NONE_MATCH")
-    if if_none_match is not None and (if_none_match.strip() == "*" or etag in _etags(if_none_match)):
-        return Response([], 304, headers)
-    span = _byte_range(req, size, etag)
-    first, last = span or (0, size - 1)
-    if span is not None:
-        headers.append(("Content-Range", f"bytes {first}-{last}/{size}"))
-    headers += [("Content-Type", media_type), ("Content-Length", str(last - first + 1))]
-    status = 206 if span is not None else 200
-    # Checked before the first byte (HEAD too): once the status is out, a damaged file cannot be taken back.
-    f = _open_whole(req, digest, attachment)
-    if f is None:
-        raise NotFound("The attachment's bytes are gone")
-    if req.method == "HEAD":
-        f.close()
-        return Response([], status, headers)
-    f.seek(first)
-    part = FileSlice(f, last - first + 1)
-    wrapper = req.environ.get("wsgi.file_wrapper")
-    return Response(wrapper(part, BLOCK) if wrapper is not None else FileChunks(part), status, headers)

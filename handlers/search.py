@@ -6,12 +6,33 @@ postings of the scopes the caller may see, never every message.
 """
 
 from store import search_terms
+from store.base import MAX_TERM
 
 from .http import BadRequest, Forbidden, NotFound, success, views
-from .http.fields import limit as read_limit
+from .http.declare import SMALL_LIMIT, Link, endpoint, page, query, returns
 from .messages import visible_to
 
 MAX_QUERY = 200
+#: A word of at most MAX_TERM letters or digits: what search can match.
+SEARCHABLE = rf"(^|\W)\w{{1,{MAX_TERM}}}(\W|$)"
+SEARCH_QUERY = query(
+    "SearchQuery",
+    "q",
+    f"Words to find, at most {MAX_QUERY} characters; every word must "
+    f"occur (case does not matter). Words over {MAX_TERM} characters are "
+    "ignored, so at least one must be shorter.",
+    {"type": "string", "minLength": 1, "maxLength": MAX_QUERY, "pattern": SEARCHABLE},
+    required=True,
+)
+SEARCH_CHAT = query(
+    "SearchChat", "chat_id", "Search only this chat (I must be a member).", {"type": "string", "minLength": 1}
+)
+SEARCH_BEFORE = query(
+    "SearchBefore",
+    "before",
+    "Results older than this message (a paging.before value); it must be a message I can search.",
+    {"type": "string", "minLength": 1},
+)
 
 
 def _terms(query):
@@ -29,14 +50,28 @@ def _terms(query):
 def _view(message):
     if "chat_id" in message:
         return views.chat_message(message)
-    return dict(views.public_message(message), chat_id=None)
+    return views.message_hit(message)
 
 
+@endpoint(
+    "search",
+    "Search messages",
+    "Messages the caller may see (chats, public and own private 0xC messages) that hold every word of q, newest first.",
+    answers={200: returns(page("messages", "SearchHit", "OlderPaging"), "One page of results.")},
+    refusals={
+        400: "q is missing, too long or without a word, 'limit' is out of range, or "
+        "'before' is not a message the caller can search.",
+        403: "chat_id names a chat the caller is not a member of.",
+        404: "chat_id names no chat.",
+    },
+    parameters=(SEARCH_QUERY, SMALL_LIMIT, SEARCH_CHAT, SEARCH_BEFORE),
+    links={200: (Link("message_id", "/messages/0/id", to=("get_message",)),)},
+)
 def get_search(req):
     """Messages I may see that hold every word of ``q``; ``chat_id`` narrows to one chat."""
     store, user_id, query = req.ctx.store, req.user["id"], req.query
     words = _terms(query)
-    size = read_limit(query, default=20, maximum=100)
+    size = SMALL_LIMIT.read(query)
     chat_id = query.get("chat_id")
     if chat_id is not None:
         if store.get_chat(chat_id) is None:

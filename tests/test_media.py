@@ -23,7 +23,8 @@ from server import Server
 from webtest import TestApp
 
 from handlers import media
-from handlers.http import multipart
+from handlers.http import download, multipart
+from handlers.services import thumbnails
 from middleware import BodyLimit
 
 PDF = b"%PDF-1.4\n" + b"1 0 obj << /Type /Catalog >> endobj\n" * 20 + b"%%EOF\n"
@@ -484,7 +485,7 @@ def test_the_file_goes_out_through_the_servers_file_wrapper(client, people, movi
         headers=people["bob"].headers,
         extra_environ={"wsgi.file_wrapper": FileWrapper},
     )
-    assert answer.body == data and used == [media.BLOCK]
+    assert answer.body == data and used == [download.BLOCK]
 
 
 # -- thumbnails ---------------------------------------------------------------------------
@@ -540,7 +541,7 @@ def test_without_pillow_the_server_runs_says_so_and_makes_no_thumbnails(make_cli
     attachment = upload(client, alice, chat["id"], png(), "image/png").json["data"]
     assert (attachment["width"], attachment["height"]) == (40, 30)
     assert attachment["thumbnail"]["status"] == "none" and "Pillow" in attachment["thumbnail"]["reason"]
-    assert "pip install 'oxc[media]'" in media.thumbnail_support()
+    assert "pip install 'oxc[media]'" in thumbnails.thumbnail_support()
 
 
 # -- deleting ------------------------------------------------------------------------------

@@ -1,12 +1,16 @@
 """What handlers raise and return: the HTTP error family and responses.
 
 These live beside the handlers (not in ``oxc_wsgi``) so that handlers depend
-on nothing but this package and the store; ``oxc_wsgi`` re-exports them and is
-the one place that turns them into bytes on the wire.
+on nothing but this package and the store; ``oxc_wsgi`` is the one place that
+turns them into WSGI calls. Bodies are encoded and Content-Length read with
+``middleware.wire``, the same primitives the middleware's refusals use.
 """
 
-import json
+from collections.abc import Iterable, Mapping
 from http import HTTPStatus
+from typing import Any
+
+from middleware.wire import InvalidLength, declared_length, json_body, json_headers
 
 
 class HTTPError(Exception):
@@ -14,7 +18,9 @@ class HTTPError(Exception):
 
     status = 500
 
-    def __init__(self, message=None, headers=None, status=None):
+    def __init__(
+        self, message: str | None = None, headers: Iterable[tuple[str, str]] | None = None, status: int | None = None
+    ) -> None:
         if status is not None:
             self.status = status
         self.message = message or HTTPStatus(self.status).phrase
@@ -29,7 +35,7 @@ class BadRequest(HTTPError):
 class Unauthorized(HTTPError):
     status = 401
 
-    def __init__(self, message=None, headers=None):
+    def __init__(self, message: str | None = None, headers: Iterable[tuple[str, str]] | None = None) -> None:
         super().__init__(message, [("WWW-Authenticate", "Bearer")] + list(headers or ()))
 
 
@@ -44,7 +50,7 @@ class NotFound(HTTPError):
 class MethodNotAllowed(HTTPError):
     status = 405
 
-    def __init__(self, allowed):
+    def __init__(self, allowed: Iterable[str]) -> None:
         super().__init__("Method not allowed", [("Allow", ", ".join(sorted(allowed)))])
 
 
@@ -63,7 +69,7 @@ class UnsupportedMediaType(HTTPError):
 class TooManyRequests(HTTPError):
     status = 429
 
-    def __init__(self, message, retry_after):
+    def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message, [("Retry-After", str(max(1, int(retry_after + 0.999))))])
 
 
@@ -75,32 +81,36 @@ STORE_RETRY_AFTER = 10
 class ServiceUnavailable(HTTPError):
     status = 503
 
-    def __init__(self, message, retry_after=5):
+    def __init__(self, message: str, retry_after: int = 5) -> None:
         super().__init__(message, [("Retry-After", str(retry_after))])
+
+
+def body_length(environ: Mapping[str, Any]) -> int | None:
+    """The request's declared Content-Length (None when it declares none); 400 when it is not a number."""
+    try:
+        return declared_length(environ)
+    except InvalidLength as exc:
+        raise BadRequest(str(exc)) from None
 
 
 class Response:
     """A finished answer: status, headers and an iterable of byte strings."""
 
-    def __init__(self, body=(), status=200, headers=()):
+    def __init__(self, body: Iterable[bytes] = (), status: int = 200, headers: Iterable[tuple[str, str]] = ()) -> None:
         self.status = status
         self.headers = list(headers)
         self.body = body
 
 
-def json_response(payload, status=200, headers=()):
+def json_response(payload: Any, status: int = 200, headers: Iterable[tuple[str, str]] = ()) -> Response:
     """A Response carrying ``payload`` as UTF-8 JSON."""
-    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    return Response(
-        [body],
-        status,
-        [("Content-Type", "application/json; charset=utf-8"), ("Content-Length", str(len(body)))] + list(headers),
-    )
+    body = json_body(payload)
+    return Response([body], status, json_headers(body) + list(headers))
 
 
-def success(data=None, message=None, status=200, **extra):
+def success(data: Any = None, message: str | None = None, status: int = 200, **extra: Any) -> Response:
     """The 0xC success envelope: ``status``, optional ``message`` and ``data``."""
-    payload = {"status": "success"}
+    payload: dict[str, Any] = {"status": "success"}
     if message is not None:
         payload["message"] = message
     if data is not None:

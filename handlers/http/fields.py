@@ -1,49 +1,36 @@
-"""Reading and checking fields of a JSON request body and of the query string.
+"""Reading single fields by hand, for the few checks a declaration cannot make in advance.
 
-Each reader raises ``BadRequest`` with a message naming the field, so every
-handler answers bad input the same way (0xC's "Missing required field: x").
+Handlers normally get their body checked by their declaration (``declare.py``); these
+readers apply the same field kinds, so a field read here answers exactly as a declared
+one would (0xC's "Missing required field: x" and friends).
 """
 
-import re
+from collections.abc import Mapping
+from typing import Any
 
-from . import BadRequest
+from .declare import EMAIL, LIMIT, Email, Limit, Text
 
-EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+__all__ = ["EMAIL", "email", "limit", "text"]
 
 
-def text(body, name, *, required=True, max_length=None, min_length=1, strip=True):
+def text(
+    body: Mapping[str, Any],
+    name: str,
+    *,
+    required: bool = True,
+    max_length: int | None = None,
+    min_length: int = 1,
+    strip: bool = True,
+) -> str | None:
     """The string field ``name`` of ``body`` (None if absent and optional)."""
-    value = body.get(name)
-    if value is None:
-        if required:
-            raise BadRequest(f"Missing required field: {name}")
-        return None
-    if not isinstance(value, str):
-        raise BadRequest(f"Field '{name}' must be a string")
-    if strip:
-        value = value.strip()
-    if len(value) < min_length:
-        if required and not value:
-            raise BadRequest(f"Missing required field: {name}")
-        raise BadRequest(f"Field '{name}' must be at least {min_length} characters long")
-    if max_length is not None and len(value) > max_length:
-        raise BadRequest(f"Field '{name}' must be at most {max_length} characters long")
-    return value
+    return Text("", required=required, max_length=max_length, min_length=min_length, strip=strip).read(body, name)
 
 
-def email(body, name="email", *, required=False):
+def email(body: Mapping[str, Any], name: str = "email", *, required: bool = False) -> str | None:
     """An e-mail address field, checked for a plausible shape."""
-    value = text(body, name, required=required, max_length=254)
-    if value and not EMAIL.match(value):
-        raise BadRequest(f"Field '{name}' must be an e-mail address")
-    return value or None
+    return Email("", required=required).read(body, name)
 
 
-def limit(query, default=50, maximum=200):
+def limit(query: Mapping[str, str], default: int = LIMIT.default, maximum: int = LIMIT.maximum) -> int:
     """The ``limit`` query parameter: a whole number from 1 to ``maximum``."""
-    raw = query.get("limit")
-    if raw is None:
-        return default
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
-        raise BadRequest(f"Query parameter 'limit' must be a whole number from 1 to {maximum}")
-    return int(raw)
+    return Limit("", default=default, maximum=maximum).read(query)

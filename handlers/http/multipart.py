@@ -109,9 +109,12 @@ class Part:
                 raise MultipartError(f"Form field '{self.name}' is longer than {limit} bytes")
             chunks.append(chunk)
         try:
-            return b"".join(chunks).decode("utf-8")
+            text = b"".join(chunks).decode("utf-8")
         except UnicodeDecodeError:
             raise MultipartError(f"Form field '{self.name}' is not valid UTF-8") from None
+        if "\x00" in text:  # text cannot hold one (PostgreSQL refuses it), on any backend
+            raise MultipartError(f"Form field '{self.name}' contains a NUL character")
+        return text
 
     def skip(self):
         """Discard the rest of the part."""
