@@ -26,7 +26,7 @@ import logging
 import time
 
 from .auth import SESSION_ENDED, authenticate, session_is_open
-from .http import BadRequest, HTTPError, Response, ServiceUnavailable, TooManyRequests, Unauthorized, success, views
+from .http import HTTPError, Response, ServiceUnavailable, TooManyRequests, Unauthorized, success, views
 from .http.declare import (
     CHAT_PATH,
     Flag,
@@ -60,6 +60,7 @@ TIMEOUT = query(
     "timeout",
     f"Seconds to wait for an event: 0 to {MAX_POLL} (default {MAX_POLL}).",
     {"type": "number", "minimum": 0, "maximum": MAX_POLL, "default": MAX_POLL},
+    refusal=f"Query parameter 'timeout' must be a number of seconds from 0 to {MAX_POLL}",
 )
 LAST_EVENT_ID = header(
     "LastEventId",
@@ -165,13 +166,7 @@ def mark_delivered(ctx, user_id, events):
 def get_events(req):
     """Long-poll: events after ``since`` as soon as there are any, or none at ``timeout``."""
     hub, user_id = req.ctx.events, req.user["id"]
-    raw = req.query.get("timeout", str(MAX_POLL))
-    try:
-        timeout = float(raw)
-    except ValueError:
-        timeout = -1
-    if not 0 <= timeout <= MAX_POLL:
-        raise BadRequest(f"Query parameter 'timeout' must be a number of seconds from 0 to {MAX_POLL}")
+    timeout = TIMEOUT.read(req.query)
     after = _position(hub, req.query.get("since"))
     session = SessionWatch(req.ctx.store, req.claims["sid"], user_id)
     _listen(hub, user_id)

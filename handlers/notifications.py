@@ -46,7 +46,13 @@ NOTIFICATION_BEFORE = query(
     "Notifications older than this one (a paging.before value); it must be one of mine.",
     {"type": "string", "minLength": 1},
 )
-UNREAD = query("Unread", "unread", "true for unread notifications only.", {"enum": ["true", "false", "1", "0", ""]})
+UNREAD = query(
+    "Unread",
+    "unread",
+    "true for unread notifications only.",
+    {"enum": ["true", "false", "1", "0", ""]},
+    refusal="Query parameter 'unread' must be true or false",
+)
 FEED_ANSWERS = {
     200: returns(
         envelope(
@@ -67,9 +73,7 @@ FEED_LINKS = (Link("notification_id", "/notifications/0/id"),)
 def _feed(req, kind=None):
     store, user_id, query = req.ctx.store, req.user["id"], req.query
     size = LIMIT.read(query)
-    unread_only = query.get("unread") in ("1", "true")
-    if query.get("unread") not in (None, "", "0", "1", "true", "false"):
-        raise BadRequest("Query parameter 'unread' must be true or false")
+    unread_only = UNREAD.read(query) in ("1", "true")
     before = None
     if "before" in query:
         anchor = store.get_notification(query["before"])

@@ -36,11 +36,9 @@ SEARCH_BEFORE = query(
 
 
 def _terms(query):
-    raw = query.get("q", "").strip()
+    raw = SEARCH_QUERY.read(query).strip()
     if not raw:
         raise BadRequest("Missing required query parameter: q")
-    if len(raw) > MAX_QUERY:
-        raise BadRequest(f"Query parameter 'q' must be at most {MAX_QUERY} characters")
     words = search_terms(raw)
     if not words:
         raise BadRequest("Query parameter 'q' must contain a word")

@@ -172,9 +172,7 @@ def post_password(req, *, body):
 )
 def get_users(req):
     """The directory: users whose username starts with ``q``, by username."""
-    prefix = req.query.get("q", "")
-    if len(prefix) > MAX_PREFIX:
-        raise BadRequest(f"Query parameter 'q' must be at most {MAX_PREFIX} characters")
+    prefix = USERNAME_PREFIX.read(req.query) or ""
     size = SMALL_LIMIT.read(req.query)
     users, more = req.ctx.store.users_by_prefix(prefix, limit=size, after=req.query.get("after"))
     return success(

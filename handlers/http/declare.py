@@ -153,6 +153,35 @@ class Param:
     description: str
     schema: Mapping[str, Any] | Field = dataclasses.field(default_factory=dict)
     required: bool = False
+    #: What a value outside the declared choices or range is told (0xC-style, one sentence).
+    refusal: str = ""
+
+    def read(self, query: Mapping[str, str]) -> Any:
+        """This query parameter's value, checked against its declared schema (its default when absent).
+
+        Numbers come back as float; everything else as the string sent. Rules that need the
+        store (a cursor naming a message one may see) stay with the handler.
+        """
+        schema = self.schema if isinstance(self.schema, Mapping) else {}
+        raw = query.get(self.name)
+        if raw is None:
+            if self.required:
+                raise BadRequest(f"Missing required query parameter: {self.name}")
+            return schema.get("default")
+        if "enum" in schema and raw not in schema["enum"]:
+            raise BadRequest(self.refusal or f"Query parameter '{self.name}' must be one of {schema['enum']}")
+        if schema.get("type") == "number":
+            try:
+                number = float(raw)
+            except ValueError:
+                number = float("nan")
+            if not schema.get("minimum", number) <= number <= schema.get("maximum", number):  # NaN fails too
+                raise BadRequest(self.refusal or f"Query parameter '{self.name}' must be a number")
+            return number
+        maximum = schema.get("maxLength")
+        if maximum is not None and len(raw) > maximum:
+            raise BadRequest(f"Query parameter '{self.name}' must be at most {maximum} characters")
+        return raw
 
     def document(self, settings: Any) -> dict:
         """The parameter object of the document."""
@@ -207,10 +236,16 @@ def path_id(component: str, name: str, what: str, *, uuid: bool = True) -> Param
 
 
 def query(
-    component: str, name: str, description: str, schema: Mapping[str, Any] | Field, *, required: bool = False
+    component: str,
+    name: str,
+    description: str,
+    schema: Mapping[str, Any] | Field,
+    *,
+    required: bool = False,
+    refusal: str = "",
 ) -> Param:
-    """A query parameter."""
-    return Param(component, name, "query", description, schema, required)
+    """A query parameter (``refusal``: what a value outside its choices or range is told)."""
+    return Param(component, name, "query", description, schema, required, refusal)
 
 
 def header(component: str, name: str, description: str) -> Param:
