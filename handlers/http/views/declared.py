@@ -18,6 +18,10 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ..schema import ref
+
+__all__ = ["Field", "UndeclaredField", "View", "array", "const", "field", "one_of", "ref"]
+
 #: A value in a declaration that may depend on the settings: the value itself, or a function of them.
 Resolvable = Any
 
@@ -29,11 +33,6 @@ class UndeclaredField(AssertionError):
 def resolve(value: Resolvable, settings: Any) -> Any:
     """``value``, or what it answers for ``settings`` when it is callable."""
     return value(settings) if callable(value) else value
-
-
-def ref(name: str) -> dict:
-    """A JSON reference to the component schema ``name``."""
-    return {"$ref": f"#/components/schemas/{name}"}
 
 
 @dataclasses.dataclass(frozen=True)
