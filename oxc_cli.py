@@ -16,6 +16,7 @@ unreachable, 4 other OS errors.
 
 import argparse
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from handlers.http import HTTPError
 from handlers.media import UPLOAD_OVERHEAD
 from handlers.services import accounts
 from handlers.services.passwords import Passwords
+from middleware import accesslog
 from oxc_client import Client, ConnectionFailed, OxcError
 from oxc_settings import ConfigError, Settings
 from store import Conflict as StoreConflict
@@ -49,11 +51,11 @@ def data_path(settings: Settings) -> str:
     return os.fspath(settings.data_dir)
 
 
-def configure_logging(level: str) -> None:
-    """One format for oxc's, waitress's and the access log's lines."""
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
-    )
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """One format (LOG_FORMAT) for oxc's, waitress's and the access log's lines, on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(accesslog.formatter(log_format))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 def waitress_options(settings: Settings) -> dict[str, Any]:
@@ -75,6 +77,12 @@ def waitress_options(settings: Settings) -> dict[str, Any]:
         "channel_timeout": 30,
         "max_request_body_size": max(settings.max_body_bytes, settings.media_max_bytes + UPLOAD_OVERHEAD),
         "clear_untrusted_proxy_headers": True,
+        # With TRUSTED_PROXY, waitress puts the forwarded client in REMOTE_ADDR (for the rate limits too).
+        **(
+            {"trusted_proxy": settings.trusted_proxy, "trusted_proxy_headers": {"x-forwarded-for"}}
+            if settings.trusted_proxy
+            else {}
+        ),
         "ident": "oxc",
     }
 
@@ -85,12 +93,21 @@ def serve(settings: Settings) -> None:
 
     app = oxc_wsgi.create_app(settings)
     oxc_wsgi.settle_heap()
-    server = oxc_server.create_server(
-        app,
-        per_client=settings.max_connections_per_client,
-        header_timeout=settings.header_timeout,
-        **waitress_options(settings),
-    )
+    try:
+        server = oxc_server.create_server(
+            app,
+            per_client=settings.max_connections_per_client,
+            header_timeout=settings.header_timeout,
+            **waitress_options(settings),
+        )
+    except OSError as exc:
+        app.core.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise OSError(
+                f"port {settings.port} on {settings.host} is already in use (another server?); "
+                "set PORT to choose another"
+            ) from None
+        raise
 
     def stop(signum: int, frame: Any) -> None:
         log.info("received %s: finishing requests in flight", signal.Signals(signum).name)
@@ -99,17 +116,25 @@ def serve(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    where = os.path.abspath(data_path(settings))
-    host, port = server.effective_host, server.effective_port
-    log.info(
-        "oxc %s listening on http://%s:%s%s/ (data in %s)", oxc_wsgi.__version__, host, port, settings.api_prefix, where
-    )
-    print(f"oxc listening on http://{host}:{port} (data in {where})", flush=True)
+    where = oxc_wsgi.data_location(settings)
+    base = f"http://{host_in_url(server.effective_host)}:{server.effective_port}"
+    log.info("oxc %s listening on %s (data in %s)", oxc_wsgi.__version__, base, where)
+    # The first line is what scripts wait for (tests/server.py reads the port from it).
+    lines = [f"oxc listening on {base} (data in {where})"]
+    if settings.web_enabled:
+        lines.append(f"  chat page: {base}/")
+    lines.append(f"  API docs:  {base}{settings.api_prefix}/docs")
+    print("\n".join(lines), flush=True)
     try:
         server.run()
     finally:
         app.core.close()
         log.info("oxc stopped; store closed")
+
+
+def host_in_url(host: str) -> str:
+    """``host`` as a URL writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
 
 
 # =============================================================================
@@ -584,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"oxc: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     try:
         if args.command == "admin":
             return admin(args, settings)

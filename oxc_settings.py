@@ -289,6 +289,19 @@ class Settings:
         "INFO",
         "DEBUG, INFO, WARNING, ERROR, CRITICAL",
     )
+    log_format: str = setting(
+        "LOG_FORMAT",
+        _choice("text", "json"),
+        "text",
+        "`text`, or `json` for one JSON object per line",
+    )
+    trusted_proxy: str = setting(
+        "TRUSTED_PROXY",
+        _string,
+        "",
+        "address of the reverse proxy in front of oxc (`*`: any); requests from it take their client address "
+        "from `X-Forwarded-For`, which is otherwise ignored",
+    )
     data_dir: str | os.PathLike[str] | None = setting(
         "DATA_DIR",
         _string,
@@ -628,9 +641,12 @@ def env_example_value(variable: Variable, separator: str = ",") -> str:
 
 
 def readme_table() -> str:
-    """The README's settings table (Markdown), one row per declared variable."""
-    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    """The README's settings table (Markdown), one row per declared variable.
+
+    Each row names the variable and the ``create_app`` keyword that overrides it (the Settings field).
+    """
+    rows = ["| Variable | `create_app` keyword | Default | Meaning |", "|---|---|---|---|"]
     for variable in VARIABLES:
         shown = env_example_value(variable, separator=", ") or variable.unset
-        rows.append(f"| `{variable.name}` | {shown} | {variable.doc} |")
+        rows.append(f"| `{variable.name}` | `{variable.field}` | {shown} | {variable.doc} |")
     return "\n".join(rows) + "\n"

@@ -10,9 +10,17 @@ The request id is the incoming ``X-Request-ID`` when it is 1-64 characters of
 ``environ["oxc.request_id"]`` for inner layers and handlers, and sent back as
 ``X-Request-ID``.
 
-When the answer's body has been sent and closed, one INFO line is logged::
+When the answer's body has been sent and closed, one INFO line is logged
+with the status, the bytes of the body, the duration, the client address and
+(when the app authenticated one) the user id::
 
-    GET /api/chats 200 3.1ms rid=5f0c2a9e1b7d4c36
+    GET /api/chats 200 512B 3.1ms client=203.0.113.9 user=u_1f3a rid=5f0c2a9e1b7d4c36
+
+The client is REMOTE_ADDR, or the last ``X-Forwarded-For`` entry when the
+request comes from ``trusted_proxy`` (an address, or ``*`` for any); the app
+names the user in ``environ["oxc.user_id"]``. The same facts ride on the
+record as ``record.oxc`` (a dict), so that :class:`JsonFormatter` writes them
+as fields.
 
 The path is SCRIPT_NAME + PATH_INFO without the query string, which may hold
 secrets such as stream tickets; characters outside printable ASCII are
@@ -21,8 +29,17 @@ percent-encoded so that a path cannot forge log lines.
 An exception that escapes the app before its answer has started is logged
 with its traceback and answered with a 500 envelope that leaks nothing.
 Only Exception is caught: KeyboardInterrupt and SystemExit go through.
+
+Logging wherever oxc runs: :func:`install_default_handler` gives the ``oxc``
+logger a stderr handler at LOG_LEVEL, as Flask does for its app logger, only
+when no handler up its chain would take its records (the host configured no
+logging when the app is created); otherwise oxc's records flow into the
+host's handlers, at the levels the host chose.
+:func:`formatter` is the one format of both (``text`` or ``json``).
 """
 
+import datetime
+import json
 import logging
 import re
 import secrets
@@ -51,10 +68,14 @@ class _Exchange:
         self.request_id = request_id
         self._started_at = started_at
         self.status_code = None
+        self.sent_bytes = 0
         self._logged = False
 
     def start_response(self, status, headers, exc_info=None):
         self.status_code = int(status.split(" ", 1)[0])
+        for name, value in headers:
+            if name.lower() == "content-length" and value.isdigit():
+                self.sent_bytes = int(value)  # what a file wrapper sends, never counted chunk by chunk
         headers = [(name, value) for name, value in headers if name.lower() != "x-request-id"]
         headers.append(("X-Request-ID", self.request_id))
         if exc_info is None:
@@ -90,7 +111,41 @@ class _Exchange:
         duration_ms = (self._access_log.clock() - self._started_at) * 1000
         method, path = self.describe()
         status = "-" if self.status_code is None else self.status_code
-        self._access_log.logger.info("%s %s %s %.1fms rid=%s", method, path, status, duration_ms, self.request_id)
+        client = _loggable(self.client())
+        user = self._environ.get("oxc.user_id")
+        user_part = "" if user is None else f" user={_loggable(str(user))}"
+        fields = {
+            "method": method,
+            "path": path,
+            "status": self.status_code,
+            "bytes": self.sent_bytes,
+            "duration_ms": round(duration_ms, 1),
+            "client": client,
+            "user": user,
+            "request_id": self.request_id,
+        }
+        self._access_log.logger.info(
+            "%s %s %s %dB %.1fms client=%s%s rid=%s",
+            method,
+            path,
+            status,
+            self.sent_bytes,
+            duration_ms,
+            client,
+            user_part,
+            self.request_id,
+            extra={"oxc": fields},
+        )
+
+    def client(self):
+        """REMOTE_ADDR, or the address the trusted proxy says it forwarded for."""
+        remote = self._environ.get("REMOTE_ADDR") or "-"
+        trusted = self._access_log.trusted_proxy
+        forwarded = self._environ.get("HTTP_X_FORWARDED_FOR", "")
+        if forwarded and trusted and (trusted == "*" or remote == trusted):
+            # Each proxy appends the address it heard from: the last entry is the one ours vouches for.
+            return forwarded.rsplit(",", 1)[-1].strip() or remote
+        return remote
 
 
 class _LoggedBody:
@@ -102,10 +157,13 @@ class _LoggedBody:
         self._sent_bytes = False
 
     def __iter__(self):
+        counted = 0
         try:
             for chunk in self._body:
                 if chunk:
                     self._sent_bytes = True
+                    counted += len(chunk)
+                    self._exchange.sent_bytes = counted
                 yield chunk
         except Exception:
             # Apps written as generators call start_response only when iterated,
@@ -127,16 +185,19 @@ class _LoggedBody:
 class AccessLog:
     """WSGI middleware assigning request ids, logging answers and catching crashes."""
 
-    def __init__(self, app, logger=None, clock=time.perf_counter):
+    def __init__(self, app, logger=None, clock=time.perf_counter, trusted_proxy=""):
         if logger is None:
             logger = logging.getLogger("oxc.access")
         if not (callable(getattr(logger, "info", None)) and callable(getattr(logger, "exception", None))):
             raise ValueError("AccessLog logger must be a logging.Logger or have info() and exception()")
         if not callable(clock):
             raise ValueError("AccessLog clock must be callable")
+        if not isinstance(trusted_proxy, str):
+            raise ValueError("AccessLog trusted_proxy must be an address, '*' or ''")
         self.app = app
         self.logger = logger
         self.clock = clock
+        self.trusted_proxy = trusted_proxy.strip()
 
     def __call__(self, environ, start_response):
         started_at = self.clock()
@@ -155,3 +216,83 @@ class AccessLog:
             exchange.log_once()
             return body
         return _LoggedBody(body, exchange)
+
+
+# =============================================================================
+# Where oxc's records go
+# =============================================================================
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, the access fields, the traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "oxc", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        # ensure_ascii keeps every line one line, whatever a message holds.
+        return json.dumps(entry, ensure_ascii=True, default=str)
+
+
+def formatter(log_format: str) -> logging.Formatter:
+    """The formatter for LOG_FORMAT (``text`` or ``json``)."""
+    return JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+
+
+class DefaultHandler(logging.StreamHandler):
+    """The handler oxc installs when the host configured none: lines to stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Looked up at each line, so a stderr replaced later (a test, a daemon) is honoured.
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _has_handler(logger: logging.Logger) -> bool:
+    """Whether a handler up the chain (the last-resort one aside) takes the logger's records."""
+    level = logger.getEffectiveLevel()
+    current: logging.Logger | None = logger
+    while current is not None:
+        if any(handler.level <= level for handler in current.handlers):
+            return True
+        if not current.propagate:
+            return False
+        current = current.parent
+    return False
+
+
+def install_default_handler(logger: logging.Logger, level: str, log_format: str) -> bool:
+    """Give ``logger`` a stderr handler at ``level`` unless the host's logging already takes its records.
+
+    Decided afresh at each call (each create_app): a handler installed before
+    is re-tuned, or taken away once the host has handlers of its own. Returns
+    whether oxc's handler is in place.
+    """
+    ours = [handler for handler in logger.handlers if isinstance(handler, DefaultHandler)]
+    for handler in ours:
+        logger.removeHandler(handler)
+    if ours:
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
+    if _has_handler(logger):
+        return False
+    handler = ours[0] if ours else DefaultHandler()
+    handler.setFormatter(formatter(log_format))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    # Not also handed up: waitress's serve() calls logging.basicConfig() after the app is built, and
+    # every line would be printed twice. A host that wants oxc's records configures logging first.
+    logger.propagate = False
+    return True

@@ -119,7 +119,8 @@ class DirectoryLock:
             if exc.errno in (errno.EAGAIN, errno.EACCES):
                 raise StoreLocked(
                     f"data directory {os.path.abspath(directory)} is in use by another "
-                    f"oxc process (pid {holder}); stop it or choose another DATA_DIR"
+                    f"oxc process (pid {holder}); stop it or choose another DATA_DIR (the JSON store serves "
+                    f"one process: to run several, as gunicorn -w N does, set STORE_URL to a PostgreSQL database)"
                 ) from None
             raise
         os.ftruncate(self._fd, 0)

@@ -1,6 +1,6 @@
 """The web chat page in headless Chromium against a real server: two people chat live.
 
-Playwright for Python (the ``test`` extra) drives a Chromium the machine
+Playwright for Python (the ``browser`` extra) drives a Chromium the machine
 already has: Debian's ``chromium`` package, which ``.ci/run`` installs where it
 can, or the one named by ``OXC_CHROMIUM``. No browser is ever downloaded.
 Without Playwright or a Chromium the module skips and says which is missing.
@@ -24,7 +24,7 @@ from server import Server
 from handlers import web
 
 sync_api = pytest.importorskip(
-    "playwright.sync_api", reason="Playwright is not installed (pip install -e '.[test]' brings it)"
+    "playwright.sync_api", reason="Playwright is not installed (pip install -e '.[test,browser]' brings it)"
 )
 
 

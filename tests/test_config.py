@@ -160,8 +160,10 @@ def test_the_readme_settings_table_is_the_one_the_declarations_give():
     with open(f"{ROOT}/README.md", encoding="utf-8") as f:
         readme = f.read()
     assert oxc_settings.readme_table() in readme
-    shown = [line.split("`")[1] for line in oxc_settings.readme_table().splitlines()[2:]]
-    assert shown == [variable.name for variable in VARIABLES]
+    rows = [line.split("`") for line in oxc_settings.readme_table().splitlines()[2:]]
+    assert [row[1] for row in rows] == [variable.name for variable in VARIABLES]
+    # Beside each variable, the create_app keyword that replaces it: exactly the Settings field.
+    assert [row[3] for row in rows] == [field.name for field in dataclasses.fields(Settings)]
 
 
 def test_each_setting_is_declared_once_with_its_default_on_the_settings_field():

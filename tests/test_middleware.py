@@ -1,7 +1,9 @@
 """Tests of each middleware layer against stub WSGI apps, with injected clocks."""
 
 import io
+import json
 import logging
+import sys
 from wsgiref.util import setup_testing_defaults
 from wsgiref.validate import validator
 
@@ -19,6 +21,7 @@ from middleware import (
     TokenBucket,
     error_answer,
 )
+from middleware.accesslog import formatter
 from middleware.wire import MAX_DECLARED_LENGTH, InvalidLength, declared_length, json_body
 
 ORIGIN = "https://chat.example"
@@ -683,7 +686,7 @@ def test_access_log_writes_one_line_with_method_path_status_duration_and_id(capl
     caplog.set_level(logging.INFO, logger="oxc.access")
     response = logged(ok_app).get("/api/chats", headers={"X-Request-ID": "req-42"})
     assert response.headers["X-Request-ID"] == "req-42"
-    assert access_lines(caplog) == ["GET /api/chats 200 12.5ms rid=req-42"]
+    assert access_lines(caplog) == ["GET /api/chats 200 2B 12.5ms client=- rid=req-42"]
 
 
 def test_access_log_leaves_the_query_string_out(caplog):
@@ -705,7 +708,68 @@ def test_access_log_percent_encodes_control_characters_so_lines_cannot_be_forged
         AccessLog(ok_app, clock=SteppingClock(0.0, 0.0)),
         raw_environ(PATH_INFO="/a\n200 GET /admin b", HTTP_X_REQUEST_ID="r1"),
     )
-    assert access_lines(caplog) == ["GET /a%0A200%20GET%20/admin%20b 200 0.0ms rid=r1"]
+    assert access_lines(caplog) == ["GET /a%0A200%20GET%20/admin%20b 200 2B 0.0ms client=- rid=r1"]
+
+
+def test_access_log_names_the_client_the_user_and_the_bytes(caplog):
+    caplog.set_level(logging.INFO, logger="oxc.access")
+
+    def app_with_user(environ, start_response):
+        environ["oxc.user_id"] = "u1"
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"hello", b" world"]
+
+    call(
+        AccessLog(app_with_user, clock=SteppingClock(0.0, 0.002)),
+        raw_environ(REMOTE_ADDR="192.0.2.7", HTTP_X_REQUEST_ID="r2"),
+    )
+    assert access_lines(caplog) == ["GET / 200 11B 2.0ms client=192.0.2.7 user=u1 rid=r2"]
+    fields = [record.oxc for record in caplog.records if record.name == "oxc.access"][0]
+    assert fields["client"] == "192.0.2.7" and fields["user"] == "u1" and fields["bytes"] == 11
+    assert fields["status"] == 200 and fields["duration_ms"] == 2.0 and fields["request_id"] == "r2"
+
+
+@pytest.mark.parametrize(
+    ("trusted_proxy", "remote", "expected"),
+    [
+        ("", "10.0.0.1", "10.0.0.1"),  # no trusted proxy: the header is anyone's to forge
+        ("10.0.0.9", "10.0.0.1", "10.0.0.1"),  # not from the proxy
+        ("10.0.0.1", "10.0.0.1", "198.51.100.4"),
+        ("*", "10.0.0.1", "198.51.100.4"),
+    ],
+)
+def test_access_log_believes_x_forwarded_for_only_from_the_trusted_proxy(caplog, trusted_proxy, remote, expected):
+    caplog.set_level(logging.INFO, logger="oxc.access")
+    call(
+        AccessLog(ok_app, trusted_proxy=trusted_proxy),
+        raw_environ(REMOTE_ADDR=remote, HTTP_X_FORWARDED_FOR="1.2.3.4, 198.51.100.4"),
+    )
+    assert f" client={expected} " in access_lines(caplog)[0]
+
+
+def test_json_log_format_writes_one_object_per_line_with_the_access_fields(caplog):
+    caplog.set_level(logging.INFO, logger="oxc.access")
+    call(
+        AccessLog(ok_app, clock=SteppingClock(0.0, 0.001)),
+        raw_environ(REMOTE_ADDR="192.0.2.7", PATH_INFO="/a\nb", HTTP_X_REQUEST_ID="r3"),
+    )
+    record = [record for record in caplog.records if record.name == "oxc.access"][0]
+    line = formatter("json").format(record)
+    assert "\n" not in line
+    entry = json.loads(line)
+    assert entry["level"] == "INFO" and entry["logger"] == "oxc.access"
+    assert (entry["method"], entry["path"], entry["status"], entry["bytes"]) == ("GET", "/a%0Ab", 200, 2)
+    assert (entry["client"], entry["user"], entry["request_id"]) == ("192.0.2.7", None, "r3")
+    assert entry["message"] == "GET /a%0Ab 200 2B 1.0ms client=192.0.2.7 rid=r3"
+
+
+def test_json_log_format_carries_the_traceback_in_the_object():
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        record = logging.LogRecord("oxc", logging.ERROR, __file__, 1, "failed %s", ("here",), sys.exc_info())
+    entry = json.loads(formatter("json").format(record))
+    assert entry["message"] == "failed here" and "RuntimeError: boom" in entry["exception"]
 
 
 def test_request_id_is_put_in_the_environ_and_echoed():
@@ -742,7 +806,7 @@ def test_crash_before_start_response_becomes_a_500_envelope_and_a_logged_traceba
     assert response.headers["X-Request-ID"] == "r9"
     errors = [record for record in caplog.records if record.levelno == logging.ERROR]
     assert errors and errors[0].exc_info[0] is RuntimeError
-    assert access_lines(caplog)[-1] == "GET /api/chats 500 12.5ms rid=r9"
+    assert access_lines(caplog)[-1] == "GET /api/chats 500 52B 12.5ms client=- rid=r9"
 
 
 def test_crash_inside_a_generator_app_before_it_starts_also_becomes_a_500():
@@ -786,7 +850,7 @@ def test_inner_iterable_is_closed_and_the_line_logged_only_after_close(caplog):
     result.close()
     assert events == ["iterated", "closed"]
     lines = access_lines(caplog)
-    assert len(lines) == 1 and lines[0].startswith("GET / 200 1.0ms rid=")
+    assert len(lines) == 1 and lines[0].startswith("GET / 200 2B 1.0ms client=- rid=")
 
 
 def test_access_log_bad_config_raises_value_error():
