@@ -23,11 +23,9 @@ nothing in them imports this module.
 
 import dataclasses
 import gc
-import json
 import logging
 import os
 import re
-import secrets
 import sys
 import threading
 import time
@@ -67,15 +65,17 @@ from handlers.http import (
     declare,
     json_response,
 )
+from handlers.http.body import json_object, without_nul
 from handlers.services.hub import Hub
 from handlers.services.mail import Mailer
 from handlers.services.notifier import Notifier
 from handlers.services.passwords import Passwords
 from handlers.services.push import PushWorker
 from handlers.services.thumbnails import Thumbnails, imaging, thumbnail_support
-from handlers.services.tokens import AccessTokens
+from handlers.services.tokens import AccessTokens, signing_secret
+from middleware.accesslog import install_default_handler
 from oxc_settings import DEV_JWT_SECRET, ConfigError, Settings, read_env_file
-from store import StoreUnavailable, open_store
+from store import StoreLocked, StoreUnavailable, open_store
 
 __version__ = "0.1.0"
 
@@ -106,33 +106,6 @@ Handler = Callable[..., Any]
 # =============================================================================
 
 JSON_TYPES = re.compile(r"^application/([a-z0-9.+-]+\+)?json$")
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _check_strings(value: Any) -> None:
-    """Raise BadRequest if any string in ``value`` holds a lone surrogate or a NUL.
-
-    PostgreSQL's text columns cannot hold NUL, so the JSON store must not take one either:
-    both backends answer the same 400 instead of one storing it and the other failing.
-    """
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                raise BadRequest("Request body contains an invalid Unicode escape (lone surrogate)") from None
-            if "\x00" in item:
-                raise BadRequest("Request body contains a NUL character (\\u0000), which text cannot hold")
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
 
 
 class Request:
@@ -176,11 +149,9 @@ class Request:
                 )
             except (ValueError, UnicodeDecodeError):
                 raise BadRequest("Malformed query string") from None
-            if "\x00" in raw or any("\x00" in name or "\x00" in value for name, value in pairs):
-                raise BadRequest("Malformed query string (a NUL character)")
             query: dict[str, str] = {}
             for name, value in pairs:
-                query.setdefault(name, value)
+                query.setdefault(without_nul(name), without_nul(value))
             self._query = query
         return self._query
 
@@ -211,19 +182,7 @@ class Request:
             data = self.body()
             if not data:
                 raise BadRequest("Request body must be a JSON object")
-            try:
-                value = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
-            except UnicodeDecodeError:
-                raise BadRequest("Request body is not valid UTF-8") from None
-            except RecursionError:
-                raise BadRequest("Request body is nested too deeply") from None
-            except ValueError as exc:
-                raise BadRequest(f"Request body is not valid JSON: {exc}") from None
-            if not isinstance(value, dict):
-                raise BadRequest("Request body must be a JSON object")
-            if b"\\u" in data or b"\\U" in data:
-                _check_strings(value)
-            self._json = value
+            self._json = json_object(data)
         return self._json
 
 
@@ -306,31 +265,6 @@ class Router:
 # =============================================================================
 
 
-def signing_secret(settings: Settings, store: Any) -> str:
-    """JWT_SECRET_KEY, or else the random key kept with the data (generated on first start).
-
-    Never a published value: with no key configured, the first start generates
-    one (``secrets.token_urlsafe(48)``) and the store keeps it, in a file of mode
-    0600 under DATA_DIR or in the database, so that tokens outlive a restart and
-    every process on one database signs with the same key.
-    """
-    if settings.jwt_secret_key:
-        return settings.jwt_secret_key
-    secret, where = store.signing_key(secrets.token_urlsafe(48))
-    if where is None:
-        log.info(
-            "JWT_SECRET_KEY is not set: access tokens are signed with a random key held in memory, "
-            "so they end with this process"
-        )
-    else:
-        log.warning(
-            "JWT_SECRET_KEY is not set: access tokens are signed with a random key generated on first "
-            "start and kept in %s (set JWT_SECRET_KEY to choose one)",
-            where,
-        )
-    return secret
-
-
 class Context:
     """What handlers reach through ``req.ctx``: settings, store and services."""
 
@@ -373,10 +307,16 @@ class App:
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         req = Request(environ, self.ctx)
         try:
-            route, params = self.router.match(req.method, req.path)
-            if route.auth:
-                req.user = auth.authenticate(req)
-            answer = route.handler(req, **params)
+            script_name = environ.get("SCRIPT_NAME", "")
+            if not environ.get("PATH_INFO") and script_name and not script_name.endswith("/"):
+                # Mounted at /chat and asked for /chat: the page's relative links only work from /chat/.
+                answer: Any = mount_point_redirect(environ)
+            else:
+                route, params = self.router.match(req.method, req.path)
+                if route.auth:
+                    req.user = auth.authenticate(req)
+                    environ["oxc.user_id"] = req.user["id"]  # for the access line
+                answer = route.handler(req, **params)
             if not isinstance(answer, Response):
                 answer = json_response(answer)
             # Nothing leaves that shows a write the disk has not kept yet.
@@ -406,6 +346,15 @@ class App:
 
 
 STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
+
+
+def mount_point_redirect(environ: Environ) -> Response:
+    """308 from the mount point itself (SCRIPT_NAME, empty PATH_INFO) to SCRIPT_NAME + "/", query kept."""
+    # WSGI strings are bytes decoded as latin-1: quote those bytes, not the characters.
+    location = urllib.parse.quote(environ["SCRIPT_NAME"].encode("latin-1"), safe="/!$&'()*+,;=:@") + "/"
+    if environ.get("QUERY_STRING"):
+        location += "?" + environ["QUERY_STRING"]
+    return json_response({"status": "success", "message": f"Moved to {location}"}, 308, [("Location", location)])
 
 
 # =============================================================================
@@ -516,6 +465,9 @@ def create_app(
     if overrides:
         settings = dataclasses.replace(settings, **overrides)
     settings.check()
+    # Before anything logs: under a server that configured no logging (waitress-serve, gunicorn) this is
+    # what makes the start-up warnings, the access lines and the development codes visible.
+    install_default_handler(log, settings.log_level, settings.log_format)
     if store is None:
         data_dir = None if settings.data_dir is None else os.fspath(settings.data_dir)
         store = open_store(
@@ -564,9 +516,41 @@ def create_app(
             ),
         )
     app = middleware.Cors(app, settings.cors_origins)
-    app = middleware.AccessLog(app)
+    app = middleware.AccessLog(app, trusted_proxy=settings.trusted_proxy)
+    log_start_up(settings)
     app.core = core
     return app
+
+
+def data_location(settings: Settings) -> str:
+    """Where the data lives, for people: the database URL without its password, or DATA_DIR's full path."""
+    if settings.store_url:
+        url = urllib.parse.urlsplit(settings.store_url)
+        if url.password is not None:
+            host = url.netloc.rsplit("@", 1)[1]
+            url = url._replace(netloc=f"{url.username or ''}:***@{host}")
+        return f"database {urllib.parse.urlunsplit(url)}"
+    if settings.data_dir is None:
+        return "memory (nothing is kept)"
+    return os.path.abspath(os.fspath(settings.data_dir))
+
+
+def log_start_up(settings: Settings) -> None:
+    """Say where to go (the paths, relative to wherever the server puts the app) and what to watch."""
+    page = "the chat page at /, " if settings.web_enabled else ""
+    log.info(
+        "oxc %s ready: %sthe API at %s/, its docs at %s/docs; data in %s",
+        __version__,
+        page,
+        settings.api_prefix,
+        settings.api_prefix,
+        data_location(settings),
+    )
+    if settings.environment == "development":
+        log.warning(
+            "OXC_ENV is development (the default): verification codes may go to this log and weak settings "
+            "are allowed; set OXC_ENV=production to serve real users"
+        )
 
 
 def __getattr__(name: str) -> Any:
@@ -575,7 +559,13 @@ def __getattr__(name: str) -> Any:
     if name == "application":
         with _application_lock:
             if "application" not in globals():
-                globals()["application"] = create_app()
+                try:
+                    globals()["application"] = create_app()
+                except StoreLocked as exc:
+                    # Typically a second worker of gunicorn -w N: one line, and an exit status that
+                    # makes gunicorn give up (WORKER_BOOT_ERROR) instead of respawning it.
+                    print(f"oxc: {exc}", file=sys.stderr, flush=True)
+                    raise SystemExit(3) from None
                 settle_heap()
         return globals()["application"]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -352,7 +352,9 @@ class Journal:
         with self._cond:
             while True:
                 if epoch != self._epoch:
-                    raise StoreUnavailable("the write was lost to a disk error before it was durable")
+                    raise StoreUnavailable(
+                        "the store refuses writes: this write was lost to a disk error before it was durable"
+                    )
                 if self._durable >= number:
                     return
                 if self.failed is not None:

@@ -112,9 +112,7 @@ class Part:
             text = b"".join(chunks).decode("utf-8")
         except UnicodeDecodeError:
             raise MultipartError(f"Form field '{self.name}' is not valid UTF-8") from None
-        if "\x00" in text:  # text cannot hold one (PostgreSQL refuses it), on any backend
-            raise MultipartError(f"Form field '{self.name}' contains a NUL character")
-        return text
+        return text.replace("\x00", "\ufffd")  # as in JSON bodies: PostgreSQL's text cannot hold NUL
 
     def skip(self):
         """Discard the rest of the part."""

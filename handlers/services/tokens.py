@@ -29,7 +29,9 @@ every access token and ticket.
 
 import hashlib
 import hmac
+import logging
 import secrets
+from typing import Any
 
 import jwt
 
@@ -157,3 +159,29 @@ def _claims(token, key, kind, times):
     ):
         raise InvalidToken("Invalid token")
     return claims
+
+
+def signing_secret(settings: Any, store: Any) -> str:
+    """JWT_SECRET_KEY, or else the random key kept with the data (generated on first start).
+
+    Never a published value: with no key configured, the first start generates
+    one (``secrets.token_urlsafe(48)``) and the store keeps it, in a file of mode
+    0600 under DATA_DIR or in the database, so that tokens outlive a restart and
+    every process on one database signs with the same key.
+    """
+    if settings.jwt_secret_key:
+        return settings.jwt_secret_key
+    secret, where = store.signing_key(secrets.token_urlsafe(48))
+    log = logging.getLogger("oxc")  # a start-up message, under the app's own name
+    if where is None:
+        log.info(
+            "JWT_SECRET_KEY is not set: access tokens are signed with a random key held in memory, "
+            "so they end with this process"
+        )
+    else:
+        log.warning(
+            "JWT_SECRET_KEY is not set: access tokens are signed with a random key generated on first "
+            "start and kept in %s (set JWT_SECRET_KEY to choose one)",
+            where,
+        )
+    return secret
