@@ -117,7 +117,13 @@ def get_chat_messages(req, chat, me):
     },
     body_name="NewChatMessage",
     schemas={"Envelope": envelope_schema},
-    links={201: (Link("message_id", to=("patch_chat_message", "delete_chat_message", "get_receipts")),)},
+    links={
+        201: (
+            Link("message_id", to=("patch_chat_message", "delete_chat_message", "get_receipts")),
+            # Marking read or delivered names the message in the body; the chat is the one posted to.
+            Link(None, to=("post_read", "post_delivered"), request_body={"message_id": "$response.body#/data/id"}),
+        )
+    },
     body_example={"content": "Hello, @bob!"},
     writes=True,
 )

@@ -266,7 +266,7 @@ def _links(routes, entries, paths):
                         found[target.name]["parameters"][link.parameter] = f"$response.body#{link.source}"
             templates = {target.name: target.template for target in routes}
             for name, link in list(found.items()):
-                parameters = link.get("parameters", {})
+                parameters = link.setdefault("parameters", {})
                 for placeholder in PLACEHOLDER.findall(templates[name]):
                     if placeholder in parameters:
                         continue
@@ -275,6 +275,9 @@ def _links(routes, entries, paths):
                     else:
                         del found[name]
                         break
+            for link in found.values():
+                if not link["parameters"]:
+                    del link["parameters"]
             if found:
                 paths[route.template][route.method.lower()]["responses"][str(status)]["links"] = found
 

@@ -62,8 +62,6 @@ SUITES = 20
 #: Link-fed operations whose success needs more than any one answer holds; reported, not required.
 BEYOND_ONE_LINK = {
     "post_member": "a chat from one answer and a user who is not in it from another",
-    "post_read": "a chat from one answer and a message in it (its id in the body) from another",
-    "post_delivered": "a chat from one answer and a message in it (its id in the body) from another",
     "get_attachment_thumbnail": "an image; generated uploads are random bytes (404: no thumbnail)",
 }
 #: Operations with a path parameter that no answer produces.

@@ -329,8 +329,9 @@ class Link:
     parameter: str | None
     source: str = "/data/id"
     to: tuple[str, ...] = ()
-    #: Instead of a parameter: the target's request body, as a runtime expression ("$request.body").
-    request_body: str | None = None
+    #: Instead of a parameter: the target's request body, runtime expressions inside
+    #: (``{"message_id": "$response.body#/data/id"}``).
+    request_body: Any = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
