@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from typing import Any
 
 from .auth import new_password
 from .http import BadRequest, TooManyRequests, success, views
@@ -179,6 +180,19 @@ CODE = Text(
     schema_pattern=r"^[0-9]{6}$",
 )
 
+#: What asking for a verification code and asking for a reset code share: one address in,
+#: the same refusals (the answer never says whether the address has an account).
+ASKS_FOR_A_CODE: dict[str, Any] = {
+    "refusals": {
+        400: "email is missing or not an e-mail address.",
+        429: f"This address asked a moment ago, or {CODES_PER_DAY} times today; retry after Retry-After.",
+    },
+    "body": {"email": ADDRESS},
+    "body_name": "EmailAddress",
+    "body_example": {"email": "user1@example.com"},
+    "writes": True,
+}
+
 
 def _awaiting_verification(store, address):
     user = store.find_user_by_email(address)
@@ -197,14 +211,7 @@ def _awaiting_verification(store, address):
             "Asked.",
         )
     },
-    refusals={
-        400: "email is missing or not an e-mail address.",
-        429: f"This address asked a moment ago, or {CODES_PER_DAY} times today; retry after Retry-After.",
-    },
-    body={"email": ADDRESS},
-    body_name="EmailAddress",
-    body_example={"email": "user1@example.com"},
-    writes=True,
+    **ASKS_FOR_A_CODE,
 )
 def post_verification_request(req, *, body):
     """Send a verification code to an address awaiting verification (the same answer and work for any address)."""
@@ -249,14 +256,7 @@ def post_verification(req, *, body):
     f"behind it, is the same for any address; each address may ask once a minute and {CODES_PER_DAY} "
     "times a day.",
     answers={200: returns(envelope(message="If that address belongs to an account, a code is on its way"), "Asked.")},
-    refusals={
-        400: "email is missing or not an e-mail address.",
-        429: f"This address asked a moment ago, or {CODES_PER_DAY} times today; retry after Retry-After.",
-    },
-    body={"email": ADDRESS},
-    body_name="EmailAddress",
-    body_example={"email": "user1@example.com"},
-    writes=True,
+    **ASKS_FOR_A_CODE,
 )
 def post_password_reset_request(req, *, body):
     """Send a password reset code (the same answer and work for any address)."""
